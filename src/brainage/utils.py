@@ -1,0 +1,78 @@
+"""Small shared helpers: atomic file writes and a parallel map with a progress bar."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from brainage.console import console
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffix (``.x.tmp123.nii.gz`` style is avoided: the suffix
+    is preserved at the end) so libraries that infer the format from the name still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def parallel_map(
+    func: Callable[[T], R],
+    items: Iterable[T],
+    workers: int = 1,
+    description: str = "working",
+) -> Iterator[tuple[T, R | BaseException]]:
+    """Apply ``func`` to every item in ``workers`` processes, showing a progress bar.
+
+    Yields ``(item, result)`` pairs in completion order; an exception raised by ``func`` is
+    yielded in place of its result so that one bad item never stops the batch.
+    ``func`` must be picklable (a module-level function) when ``workers > 1``.
+    """
+    items = list(items)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=len(items))
+        if workers <= 1:
+            for item in items:
+                try:
+                    result: R | BaseException = func(item)
+                except Exception as error:  # noqa: BLE001 - reported to the caller per item
+                    result = error
+                progress.advance(task)
+                yield item, result
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(func, item): item for item in items}
+            for future in as_completed(futures):
+                error = future.exception()
+                progress.advance(task)
+                yield futures[future], (error if error is not None else future.result())
