@@ -1,0 +1,310 @@
+"""The on-disk cache of preprocessed volumes: prepare it once, load it memory-mapped.
+
+Layout of a cache folder::
+
+    cache.json                      configuration, output grid (shape, affine), format version
+    manifest.csv                    one row per prepared scan (``manifest.shard-I-of-N.csv`` per shard)
+    volumes/<key>.npy, <key>.json   the volume and its record (QC score, hashes); key = hash of the
+                                    input file's content and of the configuration
+    spatial/<key>.npz               standard pipeline: brain mask + registration, reused when only
+                                    the output grid or the normalisation changes
+    qc/<key>.png                    three orthogonal mid-slices
+    hashes/<key>.json               content hash memo keyed by path, size and modification time
+
+Every file is written atomically, and a volume's record is written after its volume, so an
+interrupted run leaves nothing half-written and the next run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainage.errors import BrainAgeError, InputError, Problem
+from brainage.io.images import pair_partner
+from brainage.preprocess.pipelines import (
+    PipelineConfig,
+    Spatial,
+    StandardConfig,
+    config_from_dict,
+    make_config,
+    preprocess_scan,
+)
+from brainage.preprocess.qc import save_qc_png
+from brainage.utils import atomic_write, parallel_map
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.csv"
+CACHE_COLUMNS = ("cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest")
+
+
+@dataclass(frozen=True)
+class PreparedCache:
+    """A prepared cache: the manifest of its scans, the configuration and the output grid."""
+
+    root: Path
+    manifest: pd.DataFrame
+    config: PipelineConfig
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def volume(self, i: int) -> np.ndarray:
+        """The ``i``-th manifest row's volume, a read-only memory map (RAS axes, ``shape``)."""
+        return np.load(self.root / self.manifest["cache_file"].iat[i], mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    """What a ``prepare`` run did; ``manifest`` lists the scans now in the cache."""
+
+    root: Path
+    manifest: pd.DataFrame
+    done: int
+    cached: int
+    reused_registration: int
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        """Rows whose registration score is below the QC threshold."""
+        return self.manifest[self.manifest["qc_flagged"]]
+
+    @property
+    def scans_per_second(self) -> float:
+        return (self.done + self.cached) / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> list[dict[str, object]]:
+        """Rows for a summary table."""
+        return [
+            {"outcome": "prepared now", "scans": self.done},
+            {"outcome": "already cached", "scans": self.cached},
+            {"outcome": "failed (skipped)", "scans": len(self.problems)},
+            {"outcome": "flagged by QC", "scans": len(self.flagged)},
+            {"outcome": "scans/s", "scans": round(self.scans_per_second, 2)},
+        ]
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: str
+    root: Path
+    config: PipelineConfig
+
+
+def prepare(
+    source: str | Path | pd.DataFrame,
+    out: str | Path,
+    pipeline: str | PipelineConfig = "standard",
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    demographics: str | Path | None = None,
+) -> PrepareReport:
+    """Preprocess every scan of ``source`` into the cache folder ``out``; return what was done.
+
+    ``source`` is anything :func:`brainage.io.discover` understands, or a manifest DataFrame with
+    ``scan_id`` and ``path`` columns. ``pipeline`` is a name (defaults) or a configuration.
+    ``shard=(i, n)`` (1 ≤ i ≤ n) prepares only every n-th scan starting at the i-th, so n jobs
+    can fill one cache; an unsharded run afterwards finds them all cached. Bad scans are skipped
+    and returned in ``problems``.
+    """
+    start = time.perf_counter()
+    config = make_config(pipeline) if isinstance(pipeline, str) else pipeline
+    root = Path(out)
+    manifest, problems = _manifest(source, demographics)
+    manifest = _shard(manifest.sort_values("scan_id", kind="stable").reset_index(drop=True), shard)
+    jobs = {str(path): _Job(str(path), root, config) for path in manifest["path"]}
+    records: dict[str, dict[str, Any]] = {}
+    for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
+        if isinstance(result, InputError):
+            problems.append(Problem.from_error(result))
+        elif isinstance(result, BaseException):
+            problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
+        else:
+            records[job.path] = result
+    prepared = _finish_manifest(manifest, records, config)
+    _write_cache(root, prepared, config, shard)
+    statuses = [record["status"] for record in records.values()]
+    return PrepareReport(
+        root=root,
+        manifest=prepared,
+        done=sum(status != "cached" for status in statuses),
+        cached=statuses.count("cached"),
+        reused_registration=statuses.count("reused registration"),
+        problems=problems,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def load_cache(path: str | Path) -> PreparedCache:
+    """Open a prepared cache (manifest and shard manifests merged); volumes load lazily."""
+    root = Path(path)
+    meta_path = root / "cache.json"
+    if not meta_path.is_file():
+        raise InputError(root, "not a brainage cache (no cache.json); run `brainage prepare` first")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != CACHE_FORMAT:
+        raise InputError(meta_path, f"cache format {meta.get('format')} is not {CACHE_FORMAT}; prepare it again")
+    config = config_from_dict(meta["config"])
+    tables = [pd.read_csv(file, dtype={"scan_id": str, "subject_id": str, "session_id": str})
+              for file in [root / MANIFEST, *sorted(root.glob("manifest.shard-*.csv"))] if file.is_file()]
+    if not tables:
+        raise InputError(root, "the cache has no manifest; run `brainage prepare` again")
+    manifest = pd.concat(tables, ignore_index=True).drop_duplicates("scan_id", keep="last")
+    manifest = manifest[manifest["config_digest"] == config.volume_digest()]
+    manifest = manifest.sort_values("scan_id", kind="stable").reset_index(drop=True)
+    return PreparedCache(root, manifest, config, tuple(meta["shape"]), np.asarray(meta["affine"], dtype=float))
+
+
+def content_hash(path: str | Path) -> str:
+    """BLAKE2b of a scan's bytes (both halves of an Analyze/NIfTI ``.img``/``.hdr`` pair)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in _parts(Path(path)):
+        with open(part, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parts(path: Path) -> list[Path]:
+    """The files that make up a scan: a ``.hdr``/``.img`` pair, or the file itself."""
+    if path.suffix.lower() in (".img", ".hdr"):
+        return sorted([path, pair_partner(path)], key=lambda part: part.suffix.lower())
+    return [path]
+
+
+def _key(*parts: str) -> str:
+    return hashlib.blake2b("/".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def _memo_hash(path: Path, root: Path) -> str:
+    """The content hash, recomputed only if the file's size or modification time changed."""
+    try:
+        stats = [os.stat(part) for part in _parts(path)]
+    except OSError as error:
+        raise InputError(path, error.strerror or "cannot be read") from error
+    stamp = [[s.st_size, s.st_mtime_ns] for s in stats]
+    memo = root / "hashes" / f"{_key(str(path.resolve()))}.json"
+    if memo.is_file():
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["hash"]
+    try:
+        digest = content_hash(path)
+    except OSError as error:
+        raise InputError(path, error.strerror or "cannot be read") from error
+    with atomic_write(memo) as tmp:
+        tmp.write_text(json.dumps({"path": str(path), "stamp": stamp, "hash": digest}))
+    return digest
+
+
+def _prepare_one(job: _Job) -> dict[str, Any]:
+    """Worker: return the scan's record, computing and writing its volume unless cached."""
+    path, root, config = Path(job.path), job.root, job.config
+    digest = _memo_hash(path, root)
+    key = _key(digest, config.volume_digest())
+    record_path = root / "volumes" / f"{key}.json"
+    if record_path.is_file() and record_path.with_suffix(".npy").is_file():
+        return {**json.loads(record_path.read_text()), "status": "cached"}
+    spatial_path = None
+    spatial = None
+    if isinstance(config, StandardConfig):
+        spatial_path = root / "spatial" / f"{_key(digest, config.digest(*StandardConfig.SPATIAL_FIELDS))}.npz"
+        spatial = _read_spatial(spatial_path)
+    prepared = preprocess_scan(path, config, spatial)
+    if spatial_path is not None and spatial is None and prepared.spatial is not None:
+        _write_spatial(spatial_path, prepared.spatial)
+    with atomic_write(root / "volumes" / f"{key}.npy") as tmp:
+        np.save(tmp, prepared.volume)
+    save_qc_png(prepared.volume, root / "qc" / f"{key}.png", title=f"{path.name}  r={prepared.qc_score:.2f}")
+    record = {
+        "cache_file": f"volumes/{key}.npy",
+        "qc_file": f"qc/{key}.png",
+        "qc_score": prepared.qc_score,
+        "content_hash": digest,
+        "config_digest": config.volume_digest(),
+    }
+    with atomic_write(record_path) as tmp:
+        tmp.write_text(json.dumps(record))
+    return {**record, "status": "reused registration" if spatial is not None else "done"}
+
+
+def _read_spatial(path: Path) -> Spatial | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        shape = tuple(int(n) for n in saved["shape"])
+        mask = np.unpackbits(saved["mask"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+        return Spatial(mask, saved["world_to_source"])
+
+
+def _write_spatial(path: Path, spatial: Spatial) -> None:
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                mask=np.packbits(spatial.mask.ravel()),
+                shape=np.asarray(spatial.mask.shape),
+                world_to_source=spatial.world_to_source,
+            )
+
+
+def _manifest(source: str | Path | pd.DataFrame, demographics: str | Path | None) -> tuple[pd.DataFrame, list[Problem]]:
+    if isinstance(source, pd.DataFrame):
+        missing = {"scan_id", "path"} - set(source.columns)
+        if missing:
+            raise ValueError(f"the manifest lacks column(s) {', '.join(sorted(missing))}")
+        return source.copy(), []
+    from brainage.io import discover
+
+    discovery = discover(source, demographics)
+    return discovery.manifest.copy(), list(discovery.problems)
+
+
+def _shard(manifest: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+    if shard is None:
+        return manifest
+    index, count = shard
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: the index must be between 1 and {count}")
+    return manifest.iloc[index - 1 :: count].reset_index(drop=True)
+
+
+def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]], config: PipelineConfig) -> pd.DataFrame:
+    prepared = manifest[manifest["path"].astype(str).isin(records)].copy()
+    for column in CACHE_COLUMNS:
+        if column != "qc_flagged":
+            prepared[column] = [records[str(path)][column] for path in prepared["path"]]
+    threshold = config.qc_threshold
+    scores = prepared["qc_score"].astype(float)
+    prepared["qc_flagged"] = (scores < threshold) | scores.isna() if threshold is not None else False
+    return prepared.reset_index(drop=True)
+
+
+def _write_cache(root: Path, manifest: pd.DataFrame, config: PipelineConfig, shard: tuple[int, int] | None) -> None:
+    meta = {
+        "format": CACHE_FORMAT,
+        "config": config.to_dict(),
+        "shape": list(config.shape),
+        "affine": config.affine.tolist(),
+        "dtype": config.dtype,
+    }
+    with atomic_write(root / "cache.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+    name = MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
+    with atomic_write(root / name) as tmp:
+        manifest.to_csv(tmp, index=False)
+    if shard is None:
+        for stale in root.glob("manifest.shard-*.csv"):
+            stale.unlink(missing_ok=True)

@@ -1,0 +1,48 @@
+"""Quality control: a registration score per scan and a PNG of three orthogonal mid-slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from brainage.preprocess.template import template_on_grid
+from brainage.utils import atomic_write
+
+
+def registration_score(volume: np.ndarray, affine: np.ndarray) -> float:
+    """Pearson correlation of ``volume`` with the MNI152 template inside the template's brain mask.
+
+    Both live on the same grid (``affine``, ``volume.shape``). NaN if the grid misses the brain.
+    """
+    template, brain = template_on_grid(affine, volume.shape)
+    if brain.sum() < 2:
+        return float("nan")
+    a = volume[brain].astype(np.float64)
+    b = template[brain].astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def save_qc_png(volume: np.ndarray, path: str | Path, title: str = "") -> None:
+    """Write a small PNG of the sagittal, coronal and axial mid-slices (RAS volume) atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    volume = np.asarray(volume, dtype=np.float32)
+    x, y, z = (n // 2 for n in volume.shape)
+    slices = (volume[x, :, :], volume[:, y, :], volume[:, :, z])
+    low, high = np.percentile(volume, (1, 99))
+    figure = Figure(figsize=(6, 2.2), dpi=60)
+    for k, (image, label) in enumerate(zip(slices, ("sagittal", "coronal", "axial"))):
+        axis = figure.add_subplot(1, 3, k + 1)
+        axis.imshow(image.T, origin="lower", cmap="gray", vmin=low, vmax=high)
+        axis.set_title(label, fontsize=8)
+        axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=8)
+    with atomic_write(path) as tmp:
+        figure.savefig(tmp, format="png")

@@ -1,0 +1,181 @@
+"""Preprocessing stages: small named functions, array (+ affine) in, array out.
+
+Arrays are float32 3-D volumes; an affine maps voxel indices to RAS+ world millimetres
+(nibabel's convention). Each stage does one thing and no I/O, so the pipelines in
+:mod:`brainage.preprocess.pipelines` are plain compositions of them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+# ITK/ANTs physical space is LPS; nibabel world space is RAS. F maps one onto the other (F = F⁻¹).
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def squeeze_trailing(data: np.ndarray) -> np.ndarray:
+    """Drop trailing singleton axes beyond the third (e.g. OASIS' ``256×256×128×1``)."""
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3-D volume, got shape {data.shape}")
+    return data
+
+
+def reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip/permute the voxel axes to the closest canonical (RAS+) orientation.
+
+    Only axis permutations and flips are applied (no interpolation); the returned affine
+    describes the same world positions for the reordered array.
+    """
+    current = nib.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("RAS"))
+    out = nib.orientations.apply_orientation(data, transform)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
+    return np.ascontiguousarray(out, dtype=np.float32), new_affine
+
+
+def n4_bias_correct(data: np.ndarray, affine: np.ndarray, shrink_factor: int = 4) -> np.ndarray:
+    """N4 bias-field correction (ANTs) of the whole volume; intensities stay positive."""
+    import ants
+
+    image = to_ants(np.clip(data, 0, None), affine)
+    corrected = ants.n4_bias_field_correction(image, shrink_factor=shrink_factor)
+    return corrected.numpy().astype(np.float32)
+
+
+def skull_strip(data: np.ndarray, shape: int = 128, threshold: float = 0.5) -> np.ndarray:
+    """Boolean brain mask from deepbet (weights ship with the package; runs offline on CPU).
+
+    ``data`` must be RAS-oriented. deepbet finds a bounding box on a 128³ copy, then segments
+    the box resampled to ``shape``³ (its default is 256; 128 is ~8× cheaper on CPU).
+    """
+    import fill_voids
+    from deepbet.utils import keep_largest_connected_component
+
+    model = _deepbet_model()
+    probability = model.run_model(data.copy(), shape=(shape, shape, shape))
+    mask = probability > threshold
+    if not mask.any():
+        raise ValueError("skull stripping found no brain")
+    mask = keep_largest_connected_component(mask)
+    return fill_voids.fill(mask).astype(bool)
+
+
+@functools.lru_cache(maxsize=1)
+def _deepbet_model():  # type: ignore[no-untyped-def]
+    import torch
+    from deepbet import BrainExtraction
+
+    torch.set_num_threads(1)
+    return BrainExtraction(no_gpu=True)
+
+
+def resample(
+    data: np.ndarray,
+    affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: tuple[int, int, int],
+    world_to_source: np.ndarray | None = None,
+    order: int = 1,
+) -> np.ndarray:
+    """Resample ``data`` onto a target grid (voxel → world given by ``target_affine``).
+
+    ``world_to_source`` optionally maps target-world points into the source's world first
+    (a registration result, 4×4, RAS). Points outside the source get 0.
+    """
+    mapping = np.linalg.inv(affine) @ (np.eye(4) if world_to_source is None else world_to_source) @ target_affine
+    out = ndimage.affine_transform(
+        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target_shape), order=order, cval=0.0
+    )
+    return out.astype(np.float32)
+
+
+def isotropic_grid(affine: np.ndarray, shape: tuple[int, ...], voxel_size: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """An axis-aligned RAS grid of ``voxel_size`` mm that covers the field of view of a volume."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    world = (affine @ corners.T).T[:, :3]
+    low, high = world.min(axis=0), world.max(axis=0)
+    grid_shape = tuple(int(n) for n in np.ceil((high - low) / voxel_size) + 1)
+    grid = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    grid[:3, 3] = low
+    return grid, grid_shape  # type: ignore[return-value]
+
+
+def to_ants(data: np.ndarray, affine: np.ndarray):  # type: ignore[no-untyped-def]
+    """An ANTs image with the same world geometry as ``(data, affine)`` (RAS → LPS)."""
+    import ants
+
+    lps = _RAS_TO_LPS @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return ants.from_numpy(
+        np.ascontiguousarray(data, dtype=np.float32),
+        origin=tuple(float(v) for v in lps[:3, 3]),
+        spacing=tuple(float(v) for v in spacing),
+        direction=direction,
+    )
+
+
+def register_affine(
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    transform: str = "Affine",
+) -> np.ndarray:
+    """Affine registration (ANTs, mutual information, centre-of-mass start) of moving onto fixed.
+
+    Returns the 4×4 RAS matrix that maps a fixed-space world point to the moving image's world.
+    """
+    import ants
+
+    result = ants.registration(
+        fixed=to_ants(fixed, fixed_affine),
+        moving=to_ants(moving, moving_affine),
+        type_of_transform=transform,
+        aff_metric="mattes",
+        aff_iterations=(2100, 1200, 200),
+        aff_shrink_factors=(4, 2, 1),
+        aff_smoothing_sigmas=(2, 1, 0),
+        verbose=False,
+    )
+    itk = ants.read_transform(result["fwdtransforms"][0])
+    params = np.asarray(itk.parameters, dtype=float)
+    center = np.asarray(itk.fixed_parameters, dtype=float)
+    matrix, translation = params[:9].reshape(3, 3), params[9:12]
+    lps = np.eye(4)
+    lps[:3, :3] = matrix
+    lps[:3, 3] = translation + center - matrix @ center
+    return _RAS_TO_LPS @ lps @ _RAS_TO_LPS
+
+
+def robust_zscore(data: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Clip to brain-intensity percentiles, z-score with the brain's mean and SD.
+
+    Statistics come from voxels inside ``mask`` only; voxels outside it are set to the lowest
+    clipped brain value, so the background is the darkest thing in the volume.
+    """
+    if not mask.any():
+        raise ValueError("empty brain mask")
+    low, high = np.percentile(data[mask], percentiles)
+    clipped = np.clip(data, low, high)
+    inside = clipped[mask]
+    mean, std = float(inside.mean()), float(inside.std())
+    if std == 0:
+        raise ValueError("constant intensity inside the brain mask")
+    out = (clipped - mean) / std
+    out[~mask] = (low - mean) / std
+    return out.astype(np.float32)
+
+
+def zscore(data: np.ndarray) -> np.ndarray:
+    """Z-score over the whole volume (the tutorial's per-image normalisation)."""
+    std = float(data.std())
+    if std == 0:
+        raise ValueError("constant image")
+    return ((data - data.mean()) / std).astype(np.float32)

@@ -1,0 +1,32 @@
+"""The MNI152 brain template that nilearn installs (no download), resampled onto any grid."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from brainage.preprocess import stages
+
+#: Centre (RAS mm) of the bounding box of nilearn's MNI152 brain mask, x ∈ [-72, 72],
+#: y ∈ [-107, 73], z ∈ [-72, 82].
+MNI_BRAIN_CENTER = (0.0, -17.0, 5.0)
+
+
+def template_on_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The 1 mm MNI152 T1 brain template and its brain mask resampled onto ``(affine, shape)``."""
+    return _template_on_grid(tuple(map(float, np.asarray(affine, dtype=float).ravel())), tuple(shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _template_on_grid(affine: tuple[float, ...], shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    from nilearn import datasets
+
+    target = np.asarray(affine).reshape(4, 4)
+    t1 = datasets.load_mni152_template(resolution=1)
+    mask = datasets.load_mni152_brain_mask(resolution=1)
+    template = stages.resample(t1.get_fdata(dtype=np.float32), t1.affine, target, shape)
+    brain = stages.resample(mask.get_fdata(dtype=np.float32), mask.affine, target, shape) > 0.5
+    template.setflags(write=False)
+    brain.setflags(write=False)
+    return template, brain
