@@ -51,3 +51,78 @@ def main(
 
 
 # --- commands (one block per command; keep them thin) ------------------------------------------
+
+
+from pathlib import Path  # noqa: E402 - commands are appended; Typer resolves annotations here
+
+
+@app.command("inspect")
+@reports_errors
+def inspect_source(
+    source: Path = typer.Argument(..., help="An OASIS-2 folder, a BIDS folder, or a CSV of path,subject_id,age."),
+    demographics: Path | None = typer.Option(
+        None, "--demographics", help="OASIS-2 demographics spreadsheet (.xlsx or .csv); found beside the scans if omitted."
+    ),
+    check_data: bool = typer.Option(False, "--check-data", help="Also load every scan (catches NaN-only and constant images)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes for --check-data."),
+) -> None:
+    """Show what a data source holds: subjects, sessions, scans, ages, groups, and what is wrong."""
+    from brainage.console import print_problems, print_table
+    from brainage.io import check_scans, discover, summarize
+
+    found = discover(source, demographics)
+    load_problems = check_scans(found.manifest["path"], workers=workers) if check_data else None
+    print_table(summarize(found, load_problems), title=f"brainage inspect: {found.kind}")
+    print_problems([*found.problems, *(load_problems or [])], title="Problems")
+
+
+@app.command("train")
+@reports_errors
+def train_command(
+    cache: Path = typer.Argument(..., help="A prepared cache folder (from `brainage prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write; a folder holding this same run is resumed."),
+    model: str | None = typer.Option(None, "--model", help="Network by name (see brainage.models.available_models())."),
+    folds: int | None = typer.Option(None, "--folds", min=2, help="K-fold by subject: out-of-fold predictions for every scan."),
+    val_fraction: float | None = typer.Option(None, "--val-fraction", min=0.01, max=0.99, help="Without --folds: hold out this fraction of the subjects."),
+    train_groups: list[str] | None = typer.Option(None, "--train-groups", help="Train on these groups only (repeatable, e.g. Nondemented); every group is still predicted."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Scans per batch."),
+    lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of AdamW."),
+    devices: str | None = typer.Option(None, "--devices", help="Lightning devices: a count, ids like 0,1, or auto."),
+    accelerator: str | None = typer.Option(None, "--accelerator", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps."),
+    precision: str | None = typer.Option(None, "--precision", help="auto, 32-true, bf16-mixed or 16-mixed."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of splits, initialisation and augmentation."),
+    deterministic: bool | None = typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms only."),
+    baselines: bool | None = typer.Option(None, "--baselines/--no-baselines", help="Fit the baselines on the same folds."),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML of TrainConfig fields; options given here override it."),
+) -> None:
+    """Train a brain-age network with subject-grouped evaluation and baselines on the same folds.
+
+    Options left out take their value from --config, else from brainage.training.TrainConfig; the
+    run's config.yaml records every value used.
+    """
+    import dataclasses
+
+    from brainage.console import console, print_table
+    from brainage.training import TrainConfig, load_config, train
+
+    if folds is not None and val_fraction is not None:
+        raise BrainAgeError("choose either --folds or --val-fraction, not both")
+    base = load_config(config_file) if config_file else TrainConfig()
+    given = {
+        "model": model, "folds": folds, "val_fraction": val_fraction, "epochs": epochs, "batch_size": batch_size,
+        "lr": lr, "accelerator": accelerator, "precision": precision, "seed": seed, "deterministic": deterministic,
+        "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
+        "devices": (int(devices) if devices.isdigit() else devices) if devices else None,
+    }
+    config = dataclasses.replace(base, **{key: value for key, value in given.items() if value is not None})
+    result = train(cache, out, config)
+    if result is None:  # a non-zero rank of multi-process training
+        return
+    print_table(result.folds, title="Folds (split by subject)")
+    print_table(result.summary, title=f"Out-of-fold accuracy (years): {config.model} beside the baselines")
+    print_table(result.group_gaps, title="Brain-age gap by group (bias-corrected)")
+    test = result.group_test
+    if test["test"] != "none":
+        console.print(f"{test['test']}: statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}")
+    console.print(f"Run folder: {result.run_dir} (config.yaml, predictions.csv, summary.csv, metrics.csv, figures, fold_*/model.ckpt)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -50,8 +50,11 @@ def discover(source: str | Path, demographics: str | Path | None = None) -> Disc
     raise InputError(source, f"cannot tell what this folder holds: expected {SOURCE_LAYOUTS}")
 
 
-def summarize(discovery: Discovery) -> pd.DataFrame:
-    """What a discovery found, as ``item``/``value`` rows of text (the table ``brainage inspect`` prints)."""
+def summarize(discovery: Discovery, load_problems: Sequence[Problem] | None = None) -> pd.DataFrame:
+    """What a discovery found, as ``item``/``value`` rows of text (the table ``brainage inspect`` prints).
+
+    ``load_problems``, the result of :func:`check_scans` when it was run, adds their count.
+    """
     manifest = discovery.manifest
     ages = manifest["age"]
     groups = manifest.drop_duplicates(["subject_id", "session_id"])["group"].value_counts()
@@ -63,9 +66,11 @@ def summarize(discovery: Discovery) -> pd.DataFrame:
         ("age range (years)", f"{ages.min():.1f}–{ages.max():.1f} (mean {ages.mean():.1f})" if len(ages) else "–"),
         ("sessions per group", ", ".join(f"{name} {count}" for name, count in sorted(groups.items())) or "–"),
         ("scans without a spreadsheet row", len(discovery.scans_without_rows)),
-        ("rows without scans", len(discovery.rows_without_scans)),
+        ("rows without scans", _count_and_names(discovery.rows_without_scans)),
         ("problems", len(discovery.problems)),
     ]
+    if load_problems is not None:
+        rows.append(("scans that fail to load", len(load_problems)))
     if discovery.demographics is not None:
         rows.insert(1, ("demographics", str(discovery.demographics)))
     return pd.DataFrame({"item": [item for item, _ in rows], "value": [str(value) for _, value in rows]})
@@ -93,3 +98,11 @@ def _check_one(path: str) -> Problem | None:
 def _refuse_demographics(source: Path, demographics: str | Path | None, kind: str) -> None:
     if demographics is not None:
         raise InputError(demographics, f"--demographics applies to OASIS-2 folders only, and {source.name} is {kind}")
+
+
+def _count_and_names(names: Sequence[str], shown: int = 5) -> str:
+    """``"7 (a, b, c, d, e, …)"``: a count and the first few names."""
+    if not names:
+        return "0"
+    more = ", …" if len(names) > shown else ""
+    return f"{len(names)} ({', '.join(names[:shown])}{more})"

@@ -72,16 +72,18 @@ def load_scan(path: str | Path) -> Scan:
     path = Path(path)
     image, shape = _open_header(path)
     try:
-        data = np.array(image.dataobj, dtype=np.float32).reshape(shape)
+        data = image.get_fdata(dtype=np.float32).reshape(shape)
     except (OSError, ValueError, EOFError, zlib.error) as error:
         raise InputError(path, f"cannot read the image data ({_one_line(error)})") from None
     finite = np.isfinite(data)
-    if not finite.any():
-        raise InputError(path, "no finite voxel value (the image is all NaN or infinite)")
-    if not finite.all():
+    if finite.all():
+        low, high = data.min(), data.max()
+    elif finite.any():
+        values = data[finite]
+        low, high = values.min(), values.max()
         data[~finite] = 0.0
-    values = data[finite]
-    low, high = values.min(), values.max()
+    else:
+        raise InputError(path, "no finite voxel value (the image is all NaN or infinite)")
     if low == high:
         raise InputError(path, f"constant image (every voxel is {low:g})")
     zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
@@ -101,12 +103,15 @@ def _open_header(path: Path) -> tuple[SpatialImage, tuple[int, int, int]]:
             role = "image file" if suffix == ".hdr" else "header"
             raise InputError(path, f"missing {role} {partner.name} beside it")
     try:
-        image = nib.load(path)
+        image = nib.load(path, mmap=False)
     except Exception as error:  # noqa: BLE001 - nibabel raises many types for a bad header
+        if _is_gzip(path):
+            _data_length(path, expected=-1)  # a cut gzip stream is the likelier cause: say so
         raise InputError(path, f"unreadable image header ({_one_line(error)})") from None
-    shape = _spatial_shape(path, tuple(int(n) for n in image.shape))
+    full_shape = tuple(int(n) for n in image.shape)
+    shape = _spatial_shape(path, full_shape)
     proxy = image.dataobj
-    expected = int(proxy.offset) + math.prod(image.shape) * np.dtype(proxy.dtype).itemsize
+    expected = int(proxy.offset) + math.prod(full_shape) * np.dtype(proxy.dtype).itemsize
     data_file = Path(image.file_map["image"].filename)
     actual = _data_length(data_file, expected)
     if actual < expected:
@@ -129,7 +134,7 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 def _data_length(path: Path, expected: int) -> int:
     """Bytes of (uncompressed) data in ``path``; gzip streams are fully read only when the trailer disagrees."""
-    if not path.name.lower().endswith((".gz", ".mgz")):
+    if not _is_gzip(path):
         return path.stat().st_size
     with path.open("rb") as handle:
         handle.seek(0, 2)
@@ -147,6 +152,10 @@ def _data_length(path: Path, expected: int) -> int:
     except (OSError, zlib.error) as error:
         raise InputError(path, f"corrupt gzip data ({_one_line(error)})") from None
     return total
+
+
+def _is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith((".gz", ".mgz"))
 
 
 def _one_line(error: BaseException) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from brainage.errors import InputError, Problem
@@ -87,8 +88,7 @@ def validate_manifest(frame: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     duplicated = frame.loc[frame["scan_id"].duplicated(), "scan_id"].unique().tolist()
     if duplicated:
         raise InputError(source, f"duplicate scan_id: {', '.join(duplicated[:5])}")
-    ages = frame["age"].to_numpy()
-    if not all(math.isfinite(age) for age in ages):
+    if not np.isfinite(frame["age"].to_numpy()).all():
         raise InputError(source, "age must be finite in every row")
     ordered = [*CORE_COLUMNS, *(c for c in OASIS_EXTRA_COLUMNS if c in frame.columns)]
     frame = frame[ordered + [c for c in frame.columns if c not in ordered]]
@@ -198,7 +198,7 @@ def finish(
         source=source,
         kind=kind,
         manifest=manifest,
-        problems=list(dict.fromkeys(problems)),
+        problems=sorted(dict.fromkeys(problems), key=lambda problem: (natural_key(problem.path), problem.cause)),
         rows_without_scans=sorted(set(rows_without_scans), key=natural_key),
         scans_without_rows=sorted(set(scans_without_rows), key=natural_key),
         demographics=demographics,
@@ -208,7 +208,7 @@ def finish(
 def _coerce(series: pd.Series, dtype: str, column: str, source: str | Path) -> pd.Series:
     if dtype == "str":
         return series.map(lambda value: math.nan if is_missing(value) else str(value).strip()).astype("str")
-    cleaned = series.map(lambda value: math.nan if is_missing(value) else value)
+    cleaned = series.map(lambda value: math.nan if is_missing(value) else str(value).strip())
     numeric = pd.to_numeric(cleaned, errors="coerce")
     bad = numeric.isna() & cleaned.notna()
     if bad.any():

@@ -3,7 +3,6 @@ longitudinal demographics spreadsheet (``.xlsx`` or a ``.csv`` export of it)."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -84,7 +83,11 @@ def find_sessions(root: str | Path) -> dict[str, list[Path]]:
 
 def looks_like_oasis(root: Path) -> bool:
     """True when a ``<MRI ID>/RAW`` folder holding an image sits within reach below ``root``."""
-    return any(find_sessions(root).values())
+    return any(
+        folder.is_dir() and any(image_suffix(path) for path in folder.iterdir())
+        for depth in range(1, MAX_SESSION_DEPTH + 1)
+        for folder in root.glob("/".join(["*"] * depth + [SCAN_FOLDER]))
+    )
 
 
 def discover_oasis(root: Path, demographics: str | Path | None = None) -> Discovery:
@@ -141,7 +144,7 @@ def _usable_rows(sheet: Path) -> tuple[list[dict[str, object]], list[Problem], s
         problems.append(Problem(str(sheet), f"duplicate MRI ID {session} (rows {numbers}): left out"))
         bad_sessions.add(session)
     rows: list[dict[str, object]] = []
-    for index, row in frame.iterrows():
+    for index, row in zip(frame.index, frame.to_dict("records")):
         session = ids[index]
         if session in bad_sessions:
             continue
@@ -156,11 +159,10 @@ def _usable_rows(sheet: Path) -> tuple[list[dict[str, object]], list[Problem], s
         record["session_id"] = session
         record["age"] = parse_age(row["Age"])[0]
         rows.append(record)
-    rows.sort(key=lambda record: natural_key(str(record["session_id"])))
     return rows, problems, bad_sessions
 
 
-def _row_cause(row: pd.Series) -> str | None:
+def _row_cause(row: dict[str, object]) -> str | None:
     """Why a spreadsheet row cannot be used, or None."""
     empty = [column for column in ("Subject ID", "MRI ID") if is_missing(row[column])]
     if empty:
@@ -170,8 +172,11 @@ def _row_cause(row: pd.Series) -> str | None:
         return cause
     for column in NUMERIC_DEMOGRAPHICS:
         value = row[column]
-        if not is_missing(value) and pd.isna(pd.to_numeric(str(value).strip(), errors="coerce")):
-            return f"non-numeric {column} {str(value).strip()!r}"
+        if not is_missing(value):
+            try:
+                float(str(value).strip())
+            except ValueError:
+                return f"non-numeric {column} {str(value).strip()!r}"
     return None
 
 
@@ -182,7 +187,7 @@ def _scan_files(folder: Path) -> list[Path]:
         suffix = image_suffix(path)
         if suffix is None or not path.is_file() or (suffix == ".img" and pair_partner(path).is_file()):
             continue
-        files.append(Path(os.path.abspath(path)))
+        files.append(path)
     return files
 
 

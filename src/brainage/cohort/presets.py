@@ -1,0 +1,102 @@
+"""Cohort sizes and image geometry, one frozen dataclass per preset: every number to tune is here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from brainage.errors import BrainAgeError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How many people, sessions and scans to make, and on which scanner grid.
+
+    ``visits`` and ``repeats`` are ``(count, number of subjects/sessions)`` pairs; the field of
+    view is ``shape × zooms`` (256 × 256 × 160 mm for every preset, as OASIS-2), sagittal: the
+    third axis (``zooms[2]`` mm) runs left–right. ``resolution`` is the grid (mm) on which the
+    anatomy is built before it is resampled into the scanner grid.
+    """
+
+    name: str
+    nondemented: int
+    demented: int
+    converted: int
+    visits: tuple[tuple[int, int], ...]
+    repeats: tuple[tuple[int, int], ...]
+    shape: tuple[int, int, int]
+    zooms: tuple[float, float, float]
+    resolution: float
+
+    def __post_init__(self) -> None:
+        if sum(n for _, n in self.visits) != self.n_subjects:
+            raise ValueError(f"preset {self.name}: visits do not add up to {self.n_subjects} subjects")
+        if sum(n for _, n in self.repeats) != self.n_sessions:
+            raise ValueError(f"preset {self.name}: repeats do not add up to {self.n_sessions} sessions")
+        if self.converted and max(v for v, _ in self.visits) < 2:
+            raise ValueError(f"preset {self.name}: converted subjects need at least two visits")
+
+    @property
+    def n_subjects(self) -> int:
+        return self.nondemented + self.demented + self.converted
+
+    @property
+    def n_sessions(self) -> int:
+        return sum(v * n for v, n in self.visits)
+
+    @property
+    def n_scans(self) -> int:
+        return sum(r * n for r, n in self.repeats)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+#: OASIS-2 itself: 150 subjects (72/64/14), 373 sessions of 2–5 visits, 1368 scans of 3–4 repeats,
+#: 256 × 256 × 128 voxels of 1.0 × 1.0 × 1.25 mm.
+OASIS2 = Preset(
+    name="oasis2",
+    nondemented=72,
+    demented=64,
+    converted=14,
+    visits=((2, 98), (3, 37), (4, 9), (5, 6)),
+    repeats=((3, 124), (4, 249)),
+    shape=(256, 256, 128),
+    zooms=(1.0, 1.0, 1.25),
+    resolution=1.5,
+)
+
+#: The demo: sized so that synth + prepare + training a small CNN take minutes on 2 CPU cores.
+DEMO = Preset(
+    name="demo",
+    nondemented=31,
+    demented=27,
+    converted=6,
+    visits=((1, 16), (2, 32), (3, 16)),
+    repeats=((2, 128),),
+    shape=(128, 128, 64),
+    zooms=(2.0, 2.0, 2.5),
+    resolution=2.0,
+)
+
+#: For tests: generates in seconds.
+TINY = Preset(
+    name="tiny",
+    nondemented=6,
+    demented=5,
+    converted=1,
+    visits=((2, 12),),
+    repeats=((2, 24),),
+    shape=(64, 64, 32),
+    zooms=(4.0, 4.0, 5.0),
+    resolution=3.0,
+)
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEMO, OASIS2)}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise BrainAgeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,314 @@
+"""Training data: scans of a prepared cache as a torch Dataset, augmentation, subject-grouped splits.
+
+The cache's volumes are memory-mapped, so a scan is read from the page cache, never reloaded from
+its source image. Splits are made by ``subject_id``, never by session or scan, and every fold is
+checked for subjects on two sides before anything trains.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torchio as tio
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+from torch.utils.data import DataLoader, Dataset
+from torchio.transforms import IntensityTransform
+from torchio.transforms.augmentation import RandomTransform
+
+from brainage.errors import BrainAgeError
+from brainage.preprocess import PreparedCache
+
+#: The axis of a cached volume that runs left–right (the cache stores RAS-oriented volumes).
+LEFT_RIGHT_AXIS = 0
+
+
+class SubjectLeakError(BrainAgeError):
+    """A subject whose scans fall on two sides of a split."""
+
+
+class SplitError(BrainAgeError):
+    """A split that cannot be made from the scans at hand."""
+
+
+# --- augmentation --------------------------------------------------------------------------------
+
+
+class RandomIntensityScale(RandomTransform, IntensityTransform):
+    r"""Multiply every intensity by one factor :math:`s \sim \mathcal{U}(1 - r, 1 + r)`."""
+
+    def __init__(self, scale_range: float = 0.1, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        if not 0 <= scale_range < 1:
+            raise ValueError(f"scale_range must be in [0, 1), got {scale_range}")
+        self.scale_range = scale_range
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        factor = self.sample_uniform(1 - self.scale_range, 1 + self.scale_range)
+        for image in self.get_images(subject):
+            image.set_data(image.data * factor)
+        return subject
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation; each transform is switched on by its flag.
+
+    The first three are the tutorial's (each applied with ``probability``, then a clamp to
+    ``±clamp``); the flip runs along the true left–right axis. ``affine``, ``bias_field`` and
+    ``gamma`` are TorchIO's random affine, smooth multiplicative bias field and gamma contrast.
+    """
+
+    noise: bool = True
+    noise_std: float = 0.05
+    intensity: bool = True
+    intensity_range: float = 0.1
+    flip: bool = True
+    affine: bool = False
+    affine_degrees: float = 5.0
+    affine_scales: float = 0.05
+    affine_translation: float = 2.0
+    bias_field: bool = False
+    bias_field_coefficients: float = 0.3
+    gamma: bool = False
+    gamma_log_range: float = 0.2
+    probability: float = 0.5
+    clamp: float | None = 3.0
+
+    def transform(self) -> tio.Compose | None:
+        """The TorchIO pipeline for ``(1, X, Y, Z)`` tensors, or ``None`` when nothing is on."""
+        p = self.probability
+        steps: list[tio.Transform] = []
+        if self.affine:
+            steps.append(
+                tio.RandomAffine(
+                    scales=self.affine_scales, degrees=self.affine_degrees,
+                    translation=self.affine_translation, default_pad_value="minimum", p=p,
+                )
+            )
+        if self.bias_field:
+            steps.append(tio.RandomBiasField(coefficients=self.bias_field_coefficients, p=p))
+        if self.gamma:
+            steps.append(tio.RandomGamma(log_gamma=self.gamma_log_range, p=p))
+        if self.noise:
+            steps.append(tio.RandomNoise(std=(self.noise_std, self.noise_std), p=p))
+        if self.intensity:
+            steps.append(RandomIntensityScale(self.intensity_range, p=p))
+        if self.flip:
+            steps.append(tio.RandomFlip(axes=(LEFT_RIGHT_AXIS,), flip_probability=p))
+        if not steps:
+            return None
+        if self.clamp is not None:
+            steps.append(tio.Clamp(out_min=-self.clamp, out_max=self.clamp))
+        return tio.Compose(steps)
+
+
+# --- dataset -------------------------------------------------------------------------------------
+
+
+class ScanDataset(Dataset):
+    """Scans ``indices`` (manifest row positions) of a cache: ``(image (1, X, Y, Z), age_z, index)``.
+
+    Ages are z-scored with the given training statistics; ``transform`` (a TorchIO transform)
+    is applied to the float32 image tensor.
+    """
+
+    def __init__(
+        self,
+        cache: PreparedCache,
+        indices: Sequence[int],
+        age_mean: float,
+        age_std: float,
+        transform: tio.Transform | None = None,
+    ) -> None:
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        ages = cache.manifest["age"].to_numpy(dtype=np.float32)[self.indices]
+        self.age_z = torch.from_numpy((ages - age_mean) / age_std).float()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index = int(self.indices[item])
+        image = torch.from_numpy(np.array(self.cache.volume(index), dtype=np.float32))[None]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.age_z[item], index
+
+
+def age_statistics(ages: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of training ages, for z-scoring (never of validation/test)."""
+    ages = np.asarray(ages, dtype=float)
+    std = float(ages.std())
+    if ages.size < 2 or std == 0:
+        raise SplitError(f"the training scans need at least two different ages, got {ages.size} scan(s) with sd {std:.2f}")
+    return float(ages.mean()), std
+
+
+def default_num_workers() -> int:
+    """Loader processes: none on a machine of two cores or fewer, else half the cores (at most 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(8, cores // 2)
+
+
+# --- splits --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Manifest row positions of one fold: ``train`` (fit), ``val`` (early stopping, bias
+    correction) and ``test`` (reported, never seen while training); ``excluded`` are training-side
+    scans left out (QC-flagged or outside ``train_groups``)."""
+
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    excluded_qc: int = 0
+    excluded_group: int = 0
+
+    def describe(self, manifest: pd.DataFrame) -> dict[str, object]:
+        """Counts of scans and subjects per side, for a table."""
+        row: dict[str, object] = {"fold": self.index}
+        for side in ("train", "val", "test"):
+            indices = getattr(self, side)
+            row[f"{side} scans"] = len(indices)
+            row[f"{side} subjects"] = manifest["subject_id"].iloc[indices].nunique()
+        row["excluded (QC)"] = self.excluded_qc
+        row["excluded (group)"] = self.excluded_group
+        return row
+
+
+def check_subject_leak(manifest: pd.DataFrame, splits: Mapping[str, Sequence[int]]) -> None:
+    """Raise :class:`SubjectLeakError` if any subject has scans in two of ``splits``."""
+    subjects = manifest["subject_id"].astype(str).to_numpy()
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            shared = sorted(set(subjects[np.asarray(splits[first], dtype=int)]) & set(subjects[np.asarray(splits[second], dtype=int)]))
+            if shared:
+                shown = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+                raise SubjectLeakError(f"subject(s) {shown} have scans in both {first} and {second}; splits must be by subject")
+
+
+def subject_holdout(manifest: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(kept, held_out)`` with ``fraction`` of the subjects held out (GroupShuffleSplit)."""
+    subjects = manifest["subject_id"].astype(str).to_numpy()
+    if not 0 < fraction < 1:
+        raise SplitError(f"the held-out fraction must be between 0 and 1, got {fraction}")
+    if len(np.unique(subjects)) < 2:
+        raise SplitError(f"a subject-grouped split needs at least two subjects, got {len(np.unique(subjects))}")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    kept, held_out = next(splitter.split(subjects, groups=subjects))
+    return np.sort(kept), np.sort(held_out)
+
+
+def subject_kfold(manifest: pd.DataFrame, k: int, seed: int, n_age_bins: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` pairs ``(train, test)`` of row positions: StratifiedGroupKFold by subject on age bins.
+
+    Bins are quantiles of the subjects' mean ages, so every fold spans the age range.
+    """
+    subjects = manifest["subject_id"].astype(str).to_numpy()
+    n_subjects = len(np.unique(subjects))
+    if k < 2 or k > n_subjects:
+        raise SplitError(f"--folds must be between 2 and the number of subjects ({n_subjects}), got {k}")
+    subject_age = manifest.groupby(manifest["subject_id"].astype(str))["age"].mean()
+    n_bins = max(1, min(n_age_bins, n_subjects // k))
+    edges = np.quantile(subject_age.to_numpy(), np.linspace(0, 1, n_bins + 1)[1:-1])
+    bins = np.digitize(subject_age.reindex(subjects).to_numpy(), edges)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(train), np.sort(test)) for train, test in splitter.split(subjects, bins, groups=subjects)]
+
+
+def make_folds(
+    manifest: pd.DataFrame,
+    folds: int | None = None,
+    val_fraction: float = 0.2,
+    early_stopping_fraction: float = 0.15,
+    seed: int = 42,
+    train_groups: Sequence[str] | None = None,
+) -> list[Fold]:
+    """Subject-grouped folds: ``folds`` (K-fold, every scan tested once) or one hold-out of
+    ``val_fraction`` of the subjects. Inside each training side, ``early_stopping_fraction`` of its
+    subjects become the validation set. QC-flagged scans and, with ``train_groups``, scans of other
+    groups are kept out of train/val but stay in the test side. Refuses a split with a subject leak.
+    """
+    if train_groups:
+        unknown = sorted(set(train_groups) - set(manifest["group"].dropna().astype(str)))
+        if unknown:
+            raise SplitError(f"no scans in group(s) {', '.join(unknown)}; groups present: {', '.join(sorted(manifest['group'].dropna().astype(str).unique()))}")
+    flagged = manifest["qc_flagged"].fillna(False).astype(bool).to_numpy() if "qc_flagged" in manifest else np.zeros(len(manifest), bool)
+    in_group = manifest["group"].astype(str).isin(train_groups).to_numpy() if train_groups else np.ones(len(manifest), bool)
+    outer = subject_kfold(manifest, folds, seed) if folds else [subject_holdout(manifest, val_fraction, seed)]
+    result = []
+    for index, (training_side, test) in enumerate(outer):
+        eligible = training_side[in_group[training_side] & ~flagged[training_side]]
+        if manifest["subject_id"].iloc[eligible].nunique() < 2:
+            raise SplitError(f"fold {index}: fewer than two training subjects remain after QC and group filters")
+        inner_train, inner_val = subject_holdout(manifest.iloc[eligible], early_stopping_fraction, seed + index)
+        fold = Fold(
+            index=index,
+            train=eligible[inner_train],
+            val=eligible[inner_val],
+            test=test,
+            excluded_qc=int(flagged[training_side].sum()),
+            excluded_group=int((~in_group[training_side] & ~flagged[training_side]).sum()),
+        )
+        check_subject_leak(manifest, {"train": fold.train, "val": fold.val, "test": fold.test})
+        result.append(fold)
+    return result
+
+
+# --- Lightning data module -----------------------------------------------------------------------
+
+
+class BrainAgeDataModule(L.LightningDataModule):
+    """Loaders of one fold: augmented shuffled training batches, plain validation batches.
+
+    Age statistics (``age_mean``, ``age_std``) come from the fold's training scans only.
+    """
+
+    def __init__(
+        self,
+        cache: PreparedCache,
+        fold: Fold,
+        batch_size: int = 8,
+        augmentation: AugmentConfig | None = None,
+        num_workers: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.cache = cache
+        self.fold = fold
+        self.batch_size = batch_size
+        self.augmentation = augmentation or AugmentConfig()
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.age_mean, self.age_std = age_statistics(cache.manifest["age"].to_numpy()[fold.train])
+
+    def dataset(self, indices: Sequence[int], augment: bool = False) -> ScanDataset:
+        """Scans ``indices`` with this fold's age statistics (and training augmentation if asked)."""
+        transform = self.augmentation.transform() if augment else None
+        return ScanDataset(self.cache, indices, self.age_mean, self.age_std, transform)
+
+    def loader(self, indices: Sequence[int], train: bool = False) -> DataLoader:
+        """Shuffled, augmented batches (dropping a last batch of one for batch norm) if ``train``."""
+        return DataLoader(
+            self.dataset(indices, augment=train),
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(indices) % self.batch_size == 1,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.fold.train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.fold.val)
