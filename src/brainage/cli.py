@@ -119,10 +119,46 @@ def train_command(
     result = train(cache, out, config)
     if result is None:  # a non-zero rank of multi-process training
         return
-    print_table(result.folds, title="Folds (split by subject)")
+    print_table(result.folds, title="Folds by subject (scans / subjects)")
     print_table(result.summary, title=f"Out-of-fold accuracy (years): {config.model} beside the baselines")
     print_table(result.group_gaps, title="Brain-age gap by group (bias-corrected)")
     test = result.group_test
     if test["test"] != "none":
         console.print(f"{test['test']}: statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}")
     console.print(f"Run folder: {result.run_dir} (config.yaml, predictions.csv, summary.csv, metrics.csv, figures, fold_*/model.ckpt)")
+
+
+@app.command("predict")
+@reports_errors
+def predict_command(
+    inputs: list[Path] = typer.Argument(
+        ..., help="Scans (.nii, .nii.gz, .hdr/.img, .mgz), folders of them, CSV/TSV tables of paths (optional age, subject_id), BIDS or OASIS-2 folders."
+    ),
+    model: list[Path] = typer.Option(..., "--model", "-m", help="A checkpoint (model.ckpt) or a run folder (all its fold models); repeat to average several."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV file to write (atomically)."),
+    sessions: bool = typer.Option(False, "--sessions", help="Average the repeat scans of each session: one row per session."),
+    cache: Path | None = typer.Option(None, "--cache", help="A prepared cache to take preprocessed scans from; default: the cache the model was trained on."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes for preprocessing."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Scans per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+) -> None:
+    """Predict brain age (and the brain-age gap where the age is known) for new scans."""
+    from brainage.console import console, print_problems, print_table
+    from brainage.predict import BrainAgeModel, accuracy_table
+    from brainage.training import write_csv
+
+    brain_age_model = BrainAgeModel.load(model, device=device)
+    predictions = brain_age_model.predict(inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size)
+    print_problems(brain_age_model.problems_)
+    if predictions.empty:
+        raise BrainAgeError(f"no scan could be predicted; {out} was not written")
+    write_csv(predictions, out)
+    accuracy = accuracy_table(predictions, brain_age_model.mean_training_age)
+    if len(accuracy):
+        print_table(accuracy, title=f"Accuracy where the age is known (years), {'sessions' if sessions else 'scans'}")
+    flagged = int(predictions["warnings"].astype(bool).sum())
+    unit = "session" if sessions else "scan"
+    console.print(
+        f"{len(predictions)} {unit}(s) predicted with {len(brain_age_model.checkpoints)} model(s), "
+        f"{len(brain_age_model.problems_)} skipped, {flagged} with warnings → {out}"
+    )

@@ -175,14 +175,13 @@ class Fold:
     excluded_group: int = 0
 
     def describe(self, manifest: pd.DataFrame) -> dict[str, object]:
-        """Counts of scans and subjects per side, for a table."""
+        """``scans / subjects`` per side and the excluded scan counts, for a table."""
         row: dict[str, object] = {"fold": self.index}
         for side in ("train", "val", "test"):
             indices = getattr(self, side)
-            row[f"{side} scans"] = len(indices)
-            row[f"{side} subjects"] = manifest["subject_id"].iloc[indices].nunique()
-        row["excluded (QC)"] = self.excluded_qc
-        row["excluded (group)"] = self.excluded_group
+            row[side] = f"{len(indices)} / {manifest['subject_id'].iloc[indices].nunique()}"
+        row["QC-excluded"] = self.excluded_qc
+        row["group-excluded"] = self.excluded_group
         return row
 
 

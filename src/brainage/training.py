@@ -52,7 +52,7 @@ CHECKPOINT_FORMAT = "brainage-model"
 CHECKPOINT_VERSION = 1
 PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "qc_flagged")
 #: Columns of the baselines in predictions.csv, and their names in the summary.
-BASELINES = {"mean_age": "mean training age", "ridge_tabular": "ridge: nWBV + eTIV + sex", "ridge_voxels": "ridge: voxels (PCA)"}
+BASELINES = {"mean_age": "mean age", "ridge_tabular": "ridge nWBV+eTIV+sex", "ridge_voxels": "ridge voxels (PCA)"}
 
 
 @dataclass(frozen=True)
@@ -277,9 +277,12 @@ class TrainingCurves(Callback):
         self.folder = Path(folder)
         self.rows: list[dict[str, float]] = []
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]  # schedulers step before epoch end
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch + 1, "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        row = {"epoch": trainer.current_epoch + 1, "lr": self._lr}
         row.update({name: float(metrics[name]) for name in HISTORY_COLUMNS[2:] if name in metrics})
         self.rows.append(row)
         if trainer.is_global_zero:
@@ -567,7 +570,7 @@ def _plain(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Hide Lightning's banner lines (devices, tips) and warnings that do not apply to this loop."""
     lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = lightning_log.level
@@ -581,6 +584,54 @@ def _quiet_lightning() -> Iterator[None]:
         lightning_log.setLevel(level)
 
 
+def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerator: str, precision: str) -> tuple[BrainAgeModule, BrainAgeDataModule]:
+    """The fold's data module (age statistics of its training scans) and a fresh model around it."""
+    data = BrainAgeDataModule(cache, fold, config.batch_size, config.augmentation, config.num_workers)
+    hparams = dict(config.model_hparams)
+    if accelerator == "mps" and config.model == "seed":
+        hparams.setdefault("strided_pool", True)  # the tutorial's MaxPool3d replacement on Apple GPUs
+    channels_last = resolve_channels_last(config.channels_last, precision)
+    return BrainAgeModule(build_model(config.model, **hparams), data.age_mean, data.age_std, config, channels_last), data
+
+
+def fold_trainer(
+    config: TrainConfig, accelerator: str, precision: str, folder: Path, log_dir: Path, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[L.Trainer, ModelCheckpoint, TrainingCurves]:
+    """The Lightning trainer of one fold, its best-checkpoint callback and its training curves."""
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", save_weights_only=True, enable_version_counter=False)
+    curves = TrainingCurves(folder)
+    callbacks: list[Callback] = [
+        MaxGradientNorm(),
+        curves,
+        LearningRateMonitor(logging_interval="epoch"),
+        EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience),
+        best,
+        *extra_callbacks,
+    ]
+    if config.progress:
+        callbacks.append(_ProgressBar())
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        precision=precision,
+        gradient_clip_val=config.gradient_clip,
+        gradient_clip_algorithm="norm",
+        deterministic=config.deterministic,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(log_dir.parent, name=log_dir.name, version="csv"),
+            TensorBoardLogger(log_dir.parent, name=log_dir.name, version="tensorboard", default_hp_metric=False),
+        ],
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=config.progress,
+    )
+    return trainer, best, curves
+
+
 def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Path, accelerator: str, precision: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train one fold (or reuse it if it finished before); return its test predictions and history."""
     folder = run_dir / f"fold_{fold.index}"
@@ -590,48 +641,14 @@ def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Pa
         return pd.read_csv(finished, dtype={"scan_id": str, "subject_id": str, "session_id": str}), history
 
     L.seed_everything(config.seed + fold.index, workers=True, verbose=False)
-    data = BrainAgeDataModule(cache, fold, config.batch_size, config.augmentation, config.num_workers)
-    hparams = dict(config.model_hparams)
-    if accelerator == "mps" and config.model == "seed":
-        hparams.setdefault("strided_pool", True)  # the tutorial's MaxPool3d replacement on Apple GPUs
-    channels_last = resolve_channels_last(config.channels_last, precision)
-    module = BrainAgeModule(build_model(config.model, **hparams), data.age_mean, data.age_std, config, channels_last)
-    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", save_weights_only=True, enable_version_counter=False)
-    curves = TrainingCurves(folder)
-    callbacks: list[Callback] = [
-        MaxGradientNorm(),
-        curves,
-        LearningRateMonitor(logging_interval="epoch"),
-        EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience),
-        best,
-    ]
-    if config.progress:
-        callbacks.append(_ProgressBar())
-    with _quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=config.epochs,
-            accelerator=accelerator,
-            devices=config.devices,
-            num_nodes=config.num_nodes,
-            precision=precision,
-            gradient_clip_val=config.gradient_clip,
-            gradient_clip_algorithm="norm",
-            deterministic=config.deterministic,
-            callbacks=callbacks,
-            logger=[
-                CSVLogger(run_dir / "logs", name=f"fold_{fold.index}", version="csv"),
-                TensorBoardLogger(run_dir / "logs", name=f"fold_{fold.index}", version="tensorboard", default_hp_metric=False),
-            ],
-            log_every_n_steps=1,
-            num_sanity_val_steps=0,
-            enable_model_summary=False,
-            enable_progress_bar=config.progress,
-        )
+    module, data = fold_module(cache, fold, config, accelerator, precision)
+    with quiet_lightning():
+        trainer, best, curves = fold_trainer(config, accelerator, precision, folder, run_dir / "logs" / f"fold_{fold.index}")
         if config.progress and trainer.is_global_zero:
             console.print(
                 f"[bold]fold {fold.index}[/]: {config.model} on {len(fold.train)} training scans, "
                 f"{len(fold.val)} validation, {len(fold.test)} test; {accelerator}, {precision}"
-                f"{', channels-last' if channels_last else ''}"
+                f"{', channels-last' if module.channels_last else ''}"
             )
         trainer.fit(module, datamodule=data)
     if not trainer.is_global_zero:
@@ -640,7 +657,7 @@ def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Pa
     Path(best.best_model_path).unlink()
 
     device = trainer.strategy.root_device
-    predict = {"device": device, "precision": precision, "channels_last": channels_last}
+    predict = {"device": device, "precision": precision, "channels_last": module.channels_last}
     val_predicted = predict_ages(module.model, data.loader(fold.val), data.age_mean, data.age_std, **predict)
     test_predicted = predict_ages(module.model, data.loader(fold.test), data.age_mean, data.age_std, **predict)
     module.model.cpu()

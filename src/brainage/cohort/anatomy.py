@@ -4,8 +4,8 @@ Everything here is in template space (MNI millimetres) and the same for every su
 T1, GM and WM templates and the brain mask are read once per process (offline, from
 ``nilearn/datasets/data``); CSF is the brain mask minus GM and WM. Tissue maps are resampled onto
 a working grid of the preset's resolution, and the smooth fields that drive the ageing model are
-computed on 2 mm block means and sampled on a coarser *field grid* (every ``field_step``-th
-working-grid point). Results are cached per process and resolution.
+computed on 2 mm block means and sampled on a coarser *field grid* (every second working-grid
+point). Results are cached per process and resolution.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Anatomy:
     """Template maps on a working grid (index ``ijk`` ↦ ``origin + resolution·ijk`` mm).
 
     Tissue maps are fractions in [0, 1] on the working grid. The ageing fields live on the field
-    grid, ``working[::field_step, ::field_step, ::field_step]``; vectors have shape ``(3, ...)``.
+    grid, ``working[::2, ::2, ::2]``; vectors have shape ``(3, ...)``.
     """
 
     resolution: float
@@ -58,7 +58,6 @@ class Anatomy:
     #: The T1 template minus its three-tissue mixture (relative to white matter): detail that
     #: tissue classes do not explain.
     texture: np.ndarray
-    field_step: int
     #: Gradient of smoothed CSF, scaled so its 99th-percentile length in the brain is 1 and
     #: clipped at 1: sampling along it widens sulci.
     sulcal: np.ndarray
@@ -109,8 +108,7 @@ def load_anatomy(resolution: float) -> Anatomy:
     source, source_offset, source_res = (coarse, offset2, 2.0) if resolution >= 2.0 else (fine, offset, 1.0)
     base = {name: grid.sample(array, source_offset, source_res) for name, array in source.items()}
     icv = np.maximum(base["mask"], ndimage.binary_fill_holes(base["mask"] > 0.5)).astype(np.float32)
-    field_step = 1 if resolution >= 2.5 else 2
-    field = _Grid(resolution * field_step)
+    field = _Grid(2.0 * resolution)
     return Anatomy(
         resolution=float(resolution),
         origin=np.asarray(LOWER_MM),
@@ -123,7 +121,6 @@ def load_anatomy(resolution: float) -> Anatomy:
         border=grid.sample(border, offset2, 2.0),
         periventricular=grid.sample(periventricular, offset2, 2.0),
         texture=base["texture"],
-        field_step=field_step,
         sulcal=np.stack([field.sample(c, offset2, 2.0) for c in sulcal]),
         retraction=np.stack([field.sample(c, offset2, 2.0) for c in retraction]),
         ventricle_normal=np.stack([field.sample(c, offset2, 2.0) for c in _normal(ventricle_distance)]),

@@ -12,14 +12,15 @@ Three stages, each cached at its own level by the caller:
 
 from __future__ import annotations
 
-import warnings
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from brainage.cohort.ageing import AGEING, AgeingModel
-from brainage.cohort.anatomy import HEAD_CENTRE_MM, LOWER_MM, UPPER_MM, Anatomy
+from brainage.cohort.anatomy import HEAD_CENTRE_MM, Anatomy
+from brainage.cohort.fields import bspline_field
 from brainage.cohort.people import ScanRecord, SessionRecord, SubjectRecord
 from brainage.cohort.presets import Preset
 
@@ -32,6 +33,8 @@ TEXTURE_GAIN = 0.8
 SKULL_LAYERS = ((1.5, 0.25), (1.5, 0.05), (2.5, 0.55), (1.5, 0.05))
 SCALP_LAYERS = ((3.5, 1.15), (2.0, 0.55))
 NECK_SIGNAL = 0.5
+#: Template height (mm) below which the skull ends and the neck begins.
+SKULL_BASE_MM = -62.0
 #: Spacing (mm) of the control points of the per-subject random deformation.
 DEFORMATION_SPACING_MM = 25.0
 
@@ -52,6 +55,12 @@ class SubjectAnatomy:
     ventricles: np.ndarray
     #: T1 signal of everything outside the intracranial volume (skull, scalp, neck, air).
     head: np.ndarray
+    #: Where white-matter lesions grow, and the template's detail (smooth or fine, so they are
+    #: sampled once per subject, not re-aged per session).
+    periventricular: np.ndarray
+    texture: np.ndarray
+    #: Bounding box (working-grid indices, lower and upper) of everything with signal.
+    support: tuple[np.ndarray, np.ndarray]
     sulcal: np.ndarray
     retraction: np.ndarray
     ventricle_normal: np.ndarray
@@ -72,9 +81,6 @@ class Tissues:
     csf: np.ndarray
     #: The ventricles (fraction of each voxel), which the ageing displacement enlarges.
     ventricles: np.ndarray
-    #: Periventricular white-matter weight and template detail, carried along for the T1 signal.
-    periventricular: np.ndarray
-    texture: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -97,17 +103,21 @@ def subject_anatomy(subject: SubjectRecord, anatomy: Anatomy) -> SubjectAnatomy:
     """Warp the template by the subject's random deformation and add their skull, scalp and neck."""
     displacement = _random_deformation(subject.deformation_seed, subject.deformation_mm, anatomy)
     positions = np.indices(anatomy.shape, dtype=np.float32) + displacement / np.float32(anatomy.resolution)
-    step = anatomy.field_step
-    coarse = positions[:, ::step, ::step, ::step] / np.float32(step)
+    coarse = positions[:, ::2, ::2, ::2] / np.float32(2.0)
     distance = _sample(anatomy.distance, positions, mode="nearest")
     icv = _sample(anatomy.icv, positions)
+    height = positions[2] * np.float32(anatomy.resolution) + np.float32(anatomy.origin[2])
+    head = (1.0 - icv) * _head_signal(distance, height, _sample(anatomy.neck, positions), subject, anatomy.resolution)
     return SubjectAnatomy(
         anatomy=anatomy,
         head_scale=subject.head_scale,
         positions=positions,
         icv=icv,
         ventricles=_sample(anatomy.ventricles, positions),
-        head=(1.0 - icv) * _head_signal(distance, _sample(anatomy.neck, positions), subject, anatomy.resolution),
+        head=head,
+        periventricular=_sample(anatomy.periventricular, positions),
+        texture=_sample(anatomy.texture, positions),
+        support=_bounding_box((head > 1e-3) | (icv > 1e-3)),
         sulcal=np.stack([_sample(c, coarse) for c in anatomy.sulcal]),
         retraction=np.stack([_sample(c, coarse) for c in anatomy.retraction]),
         ventricle_normal=np.stack([_sample(c, coarse) for c in anatomy.ventricle_normal]),
@@ -144,7 +154,7 @@ def aged_tissues(space: SubjectAnatomy, brain_age: float, ageing: AgeingModel = 
     template's ventricles stay CSF and tissue never exceeds the intracranial volume.
     """
     anatomy = space.anatomy
-    shift = _upsample(ageing_displacement(space, brain_age, ageing), anatomy.field_step, anatomy.shape)
+    shift = _upsample(ageing_displacement(space, brain_age, ageing), anatomy.shape)
     positions = space.positions + shift / np.float32(anatomy.resolution)
     keep = 1.0 - space.ventricles
     thinning = min(ageing.gm_thinning * ageing.atrophy(brain_age), 0.9)
@@ -158,8 +168,6 @@ def aged_tissues(space: SubjectAnatomy, brain_age: float, ageing: AgeingModel = 
         wm=wm,
         csf=np.maximum(space.icv - gm - wm, 0.0),
         ventricles=np.maximum(_sample(anatomy.ventricles, positions), space.ventricles),
-        periventricular=_sample(anatomy.periventricular, positions),
-        texture=_sample(anatomy.texture, positions),
     )
 
 
@@ -178,10 +186,10 @@ def measure(space: SubjectAnatomy, tissues: Tissues) -> Volumes:
 def t1_signal(space: SubjectAnatomy, tissues: Tissues, brain_age: float, ageing: AgeingModel = AGEING) -> np.ndarray:
     """T1-weighted signal in template space (young white matter = 1), head included."""
     d = ageing.decades(brain_age)
-    lesion = np.float32(ageing.wm_lesion * d * d) * tissues.periventricular
+    lesion = np.float32(ageing.wm_lesion * d * d) * space.periventricular
     wm_signal = np.float32(WM_SIGNAL * (1.0 - ageing.wm_signal_drop * d)) * (1.0 - lesion)
     brain = CSF_SIGNAL * tissues.csf + GM_SIGNAL * tissues.gm + wm_signal * tissues.wm
-    return brain + TEXTURE_GAIN * tissues.texture * (tissues.gm + tissues.wm) + space.head
+    return brain + TEXTURE_GAIN * space.texture * (tissues.gm + tissues.wm) + space.head
 
 
 def scanner_affine(preset: Preset) -> np.ndarray:
@@ -233,16 +241,36 @@ def acquire(
     scale = 1.0 / (space.head_scale * anatomy.resolution)
     matrix = scale * rotation.T @ affine[:3, :3]
     offset = scale * rotation.T @ (affine[:3, 3] - shift) + (np.asarray(HEAD_CENTRE_MM) - anatomy.origin) / anatomy.resolution
-    image = ndimage.affine_transform(
-        signal, matrix, offset, output_shape=preset.shape, order=1, mode="constant", output=np.float32
-    )
+    # resample only the part of the field of view that the head's bounding box can reach
+    corners = np.array(list(itertools.product(*zip(*space.support)))).T
+    reach = np.linalg.solve(matrix, corners - offset[:, None])
+    lower = np.clip(np.floor(reach.min(1)).astype(int) - 1, 0, preset.shape)
+    upper = np.clip(np.ceil(reach.max(1)).astype(int) + 2, 0, preset.shape)
+    image = np.zeros(preset.shape, dtype=np.float32)
+    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper))
+    ndimage.affine_transform(
+        signal, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant",
+        output=image[box],
+    )  # fmt: skip
     image *= bias
     noise = np.random.default_rng(scan.noise_seed).standard_normal((2, *preset.shape), dtype=np.float32)
     noise *= np.float32(session.noise_sd)
     image += noise[0]
-    image = np.hypot(image, noise[1])
+    image = np.hypot(image, noise[1], out=image)
     image *= np.float32(session.intensity_scale)
-    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+    np.rint(image, out=image)
+    np.clip(image, 0, np.iinfo(np.int16).max, out=image)
+    return image.astype(np.int16)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest index along each axis where ``mask`` is true."""
+    bounds = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        bounds.append((hits[0], hits[-1]))
+    lower, upper = zip(*bounds)
+    return np.array(lower), np.array(upper)
 
 
 def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
@@ -258,53 +286,49 @@ def _sample(array: np.ndarray, positions: np.ndarray, mode: str = "constant") ->
     return ndimage.map_coordinates(array, positions, order=1, mode=mode, output=np.float32)
 
 
-def _upsample(field: np.ndarray, step: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """Linear interpolation of a field-grid array (leading vector axis) back onto the working grid."""
-    if step == 1:
-        return field
-    with warnings.catch_warnings():  # a 1-D matrix means a diagonal one: the fast zoom-and-shift path
-        warnings.simplefilter("ignore", UserWarning)
-        return np.stack(
-            [
-                ndimage.affine_transform(c, np.full(3, 1.0 / step), output_shape=shape, order=1, mode="nearest", output=np.float32)
-                for c in field
-            ]
-        )
+def _upsample(field: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Linear interpolation of a field-grid array (every 2nd working-grid point, leading vector
+    axis) back onto the working grid ``shape``; the last point is repeated past the edge."""
+    for axis, n in enumerate(shape, start=1):
+        coarse = np.moveaxis(field, axis, 0)
+        fine = np.empty((n, *coarse.shape[1:]), dtype=np.float32)
+        fine[0::2] = coarse
+        odd = fine[1::2]
+        inner = min(len(odd), len(coarse) - 1)
+        odd[:inner] = 0.5 * (coarse[:inner] + coarse[1 : inner + 1])
+        odd[inner:] = coarse[-1]
+        field = np.moveaxis(fine, 0, axis)
+    return np.ascontiguousarray(field)
 
 
 def _random_deformation(seed: int, sd_mm: float, anatomy: Anatomy) -> np.ndarray:
-    """Smooth random displacement (mm, shape (3, *grid)): cubic spline through N(0, sd²) control points.
-
-    The control grid is fixed in template mm, so a subject's warp is the same at every resolution.
-    """
-    extent = np.subtract(UPPER_MM, LOWER_MM)
-    control_shape = tuple(int(np.ceil(e / DEFORMATION_SPACING_MM)) + 1 for e in extent)
-    control = np.random.default_rng(seed).normal(0.0, sd_mm, (3, *control_shape))
-    step = np.full(3, anatomy.resolution / DEFORMATION_SPACING_MM)
-    with warnings.catch_warnings():  # a 1-D matrix means a diagonal one: the fast zoom-and-shift path
-        warnings.simplefilter("ignore", UserWarning)
-        return np.stack(
-            [
-                ndimage.affine_transform(c, step, output_shape=anatomy.shape, order=3, mode="nearest", output=np.float32)
-                for c in control
-            ]
-        )
+    """Smooth random displacement (mm, shape ``(3, *grid)``): a cubic B-spline per axis with
+    control points every :data:`DEFORMATION_SPACING_MM` in template space, so a subject's warp is
+    the same at every resolution."""
+    rng = np.random.default_rng(seed)
+    return np.stack(
+        [bspline_field(rng, sd_mm, DEFORMATION_SPACING_MM, anatomy.shape, anatomy.resolution) for _ in range(3)]
+    )
 
 
-def _head_signal(distance: np.ndarray, neck: np.ndarray, subject: SubjectRecord, resolution: float) -> np.ndarray:
-    """T1 signal of the layers outside the intracranial surface, from the distance to it (mm)."""
+def _head_signal(
+    distance: np.ndarray, height_mm: np.ndarray, neck: np.ndarray, subject: SubjectRecord, resolution: float
+) -> np.ndarray:
+    """T1 signal outside the intracranial surface: skull and scalp layers by distance (mm) to the
+    surface, ending at the skull base, and the neck's soft tissue below and around them."""
     layers = [(t * subject.skull_thickness, v) for t, v in SKULL_LAYERS]
     layers += [(t * subject.scalp_thickness, v) for t, v in SCALP_LAYERS]
     width = np.float32(max(0.25 * resolution, 0.3))
 
-    def step(edge: float) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(np.clip((np.float32(edge) - distance) / width, -30, 30)))
+    def step(edge: float, value: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(np.clip((np.float32(edge) - value) / width, -30, 30)))
 
     signal = np.zeros_like(distance)
-    inner, below = 0.0, step(0.0)
+    inner, below = 0.0, step(0.0, distance)
     for thickness, value in layers:
         outer = inner + thickness
-        above = step(outer)
+        above = step(outer, distance)
         signal += np.float32(value) * (below - above)
         inner, below = outer, above
-    return signal + np.float32(NECK_SIGNAL) * neck * below
+    skull = step(SKULL_BASE_MM, height_mm)
+    return skull * signal + np.float32(NECK_SIGNAL) * neck * (1.0 - skull * (1.0 - below))

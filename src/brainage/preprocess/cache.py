@@ -30,6 +30,7 @@ import pandas as pd
 
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.io.images import pair_partner
+from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
 from brainage.preprocess.pipelines import (
     PipelineConfig,
     Spatial,
@@ -113,8 +114,8 @@ def prepare(
 ) -> PrepareReport:
     """Preprocess every scan of ``source`` into the cache folder ``out``; return what was done.
 
-    ``source`` is anything :func:`brainage.io.discover` understands, or a manifest DataFrame with
-    ``scan_id`` and ``path`` columns. ``pipeline`` is a name (defaults) or a configuration.
+    ``source`` is anything :func:`brainage.io.discover` understands, or a manifest DataFrame
+    (:func:`brainage.io.validate_manifest` columns). ``pipeline`` is a name (defaults) or a configuration.
     ``shard=(i, n)`` (1 ≤ i ≤ n) prepares only every n-th scan starting at the i-th, so n jobs
     can fill one cache; an unsharded run afterwards finds them all cached. Bad scans are skipped
     and returned in ``problems``.
@@ -123,7 +124,7 @@ def prepare(
     config = make_config(pipeline) if isinstance(pipeline, str) else pipeline
     root = Path(out)
     manifest, problems = _manifest(source, demographics)
-    manifest = _shard(manifest.sort_values("scan_id", kind="stable").reset_index(drop=True), shard)
+    manifest = _shard(sort_manifest(manifest), shard)
     jobs = {str(path): _Job(str(path), root, config) for path in manifest["path"]}
     records: dict[str, dict[str, Any]] = {}
     for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
@@ -157,13 +158,14 @@ def load_cache(path: str | Path) -> PreparedCache:
     if meta.get("format") != CACHE_FORMAT:
         raise InputError(meta_path, f"cache format {meta.get('format')} is not {CACHE_FORMAT}; prepare it again")
     config = config_from_dict(meta["config"])
-    tables = [pd.read_csv(file, dtype={"scan_id": str, "subject_id": str, "session_id": str})
-              for file in [root / MANIFEST, *sorted(root.glob("manifest.shard-*.csv"))] if file.is_file()]
-    if not tables:
+    files = [file for file in [root / MANIFEST, *sorted(root.glob("manifest.shard-*.csv"))] if file.is_file()]
+    if not files:
         raise InputError(root, "the cache has no manifest; run `brainage prepare` again")
-    manifest = pd.concat(tables, ignore_index=True).drop_duplicates("scan_id", keep="last")
-    manifest = manifest[manifest["config_digest"] == config.volume_digest()]
-    manifest = manifest.sort_values("scan_id", kind="stable").reset_index(drop=True)
+    manifest = pd.concat([pd.read_csv(file, dtype=str) for file in files], ignore_index=True)
+    manifest = manifest.drop_duplicates("scan_id", keep="last")
+    manifest = validate_manifest(manifest[manifest["config_digest"] == config.volume_digest()], root / MANIFEST)
+    manifest["qc_score"] = manifest["qc_score"].astype(float)
+    manifest["qc_flagged"] = manifest["qc_flagged"] == "True"
     return PreparedCache(root, manifest, config, tuple(meta["shape"]), np.asarray(meta["affine"], dtype=float))
 
 
@@ -262,10 +264,7 @@ def _write_spatial(path: Path, spatial: Spatial) -> None:
 
 def _manifest(source: str | Path | pd.DataFrame, demographics: str | Path | None) -> tuple[pd.DataFrame, list[Problem]]:
     if isinstance(source, pd.DataFrame):
-        missing = {"scan_id", "path"} - set(source.columns)
-        if missing:
-            raise ValueError(f"the manifest lacks column(s) {', '.join(sorted(missing))}")
-        return source.copy(), []
+        return validate_manifest(source, "manifest"), []
     from brainage.io import discover
 
     discovery = discover(source, demographics)
@@ -303,8 +302,7 @@ def _write_cache(root: Path, manifest: pd.DataFrame, config: PipelineConfig, sha
     with atomic_write(root / "cache.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     name = MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
-    with atomic_write(root / name) as tmp:
-        manifest.to_csv(tmp, index=False)
+    write_manifest(manifest, root / name)
     if shard is None:
         for stale in root.glob("manifest.shard-*.csv"):
             stale.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -174,13 +175,11 @@ def _run_seed(path: Path, config: SeedConfig) -> np.ndarray:
     image = nib.load(path)
     if isinstance(image, nib.Nifti1Pair):
         image.set_sform(image.get_qform())
-    resampled = resample_img(
-        image,
-        target_affine=config.affine,
-        target_shape=config.shape,
-        force_resample=True,
-        copy_header=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nilearn's "casting data from int16 to float32"
+        resampled = resample_img(
+            image, target_affine=config.affine, target_shape=config.shape, force_resample=True, copy_header=True
+        )
     return stages.zscore(stages.squeeze_trailing(resampled.get_fdata(dtype=np.float32)))
 
 

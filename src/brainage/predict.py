@@ -1,0 +1,449 @@
+"""Brain age for new scans: load trained checkpoints, preprocess as they were trained, predict.
+
+Example::
+
+    model = BrainAgeModel.load("runs/oasis2")          # a run folder: its K fold models, averaged
+    table = model.predict(["scan.nii.gz", "folder/"])  # one row per scan
+    model.problems_                                    # the inputs that were skipped, and why
+
+A model is one checkpoint or an ensemble of several (the mean of their predictions). Each scan is
+preprocessed with the configuration stored in the checkpoints, or taken from a prepared cache
+that already holds it (matched by the content hash of the file), and predicted with left–right
+flip test-time averaging.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+
+from brainage.data import LEFT_RIGHT_AXIS
+from brainage.errors import BrainAgeError, InputError, Problem
+from brainage.evaluation import aggregate_sessions, regression_metrics
+from brainage.io import IMAGE_SUFFIXES, discover, scan_stem
+from brainage.io.bids import looks_like_bids
+from brainage.io.images import image_suffix, pair_partner
+from brainage.io.manifest import is_missing, natural_key, parse_age, snake_case
+from brainage.io.oasis import looks_like_oasis
+from brainage.io.table import read_spreadsheet
+from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
+from brainage.training import BrainAgeCheckpoint, load_checkpoint, resolve_accelerator
+from brainage.utils import parallel_map
+
+CHECKPOINT_NAME = "model.ckpt"
+TABLE_SUFFIXES = (".csv", ".tsv")
+#: Input columns carried into the predictions when the source has them.
+CARRIED_COLUMNS = ("scan_id", "subject_id", "session_id", "path", "age", "sex", "group", "cdr")
+PREDICTION_COLUMNS = (
+    "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_corrected",
+    "brain_age_gap", "brain_age_gap_corrected", "qc_score", "qc_flagged", "warnings",
+)  # fmt: skip
+
+
+class BrainAgeEnsemble(nn.Module):
+    """Preprocessed volumes ``(B, 1, X, Y, Z)`` → ``(B, 2)``: brain age and bias-corrected brain age.
+
+    Each member predicts the volume and its left–right mirror image (axis 0 of the RAS volume);
+    the two are averaged, de-normalised with the member's training age statistics and
+    bias-corrected with its own correction; the members' results are averaged. A member without
+    a bias correction gives NaN corrected ages.
+    """
+
+    def __init__(self, checkpoints: Sequence[BrainAgeCheckpoint]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(checkpoint.model for checkpoint in checkpoints)
+
+        def column(values: Iterable[float]) -> torch.Tensor:
+            return torch.tensor(list(values), dtype=torch.float32)
+
+        fitted = [checkpoint.corrector for checkpoint in checkpoints]
+        self.register_buffer("age_mean", column(c.age_mean for c in checkpoints))
+        self.register_buffer("age_std", column(c.age_std for c in checkpoints))
+        self.register_buffer("slope", column(c.slope_ if c is not None else math.nan for c in fitted))
+        self.register_buffer("intercept", column(c.intercept_ if c is not None else math.nan for c in fitted))
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([volumes, torch.flip(volumes, dims=(2 + LEFT_RIGHT_AXIS,))])
+        size = volumes.shape[0]
+        ages = []
+        for k, member in enumerate(self.members):
+            z = member.predict_z(member(both))
+            ages.append((z[:size] + z[size:]) / 2 * self.age_std[k] + self.age_mean[k])
+        age = torch.stack(ages, dim=1)  # (B, members)
+        corrected = (age - self.intercept) / self.slope
+        return torch.stack([age.mean(dim=1), corrected.mean(dim=1)], dim=1)
+
+
+def resolve_checkpoints(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Checkpoint files from files and run folders (a run folder gives every ``fold_*/model.ckpt``)."""
+    paths = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
+    if not paths:
+        raise BrainAgeError("no model given: pass a checkpoint (model.ckpt) or a run folder")
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(path.glob(f"fold_*/{CHECKPOINT_NAME}"), key=lambda p: natural_key(str(p)))
+            inside = inside or ([path / CHECKPOINT_NAME] if (path / CHECKPOINT_NAME).is_file() else [])
+            if not inside:
+                raise InputError(path, f"no {CHECKPOINT_NAME} in this folder nor in its fold_* folders")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(path, "no such checkpoint or run folder")
+    return list(dict.fromkeys(found))
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
+    """The scans to predict, one row per scan (columns of ``CARRIED_COLUMNS``), and what was left out.
+
+    An input is an image file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``, ``.mgz``), a folder of
+    them (searched recursively), a CSV/TSV table with a ``path`` column (optional ``age``,
+    ``subject_id``, ``session_id``, ``scan_id``, ``sex``, ``group``; relative paths are relative to
+    the table), a BIDS or an OASIS-2 folder (their ages come from their spreadsheets), or a
+    manifest DataFrame with a ``path`` column. A scan given twice is predicted once. Scans without
+    a known subject or session form their own.
+    """
+    if isinstance(inputs, pd.DataFrame):
+        if "path" not in inputs.columns:
+            raise BrainAgeError("the table of scans to predict needs a 'path' column")
+        return _complete(inputs.copy()), []
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    frames: list[pd.DataFrame] = []
+    problems: list[Problem] = []
+    for item in map(lambda value: Path(os.path.abspath(Path(value).expanduser())), items):
+        try:
+            rows, found = _rows_of(item)
+        except InputError as error:
+            problems.append(Problem.from_error(error))
+            continue
+        frames.append(rows)
+        problems.extend(found)
+    frames = [frame for frame in frames if not frame.empty]
+    if not frames:
+        return _complete(pd.DataFrame(columns=["path"])), problems
+    rows = pd.concat(frames, ignore_index=True).drop_duplicates("path").reset_index(drop=True)
+    return _complete(rows), problems
+
+
+def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """The rows one input stands for, and its problems."""
+    if item.is_dir():
+        if looks_like_bids(item) or looks_like_oasis(item):
+            found = discover(item)
+            return found.manifest, list(found.problems)
+        files = _image_files(item)
+        if not files:
+            raise InputError(item, f"no scans in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+        return pd.DataFrame({"path": [str(path) for path in files]}), []
+    if not item.exists():
+        raise InputError(item, "no such file or folder")
+    if item.suffix.lower() in TABLE_SUFFIXES:
+        return _read_table(item)
+    if image_suffix(item) is not None:
+        return pd.DataFrame({"path": [str(_header_of(item))]}), []
+    raise InputError(item, f"not a scan ({', '.join(IMAGE_SUFFIXES)}), a folder, nor a .csv/.tsv table of scans")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Every scan below ``folder``, an Analyze/NIfTI pair once (by its header, or its image if alone)."""
+    files = {_header_of(path) for path in folder.rglob("*") if image_suffix(path) and path.is_file()}
+    return sorted(files, key=lambda path: natural_key(str(path)))
+
+
+def _header_of(path: Path) -> Path:
+    """The ``.hdr`` of a pair given by its ``.img`` when that header exists; any other path as is."""
+    if image_suffix(path) == ".img" and pair_partner(path).is_file():
+        return pair_partner(path)
+    return path
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """A table of scans: ``path`` required, the other ``CARRIED_COLUMNS`` optional."""
+    frame = read_spreadsheet(path)
+    frame.columns = [snake_case(column) for column in frame.columns]
+    if "path" not in frame.columns:
+        raise InputError(path, "missing column: path (a table of scans needs path, and may give age, subject_id)")
+    frame = frame[[column for column in CARRIED_COLUMNS if column in frame.columns]].copy()
+    problems: list[Problem] = []
+    keep: list[bool] = []
+    ages: list[float] = []
+    for number, row in zip(frame.index + 2, frame.to_dict("records")):
+        age, cause = (math.nan, None) if is_missing(row.get("age")) else parse_age(row["age"])
+        if is_missing(row["path"]):
+            problems.append(Problem(str(path), f"row {number}: missing path"))
+        elif cause:
+            problems.append(Problem(str(path), f"row {number} ({row['path']}): {cause}"))
+        keep.append(not is_missing(row["path"]) and cause is None)
+        ages.append(math.nan if age is None else age)
+    frame["age"] = ages
+    frame = frame.loc[keep]
+    folder = path.parent
+    frame["path"] = [str(_header_of(Path(os.path.abspath(folder / Path(str(value).strip()).expanduser())))) for value in frame["path"]]
+    return frame, problems
+
+
+def _complete(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every ``CARRIED_COLUMNS`` column present; missing ids filled (a scan alone is its own session)."""
+    rows = rows.reset_index(drop=True)
+    for column in CARRIED_COLUMNS:
+        if column not in rows.columns:
+            rows[column] = np.nan
+    rows["path"] = rows["path"].astype(str)
+    stems = [scan_stem(path) for path in rows["path"]]
+    duplicated = pd.Series(stems).duplicated(keep=False).to_numpy()
+    default_ids = [str(Path(path).with_name(stem)) if twice else stem for path, stem, twice in zip(rows["path"], stems, duplicated)]
+    rows["scan_id"] = [default if is_missing(value) else str(value) for value, default in zip(rows["scan_id"], default_ids)]
+    rows["session_id"] = [
+        (subject if not is_missing(subject) else scan) if is_missing(session) else str(session)
+        for session, subject, scan in zip(rows["session_id"], rows["subject_id"], rows["scan_id"])
+    ]
+    rows["subject_id"] = [session if is_missing(value) else str(value) for value, session in zip(rows["subject_id"], rows["session_id"])]
+    rows["age"] = pd.to_numeric(rows["age"], errors="coerce").astype(float)
+    return rows[list(CARRIED_COLUMNS)]
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: str
+    config: PipelineConfig
+
+
+def _preprocess(job: _Job) -> tuple[np.ndarray, float] | Problem:
+    """Worker: the preprocessed volume and its QC score, or the problem (returned, so it crosses processes)."""
+    try:
+        prepared = preprocess_scan(job.path, job.config)
+    except InputError as error:
+        return Problem.from_error(error)
+    return prepared.volume, prepared.qc_score
+
+
+def training_caches(checkpoints: Iterable[str | Path]) -> list[Path]:
+    """The caches the checkpoints were trained on, as recorded in their run's ``config.yaml``
+    (``run/fold_K/model.ckpt`` → ``run/config.yaml``), where that cache still exists."""
+    found = []
+    for checkpoint in map(Path, checkpoints):
+        config = checkpoint.resolve().parent.parent / "config.yaml"
+        try:
+            cache = (yaml.safe_load(config.read_text()) or {}).get("cache")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if cache and (Path(cache) / "cache.json").is_file():
+            found.append(Path(cache))
+    return list(dict.fromkeys(found))
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+class BrainAgeModel:
+    """One or more trained checkpoints that predict brain age for scans on disk.
+
+    Build it with :meth:`load`. ``predict`` returns one row per scan (or per session) and leaves
+    the inputs it skipped, with the reason, in ``problems_``.
+    """
+
+    def __init__(self, checkpoints: Sequence[BrainAgeCheckpoint], paths: Sequence[str | Path] = (), device: str = "auto") -> None:
+        if not checkpoints:
+            raise BrainAgeError("a BrainAgeModel needs at least one checkpoint")
+        configs = [config_from_dict(checkpoint.preprocessing) for checkpoint in checkpoints]
+        names = [str(path) for path in paths] or [f"checkpoint {k}" for k in range(len(checkpoints))]
+        for name, config in zip(names[1:], configs[1:]):
+            if config.volume_digest() != configs[0].volume_digest():
+                raise InputError(name, f"its preprocessing differs from that of {names[0]}; an ensemble needs one preprocessing")
+        self.checkpoints = list(checkpoints)
+        self.paths = [Path(path) for path in paths]
+        self.config = configs[0]
+        self.device = torch.device(resolve_accelerator(device))
+        self.network = BrainAgeEnsemble(checkpoints).to(self.device).eval()
+        self.problems_: list[Problem] = []
+
+    @classmethod
+    def load(cls, path_or_paths: str | Path | Iterable[str | Path], device: str = "auto") -> "BrainAgeModel":
+        """Checkpoints (``model.ckpt``) and run folders (all their fold models); several are averaged."""
+        paths = resolve_checkpoints(path_or_paths)
+        return cls([load_checkpoint(path) for path in paths], paths, device)
+
+    @property
+    def train_age_range(self) -> tuple[float, float]:
+        """The youngest and oldest training age over every member."""
+        ranges = np.array([checkpoint.train_age_range for checkpoint in self.checkpoints], dtype=float)
+        return float(np.nanmin(ranges[:, 0])), float(np.nanmax(ranges[:, 1]))
+
+    @property
+    def mean_training_age(self) -> float:
+        """The members' mean training age: what the mean-age baseline predicts for every scan."""
+        return float(np.mean([checkpoint.age_mean for checkpoint in self.checkpoints]))
+
+    @torch.inference_mode()
+    def predict_volumes(self, volumes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``(B, 2)`` brain age and bias-corrected brain age of preprocessed volumes ``(B, X, Y, Z)``."""
+        batch = torch.as_tensor(np.asarray(volumes, dtype=np.float32))[:, None].to(self.device)
+        return self.network(batch).double().cpu().numpy()
+
+    def predict(
+        self,
+        inputs: str | Path | Iterable[str | Path] | pd.DataFrame,
+        sessions: bool = False,
+        cache: str | Path | None = "auto",
+        workers: int = 1,
+        batch_size: int = 8,
+    ) -> pd.DataFrame:
+        """Brain age of every scan of ``inputs`` (see :func:`find_inputs`), one row per scan.
+
+        Columns: ``PREDICTION_COLUMNS`` then ``sex``, ``group``, ``cdr`` where the inputs give
+        them. Gaps are brain age − age, NaN where the age is unknown. ``warnings`` names an age
+        outside the training range and a registration below the QC threshold. ``sessions=True``
+        averages the repeat scans of each session (one row per session, ``n_scans``).
+        ``cache``: a prepared cache to take preprocessed scans from (matched by content hash),
+        ``"auto"`` for the caches the checkpoints were trained on, None for none. Scans are
+        preprocessed in ``workers`` processes and predicted ``batch_size`` at a time. Inputs
+        that cannot be used are skipped and listed in ``problems_``.
+        """
+        rows, problems = find_inputs(inputs)
+        caches = self._caches(cache)
+        predicted: dict[int, tuple[float, float, float]] = {}
+        for indices, volumes, scores in _batches(self._volumes(rows, caches, workers, problems), batch_size):
+            for index, ages, score in zip(indices, self.predict_volumes(volumes), scores):
+                predicted[index] = (float(ages[0]), float(ages[1]), score)
+        self.problems_ = sorted(problems, key=lambda problem: natural_key(problem.path))
+        table = self._table(rows, predicted)
+        return summarise_sessions(table) if sessions else table
+
+    def _caches(self, cache: str | Path | None) -> list[PreparedCache]:
+        """The caches to look scans up in: only those prepared with this model's preprocessing."""
+        if cache is None:
+            return []
+        roots = training_caches(self.paths) if isinstance(cache, str) and cache == "auto" else [Path(cache)]
+        caches = [load_cache(root) for root in roots]
+        return [found for found in caches if found.config.volume_digest() == self.config.volume_digest() and len(found)]
+
+    def _volumes(
+        self, rows: pd.DataFrame, caches: Sequence[PreparedCache], workers: int, problems: list[Problem]
+    ) -> Iterator[tuple[int, np.ndarray, float]]:
+        """``(row index, volume, QC score)`` for every usable row: cached ones first, then the others
+        as their preprocessing finishes. Failures are appended to ``problems``."""
+        lookup = {
+            content: (found, i)
+            for found in caches
+            if "content_hash" in found.manifest
+            for i, content in enumerate(found.manifest["content_hash"].astype(str))
+        }
+        to_prepare: dict[str, list[int]] = {}
+        for index, path in enumerate(rows["path"]):
+            hit = lookup.get(_content_hash(path)) if lookup else None
+            if hit is not None:
+                found, i = hit
+                yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iat[i])
+            else:
+                to_prepare.setdefault(path, []).append(index)
+        if not to_prepare:
+            return
+        jobs = [_Job(path, self.config) for path in to_prepare]
+        for job, result in parallel_map(_preprocess, jobs, workers, description=f"preprocess ({self.config.name})"):
+            if isinstance(result, Problem):
+                problems.append(result)
+            elif isinstance(result, BaseException):
+                problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
+            else:
+                for index in to_prepare[job.path]:
+                    yield index, result[0], result[1]
+
+    def _table(self, rows: pd.DataFrame, predicted: dict[int, tuple[float, float, float]]) -> pd.DataFrame:
+        """The predictions frame of the rows that were predicted, in input order."""
+        done = sorted(predicted)
+        table = rows.iloc[done].reset_index(drop=True)
+        values = np.array([predicted[index] for index in done], dtype=float).reshape(-1, 3)
+        table["brain_age"], table["brain_age_corrected"], table["qc_score"] = values.T
+        table["brain_age_gap"] = table["brain_age"] - table["age"]
+        table["brain_age_gap_corrected"] = table["brain_age_corrected"] - table["age"]
+        threshold = self.config.qc_threshold
+        table["qc_flagged"] = (table["qc_score"].isna() | (table["qc_score"] < threshold)) if threshold is not None else False
+        low, high = self.train_age_range
+        table["warnings"] = [
+            _warnings(age, score, flagged, low, high, threshold)
+            for age, score, flagged in zip(table["age"], table["qc_score"], table["qc_flagged"])
+        ]
+        extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
+        return table[[*PREDICTION_COLUMNS, *extra]]
+
+
+def _content_hash(path: str) -> str | None:
+    try:
+        return content_hash(path)
+    except OSError:
+        return None  # unreadable: preprocessing reports why
+
+
+def _batches(items: Iterable[tuple[int, np.ndarray, float]], size: int) -> Iterator[tuple[list[int], np.ndarray, list[float]]]:
+    """Group ``(index, volume, score)`` items into stacked batches of at most ``size``."""
+    batch: list[tuple[int, np.ndarray, float]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield [i for i, _, _ in batch], np.stack([v for _, v, _ in batch]), [s for _, _, s in batch]
+            batch = []
+    if batch:
+        yield [i for i, _, _ in batch], np.stack([v for _, v, _ in batch]), [s for _, _, s in batch]
+
+
+def _warnings(age: float, score: float, flagged: bool, low: float, high: float, threshold: float | None) -> str:
+    """Why a prediction deserves caution, ``"; "``-separated (empty if none)."""
+    found = []
+    if np.isfinite(age) and np.isfinite(low) and not low <= age <= high:
+        found.append(f"age {age:g} is outside the training range {low:g}–{high:g}")
+    if flagged:
+        found.append("poor registration (QC score undefined)" if np.isnan(score) else f"poor registration (QC score {score:.2f} < {threshold:g})")
+    return "; ".join(found)
+
+
+def summarise_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per session: ages, brain ages and gaps averaged over its scans, the lowest QC score,
+    ``qc_flagged`` if any scan is, the warnings of every scan, ``n_scans``."""
+    if predictions.empty:
+        return predictions.drop(columns=["path", "scan_id"]).assign(n_scans=pd.Series(dtype=int))
+    averaged = aggregate_sessions(predictions.drop(columns=["path", "qc_score", "qc_flagged", "warnings"]))
+    grouped = predictions.groupby(["subject_id", "session_id"], sort=True, dropna=False)
+    quality = pd.DataFrame(
+        {
+            "qc_score": grouped["qc_score"].min(),
+            "qc_flagged": grouped["qc_flagged"].any(),
+            "warnings": grouped["warnings"].agg(lambda values: "; ".join(dict.fromkeys(v for v in values if v))),
+        }
+    ).reset_index()
+    sessions = averaged.merge(quality, on=["subject_id", "session_id"], how="left")
+    order = [column for column in PREDICTION_COLUMNS if column in sessions] + ["n_scans"]
+    return sessions[order + [column for column in sessions.columns if column not in order]]
+
+
+def accuracy_table(predictions: pd.DataFrame, mean_training_age: float) -> pd.DataFrame:
+    """MAE, RMSE and r of the rows with a known age: brain age, bias-corrected brain age and the
+    mean-age baseline (every scan predicted as ``mean_training_age``); empty if no age is known."""
+    known = predictions[predictions["age"].notna()]
+    if known.empty:
+        return pd.DataFrame(columns=["prediction", "n", "mae", "rmse", "r"])
+    candidates = {
+        "brain age": known["brain_age"],
+        "brain age, bias-corrected": known["brain_age_corrected"],
+        "mean training age": np.full(len(known), mean_training_age),
+    }
+    rows = []
+    for name, values in candidates.items():
+        metrics = regression_metrics(known["age"], values)
+        rows.append({"prediction": name, **{key: metrics[key] for key in ("n", "mae", "rmse", "r")}})
+    return pd.DataFrame(rows)
