@@ -97,7 +97,9 @@ def predictions_frame() -> pd.DataFrame:
             "age": [70.0, 70.0, 70.0, 72.0, 72.0, 80.0, 80.0],
             "brain_age": [71.0, 73.0, 75.0, 70.0, 74.0, 77.0, 79.0],
             "group": ["Demented"] * 5 + ["Nondemented"] * 2,
+            "cdr": [0.5] * 5 + [0.0] * 2,
             "fold": [0, 0, 0, 0, 0, 1, 1],
+            "ridge_voxels": [68.0, 70.0, 72.0, 75.0, 75.0, 76.0, 80.0],
         }
     )
 
@@ -110,6 +112,8 @@ def test_aggregate_sessions_averages_repeat_scans() -> None:
     assert sessions["n_scans"].tolist() == [3, 2, 2]
     assert sessions["group"].tolist() == ["Demented", "Demented", "Nondemented"]
     assert sessions["fold"].tolist() == [0, 0, 1]
+    assert sessions["cdr"].tolist() == [0.5, 0.5, 0.0]
+    assert sessions["ridge_voxels"].tolist() == [70.0, 75.0, 78.0]
     assert "scan_id" not in sessions.columns
 
 

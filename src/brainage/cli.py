@@ -162,3 +162,128 @@ def predict_command(
         f"{len(predictions)} {unit}(s) predicted with {len(brain_age_model.checkpoints)} model(s), "
         f"{len(brain_age_model.problems_)} skipped, {flagged} with warnings → {out}"
     )
+
+
+@app.command("prepare")
+@reports_errors
+def prepare_command(
+    source: Path = typer.Argument(..., help="An OASIS-2 folder, a BIDS folder, or a CSV of path,subject_id,age."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder (created; an existing cache is reused)."),
+    pipeline: str = typer.Option("standard", "--pipeline", help="standard (skull strip + MNI registration) or seed (the tutorial's)."),
+    shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Output grid shape, e.g. --shape 64 64 64."),
+    voxel_size: float | None = typer.Option(None, "--voxel-size", help="Output voxel size in mm."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes."),
+    demographics: Path | None = typer.Option(None, "--demographics", help="OASIS-2 demographics spreadsheet, if not beside the scans."),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: prepare only the I-th of N shares (1 ≤ I ≤ N), e.g. one per SLURM array task."),
+) -> None:
+    """Preprocess every scan once into a cache that training reads memory-mapped."""
+    from brainage.console import console, print_problems, print_table
+    from brainage.preprocess import make_config, prepare
+
+    try:
+        config = make_config(pipeline, shape=shape, voxel_size=voxel_size)
+    except ValueError as error:
+        raise BrainAgeError(f"--pipeline {pipeline}: {error}") from None
+    parts = tuple(int(part) for part in shard.split("/") if part.isdigit()) if shard else None
+    if parts is not None and (len(parts) != 2 or shard.count("/") != 1 or not 1 <= parts[0] <= parts[1]):
+        raise BrainAgeError(f"--shard {shard}: expected I/N with 1 ≤ I ≤ N, e.g. 3/8")
+    report = prepare(source, out, config, workers=workers, shard=parts, demographics=demographics)
+    print_table(report.summary(), title=f"brainage prepare ({config.name}) → {out}")
+    flagged = report.flagged
+    if len(flagged):
+        print_table(flagged[["scan_id", "qc_score", "qc_file"]], title=f"Flagged by QC (registration score < {config.qc_threshold})")
+    print_problems(report.problems, title="Failed")
+    console.print(f"{len(report.manifest)} scan(s) in the cache {out}")
+
+
+@app.command("synth")
+@reports_errors
+def synth_command(
+    out: Path = typer.Argument(..., help="New or empty folder to write the cohort into."),
+    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo, or oasis2 (full size: 150 subjects, 1368 scans)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
+) -> None:
+    """Generate a synthetic OASIS-2-shaped cohort from the MNI152 template, with known brain age."""
+    import os
+    import time
+
+    from brainage.cohort import get_preset, summary_table, synthesize
+    from brainage.console import console, print_problems, print_table
+
+    chosen = get_preset(preset)
+    start = time.perf_counter()
+    result = synthesize(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
+    elapsed = time.perf_counter() - start
+    print_table(summary_table(result), title=f"brainage synth ({chosen.name}, seed {seed}) → {out}", floatfmt="{:.3g}")
+    mae = result.summary["best_possible_mae"]
+    console.print(f"Best possible MAE (brain age vs Age): {mae['scan']:.2f} y per scan, {mae['session']:.2f} y per session")
+    console.print(f"{len(result.ground_truth)} scan(s) written in {elapsed:.1f} s")
+    print_problems(result.problems, title="Failed")
+    if result.problems:
+        raise typer.Exit(code=1)
+
+
+@app.command("report")
+@reports_errors
+def report_command(
+    run: Path = typer.Argument(..., help="A run folder (from `brainage train`)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write; default RUN/report.html."),
+    saliency: str = typer.Option("gradient", "--saliency", help="gradient or occlusion (slower)."),
+    saliency_scans: int = typer.Option(16, "--saliency-scans", min=1, help="Test scans the saliency map averages."),
+) -> None:
+    """Write one self-contained HTML report of a training run (figures embedded)."""
+    from brainage.console import console
+    from brainage.report import build_report
+
+    if saliency not in ("gradient", "occlusion"):
+        raise BrainAgeError(f"--saliency must be gradient or occlusion, not {saliency!r}")
+    console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans)}")
+
+
+@app.command("export")
+@reports_errors
+def export_command(
+    model: list[Path] = typer.Argument(..., help="Checkpoints (model.ckpt) or run folders; several are exported as one averaged model."),
+    out: Path = typer.Option(..., "--out", "-o", help="ONNX file to write."),
+    scan: Path | None = typer.Option(None, "--scan", help="Scan for the ONNX Runtime vs PyTorch check; default the MNI152 template on the model's grid."),
+    tolerance: float = typer.Option(1e-3, "--tolerance", min=0.0, help="Largest difference (years) the check accepts."),
+) -> None:
+    """Export a model to ONNX, checked: ONNX Runtime must agree with PyTorch on a scan."""
+    from brainage.console import console
+    from brainage.export import export_onnx
+
+    result = export_onnx(model, out, scan=scan, tolerance=tolerance)
+    console.print(
+        f"ONNX Runtime vs PyTorch on {result.check_input}: max abs difference {result.max_abs_difference:.2e} years "
+        f"(tolerance {result.tolerance:g})"
+    )
+    console.print(f"Exported {result.n_models} model(s) → {result.path} (input volume (B, 1, X, Y, Z); outputs brain_age, brain_age_corrected)")
+
+
+@app.command("demo")
+@reports_errors
+def demo_command(
+    out: Path = typer.Option(Path("brainage-demo"), "--out", "-o", help="Folder for the cohort, cache, run, predictions and report."),
+    preset: str | None = typer.Option(None, "--preset", help="Synthetic cohort size: demo (default) or tiny."),
+    pipeline: str | None = typer.Option(None, "--pipeline", help="Preprocessing: standard (default) or seed."),
+    model: str | None = typer.Option(None, "--model", help="Network by name."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum training epochs."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes for synthesis, preprocessing and prediction; default all cores."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the cohort, the splits and the training."),
+) -> None:
+    """Synthetic cohort → prepare → train → evaluate → predict held-out people → HTML report."""
+    import dataclasses
+
+    from brainage.console import console, print_table
+    from brainage.demo import DemoConfig, run_demo
+
+    base = DemoConfig()
+    train = {**base.train, **{key: value for key, value in {"model": model, "epochs": epochs}.items() if value is not None}}
+    given = {"preset": preset, "pipeline": pipeline, "workers": workers, "seed": seed}
+    config = dataclasses.replace(base, train=train, **{key: value for key, value in given.items() if value is not None})
+    result = run_demo(out, config)
+    print_table([{"step": step, "seconds": seconds} for step, seconds in result.seconds.items()], title="Demo steps", floatfmt="{:.0f}")
+    print_table(result.table, title="Scan-level accuracy (years): network, baselines, and the best possible on this cohort")
+    console.print(f"Held-out predictions: {result.predictions}")
+    console.print(f"Report: {result.report}")

@@ -18,6 +18,10 @@ class InputError(BrainAgeError):
         self.cause = cause
         super().__init__(f"{self.path}: {cause}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickle by path and cause, so errors raised in worker processes reach the parent intact."""
+        return (type(self), (self.path, self.cause))
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -119,14 +119,17 @@ def _require(predictions: pd.DataFrame, columns: tuple[str, ...]) -> None:
 
 
 def aggregate_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per session: the mean of numeric ``age``/``brain_age*`` columns over its repeat scans.
+    """One row per session: the mean over its repeat scans of ``age``, ``brain_age`` and every
+    other floating-point column (other predictions; per-session values such as ``cdr`` stay as
+    they are).
 
-    Other columns that are constant within a session (``group``, ``cdr``, ``fold``, …) keep their
-    value; ``scan_id`` is dropped and ``n_scans`` counts the scans averaged.
+    Other columns (``group``, ``fold``, …) keep their first value; ``scan_id`` is dropped and
+    ``n_scans`` counts the scans averaged.
     """
     _require(predictions, (*SESSION_KEYS, "age", "brain_age"))
-    averaged = [c for c in predictions.columns if c == "age" or c.startswith("brain_age")]
-    kept = [c for c in predictions.columns if c not in (*SESSION_KEYS, "scan_id", *averaged)]
+    rest = [c for c in predictions.columns if c not in (*SESSION_KEYS, "scan_id")]
+    averaged = [c for c in rest if c in ("age", "brain_age") or pd.api.types.is_float_dtype(predictions[c])]
+    kept = [c for c in rest if c not in averaged]
     grouped = predictions.groupby(list(SESSION_KEYS), sort=True, dropna=False)
     sessions = grouped[averaged].mean()
     if kept:

@@ -193,9 +193,9 @@ def _unit_gradient(field: np.ndarray, brain: np.ndarray) -> np.ndarray:
 def _neck(shape: tuple[int, int, int], resolution: float) -> np.ndarray:
     """Soft-tissue column under the skull, fading out downwards like head-coil sensitivity."""
     x, y, z = (np.arange(n, dtype=np.float32) * resolution + lo for n, lo in zip(shape, LOWER_MM))
-    radius = np.sqrt((x[:, None, None] / 55.0) ** 2 + ((y[None, :, None] + 28.0) / 50.0) ** 2)
-    inside = 1.0 / (1.0 + np.exp(np.minimum((radius - 1.0) / 0.04, 60.0)))
-    below = 1.0 / (1.0 + np.exp((z[None, None, :] + 45.0) / 4.0))
+    radius = np.sqrt((x[:, None, None] / 50.0) ** 2 + ((y[None, :, None] + 32.0) / 44.0) ** 2)
+    inside = 1.0 / (1.0 + np.exp(np.minimum((radius - 1.0) / 0.06, 60.0)))
+    below = 1.0 / (1.0 + np.exp((z[None, None, :] + 50.0) / 6.0))
     fade = 1.0 / (1.0 + np.exp(-(z[None, None, :] + 95.0) / 8.0))
     return (inside * below * fade).astype(np.float32)
 

@@ -228,7 +228,8 @@ def write_spreadsheet(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 class _FixedTimeZip(zipfile.ZipFile):
-    """A zip archive whose entries all carry :data:`FIXED_TIME` instead of the current time."""
+    """A zip archive whose entries all carry :data:`FIXED_TIME` instead of the current time or a
+    file's modification time."""
 
     def writestr(self, zinfo_or_arcname, data, compress_type=None, compresslevel=None):  # type: ignore[no-untyped-def, override]
         if isinstance(zinfo_or_arcname, str):
@@ -236,6 +237,9 @@ class _FixedTimeZip(zipfile.ZipFile):
             zinfo_or_arcname.compress_type = self.compression
             zinfo_or_arcname.external_attr = 0o600 << 16
         super().writestr(zinfo_or_arcname, data, compress_type, compresslevel)
+
+    def write(self, filename, arcname=None, compress_type=None, compresslevel=None):  # type: ignore[no-untyped-def, override]
+        self.writestr(arcname or Path(filename).name, Path(filename).read_bytes(), compress_type, compresslevel)
 
 
 def summary_table(result: SynthesisResult) -> pd.DataFrame:
@@ -255,7 +259,7 @@ def summary_table(result: SynthesisResult) -> pd.DataFrame:
                 "scans": int(scans.reindex(part["MRI ID"]).sum()),
                 "age": f"{part['Age'].min()}–{part['Age'].max()}" if len(part) else "–",
                 "MMSE": float(part["MMSE"].mean()),
-                "eTIV": float(part["eTIV"].mean()),
+                "eTIV": round(float(part["eTIV"].mean())),
                 "nWBV": float(part["nWBV"].mean()),
             }
         )

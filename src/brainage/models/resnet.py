@@ -1,6 +1,6 @@
 """A compact 3D ResNet sized for 64³ volumes and a few hundred to a few thousand scans (``resnet``).
 
-A stem convolution at full resolution, then one stage per entry of ``widths``, each halving the
+A stem convolution (at full resolution, or strided by ``stem_stride``), then one stage per entry of ``widths``, each halving the
 resolution with a stride-2 residual block (followed by ``blocks_per_stage - 1`` more blocks),
 adaptive average pooling to ``pool_size``³ (1 = global; 2 keeps coarse location), dropout and a
 linear layer to one z-scored age. Down-sampling early keeps it ~25× cheaper than the tutorial's
@@ -68,6 +68,7 @@ class CompactResNet(AgeRegressor):
         self,
         widths: Sequence[int] = (16, 32, 64, 128),
         stem_width: int = 8,
+        stem_stride: int = 1,
         blocks_per_stage: int = 1,
         norm: str = "batch",
         pool_size: int = 1,
@@ -75,19 +76,20 @@ class CompactResNet(AgeRegressor):
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
-        if not widths or min(widths) < 1 or stem_width < 1 or blocks_per_stage < 1 or pool_size < 1:
-            raise ValueError("resnet needs positive widths, stem_width, blocks_per_stage and pool_size")
+        if not widths or min(widths) < 1 or min(stem_width, stem_stride, blocks_per_stage, pool_size) < 1:
+            raise ValueError("resnet needs positive widths, stem_width, stem_stride, blocks_per_stage and pool_size")
         make_norm(norm, 1)
         self.hparams = {
             "widths": widths,
             "stem_width": stem_width,
+            "stem_stride": stem_stride,
             "blocks_per_stage": blocks_per_stage,
             "norm": norm,
             "pool_size": pool_size,
             "dropout": dropout,
         }
         self.stem = nn.Sequential(
-            nn.Conv3d(1, stem_width, 3, padding=1, bias=False), make_norm(norm, stem_width), nn.ReLU(inplace=True)
+            nn.Conv3d(1, stem_width, 3, stride=stem_stride, padding=1, bias=False), make_norm(norm, stem_width), nn.ReLU(inplace=True)
         )
         stages: list[nn.Module] = []
         in_channels = stem_width

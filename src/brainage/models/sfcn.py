@@ -27,7 +27,7 @@ def soft_labels(target_z: torch.Tensor, edges: torch.Tensor, sigma: float) -> to
 
     Targets outside the bins are moved onto the nearest edge, so every row is a distribution.
     """
-    target = target_z.float().clamp(edges[0].item(), edges[-1].item()).unsqueeze(1)
+    target = target_z.float().clamp(edges[0], edges[-1]).unsqueeze(1)
     cdf = 0.5 * (1.0 + torch.erf((edges.unsqueeze(0) - target) / (sigma * math.sqrt(2.0))))
     mass = cdf[:, 1:] - cdf[:, :-1]
     return mass / mass.sum(dim=1, keepdim=True)
@@ -93,4 +93,4 @@ class SFCN(AgeRegressor):
 
     def predict_z(self, raw: torch.Tensor) -> torch.Tensor:
         """Expected bin centre under the predicted distribution."""
-        return raw.float().exp() @ self.bin_centres
+        return (raw.float().exp() * self.bin_centres).sum(dim=1)

@@ -90,10 +90,10 @@ class StandardConfig(PipelineConfig):
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
     dtype: str = "float16"
-    qc_threshold: float | None = 0.8
-    bias_correction: bool = True
+    qc_threshold: float | None = 0.5
+    bias_correction: bool = False
     n4_shrink_factor: int = 4
-    strip_shape: int = 128
+    strip_shape: int = 192
     strip_threshold: float = 0.5
     registration: str = "Affine"
     registration_voxel_size: float = 4.0

@@ -8,6 +8,8 @@ Arrays are float32 3-D volumes; an affine maps voxel indices to RAS+ world milli
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -48,11 +50,12 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, shrink_factor: int = 4
     return corrected.numpy().astype(np.float32)
 
 
-def skull_strip(data: np.ndarray, shape: int = 128, threshold: float = 0.5) -> np.ndarray:
+def skull_strip(data: np.ndarray, shape: int = 192, threshold: float = 0.5) -> np.ndarray:
     """Boolean brain mask from deepbet (weights ship with the package; runs offline on CPU).
 
     ``data`` must be RAS-oriented. deepbet finds a bounding box on a 128³ copy, then segments
-    the box resampled to ``shape``³ (its default is 256; 128 is ~8× cheaper on CPU).
+    the box resampled to ``shape``³ (deepbet's default is 256; 192 is ~2.4× cheaper on CPU).
+    The largest connected component is kept and its holes filled, as deepbet does.
     """
     import fill_voids
     from deepbet.utils import keep_largest_connected_component
@@ -71,8 +74,11 @@ def _deepbet_model():  # type: ignore[no-untyped-def]
     import torch
     from deepbet import BrainExtraction
 
-    torch.set_num_threads(1)
-    return BrainExtraction(no_gpu=True)
+    if multiprocessing.parent_process() is not None:  # a parallel_map worker: one thread per process
+        torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load inside deepbet
+        return BrainExtraction(no_gpu=True)
 
 
 def resample(

@@ -1,0 +1,384 @@
+"""One self-contained HTML report of a training run (figures embedded as base64 PNG).
+
+Sections: configuration, cohort, training curves, predicted against true age, Bland–Altman,
+brain-age gap by clinical group with its test, the network beside the baselines, a QC montage of a
+few scans, and a saliency map averaged over test scans. Everything comes from the run folder
+written by :func:`brainage.training.train` and, for the scans themselves, the cache it was trained
+on (sections that need the cache say so when it is gone).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+from brainage import __version__
+from brainage.errors import InputError
+from brainage.evaluation import gap_by_group
+from brainage.predict import BrainAgeEnsemble
+from brainage.preprocess import PreparedCache, StandardConfig, load_cache
+from brainage.preprocess.template import template_on_grid
+from brainage.saliency import METHODS, saliency_map
+from brainage.training import load_checkpoint
+from brainage.utils import atomic_write
+
+SECTIONS = (
+    ("configuration", "Configuration"),
+    ("cohort", "Cohort"),
+    ("training", "Training curves"),
+    ("predicted-vs-true", "Predicted against true age"),
+    ("bland-altman", "Bland–Altman"),
+    ("groups", "Brain-age gap by group"),
+    ("baselines", "Network beside the baselines"),
+    ("qc", "Quality control"),
+    ("saliency", "Saliency"),
+)
+#: How many folders up from a scan to look for a synthetic cohort's ``cohort.json``.
+COHORT_SEARCH_DEPTH = 4
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;max-width:1100px;padding:0 24px 48px;color:#222}
+nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:8px 0;font-size:14px}
+nav a{margin-right:14px;color:#1f5fa8;text-decoration:none}
+h1{margin-top:24px}h2{border-bottom:1px solid #eee;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
+th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto;display:block;margin:8px 0}
+.note{color:#666;font-size:13px}pre{background:#f7f7f7;padding:10px;font-size:12px;overflow-x:auto}
+"""
+
+
+def build_report(
+    run: str | Path,
+    out: str | Path | None = None,
+    saliency: str = "gradient",
+    saliency_scans: int = 16,
+    qc_scans: int = 6,
+) -> Path:
+    """Write the HTML report of the run folder ``run`` to ``out`` (default ``run/report.html``).
+
+    ``saliency`` is ``"gradient"`` or ``"occlusion"``; it is averaged over at most
+    ``saliency_scans`` test scans, each seen by the fold model that did not train on it.
+    ``qc_scans`` scans (the lowest and the highest registration scores) form the QC montage.
+    """
+    if saliency not in METHODS:
+        raise ValueError(f"unknown saliency method {saliency!r}; choose from {', '.join(METHODS)}")
+    run_dir = Path(run)
+    config = _read_config(run_dir)
+    predictions = _read_csv(run_dir / "predictions.csv")
+    cache, cache_note = _open_cache(config.get("cache"))
+    cohort = find_cohort_summary(cache.manifest["path"] if cache is not None else [])
+    body = {
+        "configuration": _configuration(config),
+        "cohort": _cohort(cache.manifest if cache is not None else predictions, cohort, cache_note),
+        "training": _image_file(run_dir / "training.png", "loss, MAE, RMSE, learning rate and maximum gradient norm per epoch")
+        + _table(pd.DataFrame(config.get("folds") or []), "Scans and subjects per fold (split by subject)"),
+        "predicted-vs-true": _image_file(run_dir / "predicted_vs_true.png", "out-of-fold predictions; the black line is the identity"),
+        "bland-altman": _figure(bland_altman(predictions)),
+        "groups": _groups(predictions),
+        "baselines": _baselines(run_dir, cohort),
+        "qc": _qc(cache, qc_scans) if cache is not None else _note(cache_note),
+        "saliency": _saliency(run_dir, predictions, cache, saliency, saliency_scans) if cache is not None else _note(cache_note),
+    }
+    title = f"brainage report: {run_dir.resolve().name}"
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>',
+        "<nav>" + "".join(f'<a href="#{key}">{html.escape(name)}</a>' for key, name in SECTIONS) + "</nav>",
+        f"<h1>{html.escape(title)}</h1>",
+        _note(f"Run folder {run_dir.resolve()}; brainage {__version__}."),
+    ]
+    for key, name in SECTIONS:
+        parts.append(f'<section id="{key}"><h2>{html.escape(name)}</h2>{body[key]}</section>')
+    parts.append("</body></html>")
+    path = Path(out) if out is not None else run_dir / "report.html"
+    with atomic_write(path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def find_cohort_summary(paths: pd.Series | list[str]) -> dict[str, Any] | None:
+    """The ``cohort.json`` of a synthetic cohort holding the first scan (searched a few folders up)."""
+    if len(paths) == 0:
+        return None
+    for folder in list(Path(str(list(paths)[0])).parents)[:COHORT_SEARCH_DEPTH]:
+        candidate = folder / "cohort.json"
+        if candidate.is_file():
+            try:
+                summary = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                return None
+            return summary if isinstance(summary, dict) and "best_possible_mae" in summary else None
+    return None
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def bland_altman(predictions: pd.DataFrame) -> Figure:
+    """Difference (brain age − age) against the mean of the two, with the mean difference and its
+    95 % limits of agreement (± 1.96 SD), uncorrected and bias-corrected."""
+    columns = [column for column in ("brain_age", "brain_age_corrected") if column in predictions]
+    figure = Figure(figsize=(6 * len(columns), 4.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(columns)))
+    groups = predictions["group"].fillna("unknown") if "group" in predictions else pd.Series("all", index=predictions.index)
+    for ax, column in zip(axes, columns):
+        mean = (predictions[column] + predictions["age"]) / 2
+        difference = predictions[column] - predictions["age"]
+        for group, rows in predictions.groupby(groups, sort=True):
+            ax.scatter(mean[rows.index], difference[rows.index], s=14, alpha=0.7, label=str(group))
+        bias, spread = float(difference.mean()), 1.96 * float(difference.std())
+        ax.axhline(bias, color="black", lw=1, label=f"mean {bias:+.2f} y")
+        for limit in (bias - spread, bias + spread):
+            ax.axhline(limit, color="black", lw=1, ls="--")
+        ax.set_title(f"{'bias-corrected' if column.endswith('corrected') else 'uncorrected'}: limits {bias - spread:+.1f} to {bias + spread:+.1f} y")
+        ax.set(xlabel="Mean of age and brain age (years)", ylabel="Brain age − age (years)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return figure
+
+
+def gap_figure(predictions: pd.DataFrame, column: str = "brain_age_corrected") -> Figure:
+    """Box plots of the per-subject mean brain-age gap by group."""
+    frame = predictions.dropna(subset=["group"]).assign(gap=lambda f: f[column] - f["age"])
+    per_subject = frame.groupby(["group", "subject_id"])["gap"].mean().reset_index()
+    groups = sorted(per_subject["group"].unique())
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    ax = figure.subplots()
+    ax.boxplot([per_subject.loc[per_subject["group"] == g, "gap"] for g in groups], tick_labels=groups)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(ylabel="Brain-age gap (years, per subject)", title="Bias-corrected brain-age gap by group")
+    ax.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def qc_montage(cache: PreparedCache, rows: list[int]) -> Figure:
+    """Sagittal, coronal and axial slices through the centre of intensity of the cache's scans
+    ``rows``, one row each (the grid's middle may miss the head where a pipeline does not register)."""
+    from scipy import ndimage
+
+    figure = Figure(figsize=(7.5, 2.4 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(len(rows), 3))
+    for row_axes, i in zip(axes, rows):
+        volume = np.asarray(cache.volume(i), dtype=np.float32)
+        low = float(volume.min())
+        foreground = volume[volume > low]
+        high = float(np.percentile(foreground, 99)) if foreground.size else low + 1
+        centre = ndimage.center_of_mass(volume - low) if foreground.size else [n / 2 for n in volume.shape]
+        x, y, z = (min(int(c), n - 1) for c, n in zip(centre, volume.shape))
+        record = cache.manifest.iloc[i]
+        flagged = " (flagged)" if bool(record.get("qc_flagged", False)) else ""
+        for ax, image, label in zip(row_axes, (volume[x], volume[:, y], volume[:, :, z]), ("sagittal", "coronal", "axial")):
+            ax.imshow(image.T, origin="lower", cmap="gray", vmin=low, vmax=high)
+            ax.set_title(f"{record['scan_id']}  QC r={float(record['qc_score']):.2f}{flagged}" if label == "coronal" else label, fontsize=8)
+            ax.axis("off")
+    return figure
+
+
+def saliency_figure(saliency: np.ndarray, background: np.ndarray, title: str) -> Figure:
+    """The saliency map over ``background``: three orthogonal slices through its peak, the top
+    quarter of the brain's saliency shown."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(saliency.astype(np.float64), 1.0)
+    peak = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    shown = np.ma.masked_less(smooth, np.percentile(smooth, 75))
+    low, high = np.percentile(background, (1, 99))
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    axes = figure.subplots(1, 3)
+    for ax, axis, label in zip(axes, range(3), ("sagittal", "coronal", "axial")):
+        take = [slice(None)] * 3
+        take[axis] = peak[axis]
+        ax.imshow(background[tuple(take)].T, origin="lower", cmap="gray", vmin=low, vmax=high)
+        image = ax.imshow(shown[tuple(take)].T, origin="lower", cmap="hot", alpha=0.65, vmin=shown.min(), vmax=shown.max())
+        ax.set_title(f"{label} (slice {peak[axis]})", fontsize=9)
+        ax.axis("off")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="saliency")
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _configuration(config: dict[str, Any]) -> str:
+    train = config.get("train", {})
+    preprocessing = config.get("preprocessing", {})
+    resolved = config.get("resolved", {})
+    split = f"{train.get('folds')}-fold by subject" if train.get("folds") else f"hold-out of {train.get('val_fraction')} of the subjects"
+    rows = [
+        ("model", f"{train.get('model')} {json.dumps(train.get('model_hparams') or {})}"),
+        ("preprocessing", f"{preprocessing.get('pipeline')}, grid {preprocessing.get('shape')} at {preprocessing.get('voxel_size')} mm"),
+        ("evaluation", split),
+        ("epochs (max) / batch / learning rate", f"{train.get('epochs')} / {train.get('batch_size')} / {train.get('lr')}"),
+        ("hardware", f"{resolved.get('accelerator')}, {resolved.get('precision')}"),
+        ("cache", str(config.get("cache"))),
+        ("scans in the cache", str(config.get("n_scans"))),
+        ("seed", str(train.get("seed"))),
+        ("brainage", str(config.get("brainage_version"))),
+    ]
+    table = _table(pd.DataFrame(rows, columns=["setting", "value"]))
+    full = html.escape(yaml.safe_dump(config, sort_keys=False))
+    return f"{table}<details><summary>config.yaml</summary><pre>{full}</pre></details>"
+
+
+def _cohort(manifest: pd.DataFrame, cohort: dict[str, Any] | None, cache_note: str) -> str:
+    sessions = manifest.drop_duplicates(["subject_id", "session_id"])
+    first = manifest.drop_duplicates("subject_id")
+    ages = manifest["age"].astype(float)
+    rows = [
+        ("subjects", manifest["subject_id"].nunique()),
+        ("sessions", len(sessions)),
+        ("scans", len(manifest)),
+        ("age (years)", f"{ages.min():.0f}–{ages.max():.0f}, mean {ages.mean():.1f} ± {ages.std():.1f}"),
+    ]
+    if "sex" in manifest and manifest["sex"].notna().any():
+        rows.append(("women", f"{int((first['sex'] == 'F').sum())} of {len(first)} subjects"))
+    if "group" in manifest and manifest["group"].notna().any():
+        counts = sessions["group"].value_counts().sort_index()
+        rows.append(("sessions per group", ", ".join(f"{group} {count}" for group, count in counts.items())))
+    if "qc_flagged" in manifest:
+        rows.append(("scans flagged by QC (kept out of training)", int(manifest["qc_flagged"].fillna(False).astype(bool).sum())))
+    if cohort is not None:
+        best = cohort["best_possible_mae"]
+        preset = cohort.get("preset", {})
+        rows.append(("synthetic cohort", f"preset {preset.get('name', '?')}, seed {cohort.get('seed')}"))
+        rows.append(("best possible MAE (hidden brain-age offsets)", f"{best.get('scan', math.nan):.2f} y per scan, {best.get('session', math.nan):.2f} y per session"))
+    text = "" if not cache_note else _note(f"{cache_note}; the counts are those of the predicted scans.")
+    return _table(pd.DataFrame(rows, columns=["", "value"]).astype(str)) + text
+
+
+def _groups(predictions: pd.DataFrame) -> str:
+    if "group" not in predictions or predictions["group"].notna().sum() == 0:
+        return _note("The scans have no clinical group.")
+    column = "brain_age_corrected" if "brain_age_corrected" in predictions else "brain_age"
+    table, test = gap_by_group(predictions, by="group", column=column)
+    if test["test"] == "none":
+        line = "Too few subjects per group for a test."
+    else:
+        line = f"{test['test']} on per-subject mean gaps ({', '.join(map(str, test['groups']))}): statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}."
+    return _table(table, f"Gap = {column.replace('_', ' ')} − age, averaged per subject first") + f"<p>{html.escape(line)}</p>" + _figure(gap_figure(predictions, column))
+
+
+def _baselines(run_dir: Path, cohort: dict[str, Any] | None) -> str:
+    path = run_dir / "summary.csv"
+    if not path.is_file():
+        return _note(f"{path} is missing.")
+    summary = pd.read_csv(path)
+    text = _table(summary, "Out-of-fold accuracy in years: the network (uncorrected and bias-corrected) and the baselines fitted on the same folds")
+    if cohort is not None:
+        best = cohort["best_possible_mae"]
+        text += _note(f"Best possible MAE on this synthetic cohort: {best['scan']:.2f} y per scan, {best['session']:.2f} y per session.")
+    return text
+
+
+def _qc(cache: PreparedCache, count: int) -> str:
+    manifest = cache.manifest
+    order = manifest["qc_score"].astype(float).sort_values(na_position="first").index.tolist()
+    chosen = list(dict.fromkeys(order[: count - count // 2] + order[len(order) - count // 2 :]))
+    flagged = int(manifest["qc_flagged"].fillna(False).astype(bool).sum()) if "qc_flagged" in manifest else 0
+    threshold = cache.config.qc_threshold
+    caption = (
+        f"The {count - count // 2} lowest and {count // 2} highest registration scores (correlation with the MNI152 template) "
+        f"of {len(manifest)} preprocessed scans; {flagged} flagged"
+        + (f" below {threshold:g}." if threshold is not None else " (this pipeline sets no threshold).")
+    )
+    return _note(caption) + _figure(qc_montage(cache, chosen))
+
+
+def _saliency(run_dir: Path, predictions: pd.DataFrame, cache: PreparedCache, method: str, limit: int) -> str:
+    index = {scan: i for i, scan in enumerate(cache.manifest["scan_id"].astype(str))}
+    rows = predictions[predictions["scan_id"].astype(str).isin(index)]
+    folds = sorted(rows["fold"].unique()) if "fold" in rows else []
+    per_fold = max(1, math.ceil(limit / max(1, len(folds))))
+    total, count, used = None, 0, []
+    for fold in folds:
+        checkpoint = run_dir / f"fold_{fold}" / "model.ckpt"
+        test = rows[rows["fold"] == fold]["scan_id"].astype(str).tolist()
+        if not checkpoint.is_file() or not test:
+            continue
+        picked = [test[int(k)] for k in np.linspace(0, len(test) - 1, min(per_fold, len(test)))]
+        volumes = [np.asarray(cache.volume(index[scan]), dtype=np.float32) for scan in picked]
+        network = BrainAgeEnsemble([load_checkpoint(checkpoint)])
+        fold_map = saliency_map(network, volumes, method).astype(np.float64)
+        total = fold_map * len(volumes) if total is None else total + fold_map * len(volumes)
+        count += len(volumes)
+        used.extend(volumes)
+    if total is None:
+        return _note("No fold checkpoint and test scan to compute a saliency map from.")
+    if isinstance(cache.config, StandardConfig):
+        background, _ = template_on_grid(cache.affine, cache.shape)
+        where = "the MNI152 template resampled to the cache grid"
+    else:
+        background = np.mean(used, axis=0)
+        where = f"the mean of these scans (the {cache.config.name} pipeline does not register to the template)"
+    unit = "|∂ brain age / ∂ voxel|" if method == "gradient" else "|change of brain age| when an 8-voxel cube is occluded (years)"
+    caption = f"{method.capitalize()} saliency, {unit}, averaged over {count} test scans (each by the fold model that did not train on it), over {where}."
+    return _note(caption) + _figure(saliency_figure((total / count).astype(np.float32), np.asarray(background, dtype=np.float32), f"{method} saliency"))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise InputError(run_dir, "not a brainage run folder (no config.yaml); run `brainage train` first")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(path, f"unreadable run configuration ({' '.join(str(error).split())})") from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputError(path, "missing: the run did not finish; run `brainage train` again to resume it")
+    return pd.read_csv(path, dtype={"scan_id": str, "subject_id": str, "session_id": str})
+
+
+def _open_cache(root: str | None) -> tuple[PreparedCache | None, str]:
+    if not root:
+        return None, "The run does not name its cache"
+    try:
+        return load_cache(root), ""
+    except InputError as error:
+        return None, f"The cache is not available ({error})"
+
+
+def _png(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(figure: Figure) -> str:
+    return f'<img alt="figure" src="data:image/png;base64,{_png(figure)}">'
+
+
+def _image_file(path: Path, caption: str) -> str:
+    if not path.is_file():
+        return _note(f"{path} is missing.")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return _note(caption) + f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def _table(frame: pd.DataFrame, caption: str = "") -> str:
+    if frame.empty:
+        return ""
+    text = frame.to_html(index=False, border=0, na_rep="–", float_format=lambda value: f"{value:.2f}")
+    return (_note(caption) if caption else "") + text
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
