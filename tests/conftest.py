@@ -28,3 +28,16 @@ def tiny_cache_seed(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("cache") / "tiny-seed"
     prepare(tiny_cohort, root, "seed")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache_seed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run folder of a short training on ``tiny_cache_seed``: a narrow SFCN, 2 folds by subject,
+    1 epoch each, baselines included; ``fold_0/model.ckpt`` and ``fold_1/model.ckpt`` predict."""
+    from brainage.training import TrainConfig, train
+
+    config = TrainConfig(
+        model="sfcn", model_hparams={"width": 0.125}, epochs=1, folds=2, batch_size=8, seed=0,
+        progress=False, voxel_components=5, num_workers=0,
+    )  # fmt: skip
+    return train(tiny_cache_seed, tmp_path_factory.mktemp("run") / "tiny", config).run_dir

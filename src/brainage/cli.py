@@ -276,12 +276,12 @@ def demo_command(
     import dataclasses
 
     from brainage.console import console, print_table
-    from brainage.demo import DemoConfig, run_demo
+    from brainage.demo import DemoConfig, run_demo, training_for
 
-    base = DemoConfig()
-    train = {**base.train, **{key: value for key, value in {"model": model, "epochs": epochs}.items() if value is not None}}
     given = {"preset": preset, "pipeline": pipeline, "workers": workers, "seed": seed}
-    config = dataclasses.replace(base, train=train, **{key: value for key, value in given.items() if value is not None})
+    config = dataclasses.replace(DemoConfig(), **{key: value for key, value in given.items() if value is not None})
+    if model is not None or epochs is not None:
+        config = dataclasses.replace(config, train=training_for(config.preset, model, epochs))
     result = run_demo(out, config)
     print_table([{"step": step, "seconds": seconds} for step, seconds in result.seconds.items()], title="Demo steps", floatfmt="{:.0f}")
     print_table(result.table, title="Scan-level accuracy (years): network, baselines, and the best possible on this cohort")

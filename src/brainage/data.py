@@ -83,29 +83,30 @@ class AugmentConfig:
     def transform(self) -> tio.Compose | None:
         """The TorchIO pipeline for ``(1, X, Y, Z)`` tensors, or ``None`` when nothing is on."""
         p = self.probability
+        own = {"copy": False}  # the dataset hands over a fresh tensor: no defensive copies
         steps: list[tio.Transform] = []
         if self.affine:
             steps.append(
                 tio.RandomAffine(
                     scales=self.affine_scales, degrees=self.affine_degrees,
-                    translation=self.affine_translation, default_pad_value="minimum", p=p,
+                    translation=self.affine_translation, default_pad_value="minimum", p=p, **own,
                 )
             )
         if self.bias_field:
-            steps.append(tio.RandomBiasField(coefficients=self.bias_field_coefficients, p=p))
+            steps.append(tio.RandomBiasField(coefficients=self.bias_field_coefficients, p=p, **own))
         if self.gamma:
-            steps.append(tio.RandomGamma(log_gamma=self.gamma_log_range, p=p))
+            steps.append(tio.RandomGamma(log_gamma=self.gamma_log_range, p=p, **own))
         if self.noise:
-            steps.append(tio.RandomNoise(std=(self.noise_std, self.noise_std), p=p))
+            steps.append(tio.RandomNoise(std=(self.noise_std, self.noise_std), p=p, **own))
         if self.intensity:
-            steps.append(RandomIntensityScale(self.intensity_range, p=p))
+            steps.append(RandomIntensityScale(self.intensity_range, p=p, **own))
         if self.flip:
-            steps.append(tio.RandomFlip(axes=(LEFT_RIGHT_AXIS,), flip_probability=p))
+            steps.append(tio.RandomFlip(axes=(LEFT_RIGHT_AXIS,), flip_probability=p, **own))
         if not steps:
             return None
         if self.clamp is not None:
-            steps.append(tio.Clamp(out_min=-self.clamp, out_max=self.clamp))
-        return tio.Compose(steps)
+            steps.append(tio.Clamp(out_min=-self.clamp, out_max=self.clamp, **own))
+        return tio.Compose(steps, **own)
 
 
 # --- dataset -------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class ScanDataset(Dataset):
     ) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
-        ages = cache.manifest["age"].to_numpy(dtype=np.float32)[self.indices]
+        ages = cache.manifest["age"].to_numpy(dtype=np.float64)[self.indices]
         self.age_z = torch.from_numpy((ages - age_mean) / age_std).float()
         self.transform = transform
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ import pandas as pd
 
 from brainage.cohort import SUMMARY, get_preset, synthesize
 from brainage.data import subject_holdout
-from brainage.errors import InputError
+from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover
 from brainage.predict import BrainAgeModel, accuracy_table
 from brainage.preprocess import prepare
+from brainage.preprocess.pipelines import PIPELINES
 from brainage.report import build_report
 from brainage.training import BASELINES, TrainConfig, train, write_csv
 
@@ -30,13 +32,32 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+#: Training settings (:class:`TrainConfig` fields) per cohort preset; the others keep their defaults.
+TRAINING: dict[str, dict[str, Any]] = {
+    "demo": {"model": "resnet", "epochs": 30, "batch_size": 8, "early_stopping_patience": 8},
+    "tiny": {"model": "sfcn", "model_hparams": {"width": 0.125}, "epochs": 2, "batch_size": 8, "voxel_components": 5},
+}
+
+
+def training_for(preset: str, model: str | None = None, epochs: int | None = None) -> dict[str, Any]:
+    """The preset's training settings, with another ``model`` (at its default hyper-parameters)
+    or another number of ``epochs`` if given."""
+    settings = dict(TRAINING.get(preset, TRAINING["demo"]))
+    if model is not None and model != settings.get("model"):
+        settings.pop("model_hparams", None)
+        settings["model"] = model
+    if epochs is not None:
+        settings["epochs"] = epochs
+    return settings
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """What the demo runs: the cohort preset, the preprocessing pipeline and the training run.
 
     ``holdout_fraction`` of the subjects never reach training; they are predicted from their raw
-    scans at the end, as new people would be. ``train`` holds every :class:`TrainConfig` field the
-    demo sets (the others keep their defaults).
+    scans at the end, as new people would be. ``train`` holds the :class:`TrainConfig` fields the
+    demo sets; None takes ``TRAINING[preset]``.
     """
 
     preset: str = "demo"
@@ -44,10 +65,18 @@ class DemoConfig:
     seed: int = 0
     holdout_fraction: float = 0.1
     workers: int = field(default_factory=_cores)
-    train: dict[str, Any] = field(
-        default_factory=lambda: {"model": "resnet", "epochs": 30, "batch_size": 8, "early_stopping_patience": 8}
-    )
+    train: Mapping[str, Any] | None = None
     saliency: str = "gradient"
+
+    def __post_init__(self) -> None:
+        get_preset(self.preset)
+        if self.pipeline not in PIPELINES:
+            raise BrainAgeError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
+
+    def train_config(self) -> TrainConfig:
+        """The training configuration: ``train`` (or the preset's settings) and the demo's seed."""
+        settings = self.train if self.train is not None else training_for(self.preset)
+        return TrainConfig(**{"seed": self.seed, **settings})
 
 
 @dataclass(frozen=True)
@@ -85,7 +114,7 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     if prepared.problems:
         raise InputError(prepared.problems[0].path, f"the demo cohort failed to prepare: {prepared.problems[0].cause}")
     lap(f"prepare ({config.pipeline})")
-    train_config = TrainConfig(**{"seed": config.seed, **config.train})
+    train_config = config.train_config()
     result = train(out / "cache", out / "run", train_config)
     lap(f"train ({train_config.model})")
     model = BrainAgeModel.load(out / "run")

@@ -230,6 +230,8 @@ def _preprocess(job: _Job) -> tuple[np.ndarray, float] | Problem:
         prepared = preprocess_scan(job.path, job.config)
     except InputError as error:
         return Problem.from_error(error)
+    if not np.isfinite(prepared.volume).all():
+        return Problem(job.path, "preprocessing gave non-finite values (is the image empty or all NaN?)")
     return prepared.volume, prepared.qc_score
 
 

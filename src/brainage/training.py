@@ -577,7 +577,7 @@ def quiet_lightning() -> Iterator[None]:
     lightning_log.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            for message in (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*"):
+            for message in (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*", ".*exists and is not empty.*"):
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:

@@ -93,7 +93,6 @@ def load_anatomy(resolution: float) -> Anatomy:
     coarse = {name: _block_mean(array) for name, array in fine.items()}
     csf2 = _block_mean(csf)
     offset2 = offset + 0.5
-    del t1, gm, wm, mask, csf, texture
 
     ventricles2, mask2 = coarse["ventricles"], coarse["mask"]
     border = np.clip(ndimage.gaussian_filter(csf2, _BORDER_SIGMA_MM / 2) / 0.5, 0.0, 1.0) * (coarse["gm"] > 0.05)

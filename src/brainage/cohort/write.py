@@ -33,7 +33,7 @@ from brainage.cohort.anatomy import load_anatomy
 from brainage.cohort.people import ACQUISITION, DEMOGRAPHICS, ScanRecord, SessionRecord, SubjectRecord, sample_cohort
 from brainage.cohort.presets import Preset
 from brainage.cohort.render import Volumes, acquire, aged_tissues, bias_field, measure, scanner_affine, subject_anatomy, t1_signal
-from brainage.errors import InputError, Problem
+from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.utils import atomic_write, parallel_map
 
 SPREADSHEET = "oasis_longitudinal_demographics.xlsx"
@@ -85,13 +85,15 @@ def synthesize(
     tasks = [_Task(subject, preset, str(root), ageing) for subject in subjects]
     volumes: dict[str, Volumes] = {}
     problems = []
-    for task, result in parallel_map(render_subject, tasks, workers, description=f"synth {preset.name}"):
+    for task, result in parallel_map(_render_subject, tasks, workers, description=f"synth {preset.name}"):
         if isinstance(result, BaseException):
             first = task.subject.sessions[0]
             problems.append(Problem(str(root / first.part / f"{task.subject.subject_id}_MR*"), str(result)))
         else:
             volumes.update(result)
     done = tuple(subject for subject in subjects if subject.sessions[0].mri_id in volumes)
+    if not done:
+        raise BrainAgeError(f"no subject could be written; first failure: {problems[0].path}: {problems[0].cause}")
     demographics = demographics_table(done, volumes)
     ground_truth = ground_truth_table(done, volumes, seed)
     summary = _summary(preset, seed, ageing, done, volumes, demographics)
@@ -103,7 +105,7 @@ def synthesize(
     return SynthesisResult(root, demographics, ground_truth, summary, tuple(sorted(problems, key=lambda p: p.path)))
 
 
-def render_subject(task: _Task) -> dict[str, Volumes]:
+def _render_subject(task: _Task) -> dict[str, Volumes]:
     """Render and write every scan of one subject; return each session's tissue volumes."""
     preset, subject = task.preset, task.subject
     space = subject_anatomy(subject, load_anatomy(preset.resolution))

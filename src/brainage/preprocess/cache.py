@@ -165,7 +165,7 @@ def load_cache(path: str | Path) -> PreparedCache:
     manifest = manifest.drop_duplicates("scan_id", keep="last")
     manifest = validate_manifest(manifest[manifest["config_digest"] == config.volume_digest()], root / MANIFEST)
     manifest["qc_score"] = manifest["qc_score"].astype(float)
-    manifest["qc_flagged"] = manifest["qc_flagged"] == "True"
+    manifest["qc_flagged"] = _flags(manifest["qc_score"], config.qc_threshold)
     return PreparedCache(root, manifest, config, tuple(meta["shape"]), np.asarray(meta["affine"], dtype=float))
 
 
@@ -285,10 +285,15 @@ def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]],
     for column in CACHE_COLUMNS:
         if column != "qc_flagged":
             prepared[column] = [records[str(path)][column] for path in prepared["path"]]
-    threshold = config.qc_threshold
-    scores = prepared["qc_score"].astype(float)
-    prepared["qc_flagged"] = (scores < threshold) | scores.isna() if threshold is not None else False
+    prepared["qc_flagged"] = _flags(prepared["qc_score"].astype(float), config.qc_threshold)
     return prepared.reset_index(drop=True)
+
+
+def _flags(scores: pd.Series, threshold: float | None) -> pd.Series:
+    """QC flags: a score below the threshold or missing (no threshold: nothing is flagged)."""
+    if threshold is None:
+        return pd.Series(False, index=scores.index)
+    return (scores < threshold) | scores.isna()
 
 
 def _write_cache(root: Path, manifest: pd.DataFrame, config: PipelineConfig, shard: tuple[int, int] | None) -> None:

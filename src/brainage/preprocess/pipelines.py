@@ -21,7 +21,7 @@ from brainage.errors import InputError
 from brainage.io.images import check_scan_file, load_scan
 from brainage.preprocess import stages
 from brainage.preprocess.qc import registration_score
-from brainage.preprocess.template import MNI_BRAIN_CENTER, template_on_grid
+from brainage.preprocess.template import MNI_BRAIN_CENTER, template_grid, template_on_grid
 
 #: Bump when a stage's code changes what it computes, so old cache entries are not reused.
 PIPELINE_VERSION = 1
@@ -155,17 +155,15 @@ def preprocess_scan(path: str | Path, config: PipelineConfig, spatial: Spatial |
     try:
         if isinstance(config, SeedConfig):
             volume = _run_seed(Path(path), config)
-            result = PreparedScan(volume, 0.0)
         elif isinstance(config, StandardConfig):
-            result = _run_standard(Path(path), config, spatial)
+            volume, spatial = _run_standard(Path(path), config, spatial)
         else:
             raise TypeError(f"unknown configuration {type(config).__name__}")
     except InputError:
         raise
     except (OSError, ValueError, RuntimeError, nib.filebasedimages.ImageFileError) as error:
         raise InputError(path, str(error).splitlines()[0] if str(error) else type(error).__name__) from error
-    score = registration_score(result.volume, config.affine)
-    return PreparedScan(result.volume.astype(config.dtype), score, result.spatial)
+    return PreparedScan(volume.astype(config.dtype), registration_score(volume, config.affine), spatial)
 
 
 def _run_seed(path: Path, config: SeedConfig) -> np.ndarray:
@@ -183,28 +181,26 @@ def _run_seed(path: Path, config: SeedConfig) -> np.ndarray:
     return stages.zscore(stages.squeeze_trailing(resampled.get_fdata(dtype=np.float32)))
 
 
-def _run_standard(path: Path, config: StandardConfig, spatial: Spatial | None) -> PreparedScan:
+def _run_standard(path: Path, config: StandardConfig, spatial: Spatial | None) -> tuple[np.ndarray, Spatial]:
     scan = load_scan(path)
     data, affine = stages.reorient_ras(scan.data, scan.affine)
     if config.bias_correction:
         data = stages.n4_bias_correct(data, affine, config.n4_shrink_factor)
     if spatial is None or spatial.mask.shape != data.shape:
-        spatial = _spatial(data, affine, config)
+        spatial = find_spatial(data, affine, config)
     brain = np.where(spatial.mask, data, 0.0).astype(np.float32)
     volume = stages.resample(brain, affine, config.affine, config.shape, spatial.world_to_source)
     mask = stages.resample(spatial.mask.astype(np.float32), affine, config.affine, config.shape, spatial.world_to_source)
-    return PreparedScan(stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), 0.0, spatial)
+    return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
 
 
-def _spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig) -> Spatial:
+def find_spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig) -> Spatial:
+    """Skull-strip a RAS volume, then register its brain to the MNI152 brain at a coarse resolution."""
     mask = stages.skull_strip(data, config.strip_shape, config.strip_threshold)
     brain = np.where(mask, data, 0.0).astype(np.float32)
     grid, grid_shape = stages.isotropic_grid(affine, data.shape, config.registration_voxel_size)
     coarse = stages.resample(brain, affine, grid, grid_shape)
-    template_affine = np.diag([config.registration_voxel_size] * 3 + [1.0])
-    template_affine[:3, 3] = -np.asarray([98.0, 134.0, 72.0])
-    template_shape = tuple(int(n) for n in np.ceil(np.array([197, 233, 189]) / config.registration_voxel_size))
+    template_affine, template_shape = template_grid(config.registration_voxel_size)
     template, _ = template_on_grid(template_affine, template_shape)
     world_to_source = stages.register_affine(coarse, grid, template, template_affine, config.registration)
     return Spatial(mask, world_to_source)
-

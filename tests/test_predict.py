@@ -1,0 +1,195 @@
+"""Prediction on new scans: every input kind, broken files, cache use, ensembles, flip averaging, CLI = API."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brainage.cli import app
+from brainage.io import discover
+from brainage.predict import BrainAgeModel, find_inputs, resolve_checkpoints, training_caches
+from brainage.preprocess import load_cache, prepare
+from brainage.training import load_checkpoint
+
+runner = CliRunner()
+NUMBERS = ["age", "brain_age", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected", "qc_score"]
+
+
+def _scans(cohort: Path) -> list[Path]:
+    return sorted(cohort.glob("OAS2_RAW_PART*/*/RAW/mpr-*.nifti.hdr"))
+
+
+def _copies(scan: Path, folder: Path) -> list[Path]:
+    """The scan rewritten as .nii, .nii.gz, an Analyze/NIfTI pair and .mgz (same voxels and geometry)."""
+    image = nib.load(scan)
+    data = np.asarray(image.dataobj)[..., 0]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "copy.nii", folder / "copy.nii.gz", folder / "pair.hdr", folder / "copy.mgz"]
+    nib.save(nib.Nifti1Image(data, image.affine), paths[0])
+    nib.save(nib.Nifti1Image(data, image.affine), paths[1])
+    nib.save(nib.Nifti1Pair(data, image.affine), paths[2])
+    nib.save(nib.MGHImage(data.astype(np.int16), image.affine), paths[3])
+    return paths
+
+
+def test_every_accepted_format_gives_the_same_brain_age(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    original, other = _scans(tiny_cohort)[0], _scans(tiny_cohort)[-1]
+    copies = _copies(original, tmp_path / "formats")
+    assert (tmp_path / "formats" / "pair.img").is_file()
+    model = BrainAgeModel.load(tiny_run / "fold_0" / "model.ckpt")
+    table = model.predict([*copies, original, other], cache=None)
+    assert model.problems_ == []
+    assert table["path"].tolist() == [str(path) for path in (*copies, original, other)]
+    same = table["brain_age"].to_numpy()[:5]
+    assert np.ptp(same) < 1e-4
+    assert abs(table["brain_age"].iat[5] - same.mean()) > 1e-4  # another scan is told apart at this precision
+    assert table["age"].isna().all() and table["brain_age_gap"].isna().all()  # plain files carry no age
+
+
+def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    good = _copies(_scans(tiny_cohort)[0], folder / "sub")
+    (folder / "text.nii").write_bytes(b"not an image at all")
+    whole = good[1].read_bytes()
+    (folder / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    shutil.copy(good[2], folder / "lonely.hdr")  # its .img is missing
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), folder / "nan.nii")
+    out = tmp_path / "predictions.csv"
+
+    result = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_run), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out)
+    assert sorted(Path(path).name for path in written["path"]) == sorted(path.name for path in good)
+    assert written["brain_age"].notna().all()
+    causes = {"text.nii": "unreadable image header", "cut.nii.gz": "truncated", "lonely.hdr": "missing image file", "nan.nii": "finite"}
+    for name, cause in causes.items():
+        line = next(line for line in result.output.splitlines() if name in line)
+        assert cause in line
+    assert "4 skipped" in result.output
+
+    broken_only = tmp_path / "broken"
+    broken_only.mkdir()
+    shutil.copy(folder / "text.nii", broken_only / "text.nii")
+    failed = runner.invoke(app, ["predict", str(broken_only), "-m", str(tiny_run), "-o", str(tmp_path / "none.csv")])
+    assert failed.exit_code == 2
+    assert not (tmp_path / "none.csv").exists()
+
+
+def test_the_cli_writes_exactly_what_the_api_returns(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    scans = _scans(tiny_cohort)[:4]  # two sessions of two repeats
+    table = tmp_path / "scans.csv"
+    pd.DataFrame(
+        {"path": [str(path.relative_to(tiny_cohort)) for path in scans], "subject_id": ["s1"] * 4, "age": [70.0, 70.0, 71.5, 71.5]}
+    ).to_csv(table, index=False)
+    shutil.copytree(tiny_cohort / "OAS2_RAW_PART1", tmp_path / "OAS2_RAW_PART1")  # paths are relative to the table
+    model = BrainAgeModel.load(tiny_run)
+    for extra in ([], ["--sessions"]):
+        out = tmp_path / f"cli{len(extra)}.csv"
+        result = runner.invoke(app, ["predict", str(table), "-m", str(tiny_run), "-o", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert "mean training age" in result.output  # the baseline is printed beside the network
+        api = model.predict(table, sessions=bool(extra))
+        cli = pd.read_csv(out)
+        assert list(cli.columns) == list(api.columns)
+        assert len(cli) == (2 if extra else 4)
+        pd.testing.assert_frame_equal(cli[NUMBERS], api[NUMBERS], check_exact=True, check_dtype=False)
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members(tiny_run: Path, tiny_cohort: Path) -> None:
+    paths = _scans(tiny_cohort)[:3]
+    members = resolve_checkpoints(tiny_run)
+    assert [path.parent.name for path in members] == ["fold_0", "fold_1"]
+    ensemble = BrainAgeModel.load(members).predict(paths)
+    singles = [BrainAgeModel.load(path).predict(paths) for path in members]
+    for column in ("brain_age", "brain_age_corrected"):
+        np.testing.assert_allclose(ensemble[column], (singles[0][column] + singles[1][column]) / 2, atol=1e-4)
+    assert np.abs(singles[0]["brain_age"] - singles[1]["brain_age"]).max() > 1e-3  # the mean is not just one member
+
+
+def test_flip_averaging_gives_a_scan_and_its_mirror_image_the_same_brain_age(tiny_run: Path, tiny_cache_seed: Path) -> None:
+    volume = np.asarray(load_cache(tiny_cache_seed).volume(0), dtype=np.float32)
+    mirrored = np.flip(volume, axis=0).copy()  # axis 0 of a RAS volume is left–right
+    model = BrainAgeModel.load(tiny_run / "fold_0" / "model.ckpt", device="cpu")
+    np.testing.assert_allclose(model.predict_volumes(volume[None]), model.predict_volumes(mirrored[None]), atol=1e-4)
+    network = model.checkpoints[0].model
+    with torch.inference_mode():
+        single = network.predict_z(network(torch.from_numpy(np.stack([volume, mirrored])[:, None])))
+    assert abs(float(single[0] - single[1])) * model.checkpoints[0].age_std > 1e-4  # one view alone is not symmetric
+
+
+def test_scans_in_a_cache_are_taken_from_it(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    manifest = discover(tiny_cohort).manifest.iloc[[0, -1]].reset_index(drop=True)
+    prepare(manifest, tmp_path / "cache", "seed")
+    model = BrainAgeModel.load(tiny_run / "fold_0" / "model.ckpt")
+    fresh = model.predict(manifest, cache=None)["brain_age"].to_numpy()
+    cached = model.predict(manifest, cache=tmp_path / "cache")["brain_age"].to_numpy()
+    np.testing.assert_allclose(cached, fresh, atol=1e-5)
+    assert abs(fresh[0] - fresh[1]) > 1e-4
+    files = [tmp_path / "cache" / name for name in load_cache(tmp_path / "cache").manifest["cache_file"]]
+    first, second = files[0].read_bytes(), files[1].read_bytes()
+    files[0].write_bytes(second)
+    files[1].write_bytes(first)
+    swapped = model.predict(manifest, cache=tmp_path / "cache")["brain_age"].to_numpy()
+    np.testing.assert_allclose(swapped, fresh[::-1], atol=1e-5)  # the cached volumes were used, not the files
+
+
+
+def test_the_cache_a_model_was_trained_on_is_found_from_its_run(tiny_run: Path, tiny_cache_seed: Path) -> None:
+    assert training_caches([tiny_run / "fold_0" / "model.ckpt"]) == [tiny_cache_seed.resolve()]
+
+
+def test_warnings_flag_ages_outside_training_and_poor_registration(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
+    strict = dataclasses.replace(checkpoint, preprocessing={**checkpoint.preprocessing, "qc_threshold": 0.99})
+    model = BrainAgeModel([strict])
+    low, high = model.train_age_range
+    scans = _scans(tiny_cohort)[:2]
+    table = model.predict(pd.DataFrame({"path": [str(path) for path in scans], "age": [20.0, (low + high) / 2]}))
+    young, typical = table.to_dict("records")
+    assert f"age 20 is outside the training range {low:g}–{high:g}" in young["warnings"]
+    assert "outside" not in typical["warnings"]
+    assert table["qc_flagged"].all()  # the seed pipeline's scores are far below 0.99
+    assert all(f"poor registration (QC score {score:.2f} < 0.99)" in text for score, text in zip(table["qc_score"], table["warnings"]))
+    np.testing.assert_allclose(table["brain_age_gap"], table["brain_age"] - table["age"])
+    np.testing.assert_allclose(table["brain_age_corrected"], strict.corrector.transform(table["brain_age"]), rtol=1e-6)
+    np.testing.assert_allclose(table["brain_age_gap_corrected"], table["brain_age_corrected"] - table["age"])
+
+
+def test_inputs_are_found_in_cohorts_tables_files_and_folders(tiny_cohort: Path, tmp_path: Path) -> None:
+    rows, problems = find_inputs(tiny_cohort)
+    assert len(rows) == 48 and problems == []
+    assert rows["age"].notna().all() and rows["scan_id"].iat[0] == "OAS2_0001_MR1_mpr-1"
+
+    scan = _scans(tiny_cohort)[0]
+    folder = tmp_path / "scans"
+    copies = _copies(scan, folder / "deeper")
+    table = tmp_path / "list.csv"
+    table.write_text("path,age\nscans/deeper/copy.nii,71\nscans/deeper/copy.mgz,\nscans/deeper/copy.nii.gz,old\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    rows, problems = find_inputs([table, folder, scan.with_suffix(".img"), tmp_path / "missing.nii", notes])
+    assert rows["path"].tolist() == [str(copies[0]), str(copies[3]), str(copies[1]), str(copies[2]), str(scan)]
+    assert rows["age"].iat[0] == 71 and np.isnan(rows["age"].iat[1])
+    assert rows["subject_id"].tolist() == rows["session_id"].tolist() == rows["scan_id"].tolist()  # each scan alone
+    causes = {Path(problem.path).name: problem.cause for problem in problems}
+    assert causes["list.csv"].startswith("row 4 (scans/deeper/copy.nii.gz): non-numeric age")
+    assert causes["missing.nii"] == "no such file or folder"
+    assert "not a scan" in causes["notes.txt"]
+
+
+@pytest.mark.parametrize("bad", ["nothing", "folder"])
+def test_a_model_that_cannot_be_found_is_one_clear_error(bad: str, tmp_path: Path) -> None:
+    target = tmp_path / "empty"
+    if bad == "folder":
+        target.mkdir()
+    result = runner.invoke(app, ["predict", str(tmp_path), "-m", str(target), "-o", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2
+    assert str(target) in result.output and ("no such checkpoint" in result.output or "no model.ckpt" in result.output)
