@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -49,11 +50,12 @@ def measure_prepare(manifest_csv: str, out: str, pipeline: str, workers: int) ->
         "pipeline": pipeline,
         "scans": first.done,
         "failed": len(first.problems),
-        "seconds": round(first.seconds, 1),
+        "s": round(first.seconds, 1),
         "scans/s": round(first.scans_per_second, 3),
-        "cached rerun scans/s": round(second.scans_per_second, 1),
-        "qc score (min–max)": f"{first.manifest['qc_score'].min():.2f}–{first.manifest['qc_score'].max():.2f}",
-        "peak RAM MB": round(_peak_mb()),
+        "rerun scans/s": round(second.scans_per_second, 1),
+        "qc min": round(first.manifest["qc_score"].min(), 2),
+        "qc max": round(first.manifest["qc_score"].max(), 2),
+        "peak MB": round(_peak_mb()),
     }
 
 
@@ -61,7 +63,7 @@ def measure_stages(path: str) -> dict:
     """Seconds per stage of the standard pipeline on one scan (N4 included, though off by default)."""
     from brainage.io import load_scan
     from brainage.preprocess import StandardConfig, stages
-    from brainage.preprocess.pipelines import find_spatial
+    from brainage.preprocess.pipelines import register_to_template
     from brainage.preprocess.qc import registration_score, save_qc_png
 
     config = StandardConfig()
@@ -77,21 +79,21 @@ def measure_stages(path: str) -> dict:
     data, affine = timed("reorient", stages.reorient_ras, scan.data, scan.affine)
     timed("n4 (optional)", stages.n4_bias_correct, data, affine, config.n4_shrink_factor)
     stages.skull_strip(data[::4, ::4, ::4].copy(), 64)  # load deepbet's weights outside the timing
-    for shape in (128, 192, 256):
-        timed(f"skull strip {shape}³", stages.skull_strip, data, shape)
-    spatial = timed("skull strip 192³ + registration", find_spatial, data, affine, config)
-    times["registration"] = round(times["skull strip 192³ + registration"] - times["skull strip 192³"], 2)
-    del times["skull strip 192³ + registration"]
-    brain = np.where(spatial.mask, data, 0).astype(np.float32)
+    masks = {shape: timed(f"skull strip {shape}³", stages.skull_strip, data, shape) for shape in (128, 192, 256)}
+    mask = masks[config.strip_shape]
+    brain = np.where(mask, data, 0).astype(np.float32)
+    world_to_source = timed("registration", register_to_template, brain, affine, config.registration_voxel_size)
 
     def finish():
-        volume = stages.resample(brain, affine, config.affine, config.shape, spatial.world_to_source)
-        inside = stages.resample(spatial.mask.astype(np.float32), affine, config.affine, config.shape, spatial.world_to_source)
+        volume = stages.resample(brain, affine, config.affine, config.shape, world_to_source)
+        inside = stages.resample(mask.astype(np.float32), affine, config.affine, config.shape, world_to_source)
         return stages.robust_zscore(volume, inside > 0.5, config.clip_percentiles)
 
     volume = timed("resample + normalise", finish)
     timed("qc score + png", lambda: (registration_score(volume, config.affine), save_qc_png(volume, Path(tempfile.mkdtemp()) / "qc.png")))
-    return {"scan": Path(path).name, **times, "peak RAM MB": round(_peak_mb())}
+    dice = {f"mask Dice {shape}³ vs 256³": round(2 * (masks[shape] & masks[256]).sum() / (masks[shape].sum() + masks[256].sum()), 3)
+            for shape in (128, 192)}
+    return {**times, **dice, "peak RAM MB": round(_peak_mb())}
 
 
 def measure_load(cache: str) -> dict:
@@ -107,7 +109,7 @@ def measure_load(cache: str) -> dict:
         for i in range(len(prepared)):
             total += float(prepared.volume(i).sum(dtype=np.float64))  # touches every voxel
         seconds = time.perf_counter() - start
-        result[label] = {"scans": len(prepared), "open s": round(opened, 3), "open + read all s": round(seconds, 2),
+        result[label] = {"scans": len(prepared), "open s": round(opened, 3), "open+read s": round(seconds, 2),
                          "scans/s": round(len(prepared) / seconds), "GB": round(len(prepared) * np.prod(prepared.shape) * prepared.volume(0).itemsize / 1e9, 2)}
     result["peak RAM MB"] = round(_peak_mb())
     result["peak RAM growth MB"] = round(_peak_mb() - rss0)
@@ -117,8 +119,8 @@ def measure_load(cache: str) -> dict:
 def fake_large_cache(source: Path, out: Path, n: int) -> None:
     """A cache of ``n`` scans in the real format, made by copying the volumes of a small one."""
     manifest = pd.read_csv(source / "manifest.csv", dtype=str)
-    shutil.copy(source / "cache.json", out / "cache.json")
     (out / "volumes").mkdir(parents=True)
+    shutil.copy(source / "cache.json", out / "cache.json")
     rows = []
     for i in range(n):
         row = manifest.iloc[i % len(manifest)].copy()
@@ -130,7 +132,9 @@ def fake_large_cache(source: Path, out: Path, n: int) -> None:
 
 
 def grid_table() -> pd.DataFrame:
-    """Candidate output grids: brain coverage, detail kept (template → grid → 1 mm), size, CNN cost."""
+    """Candidate output grids: share of the brain inside the grid and of the grid inside the brain,
+    detail kept (r of the 1 mm template with itself resampled to the grid and back), cache size of
+    1368 fp16 scans, and one fp32 CPU forward + backward pass of the seed CNN per scan (batch 4)."""
     import torch
 
     from brainage.models import build_model
@@ -160,23 +164,25 @@ def grid_table() -> pd.DataFrame:
         step = (time.perf_counter() - start) / 8
         rows.append({
             "grid": label,
-            "voxels (k)": round(np.prod(config.shape) / 1000),
-            "brain covered %": round(100 * (brain & covered).sum() / brain.sum(), 1),
-            "grid voxels in brain %": round(100 * inside.mean(), 1),
-            "detail kept r": round(float(np.corrcoef(back[brain], template[brain])[0, 1]), 3),
-            "MB / 1368 scans (fp16)": round(1368 * np.prod(config.shape) * 2 / 1e6),
-            "seed CNN fwd+bwd s/scan (fp32 CPU)": round(step, 3),
+            "kvoxels": round(np.prod(config.shape) / 1000),
+            "brain in grid %": round(100 * (brain & covered).sum() / brain.sum(), 1),
+            "grid in brain %": round(100 * inside.mean(), 1),
+            "detail r": round(float(np.corrcoef(back[brain], template[brain])[0, 1]), 3),
+            "cache MB": round(1368 * np.prod(config.shape) * 2 / 1e6),
+            "CNN s/scan": round(step, 3),
         })
     return pd.DataFrame(rows)
 
 
 def main() -> None:
+    os.environ.setdefault("COLUMNS", "150")  # wide tables when printing to a file
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", help="a cohort to take scans from (default: synthesize OASIS-2-sized scans)")
     parser.add_argument("--scans", type=int, default=4, help="scans per pipeline")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--load-scans", type=int, default=1368, help="size of the cache whose loading is timed")
     parser.add_argument("--skip-grid", action="store_true", help="skip the output-grid comparison")
+    parser.add_argument("--only-grid", action="store_true", help="only the output-grid comparison")
     parser.add_argument("--stage", nargs="+", help=argparse.SUPPRESS)  # internal: one measurement in a child
     args = parser.parse_args()
     if args.stage:
@@ -191,6 +197,9 @@ def main() -> None:
     from brainage.console import print_table
     from brainage.io import discover, write_manifest
 
+    if args.only_grid:
+        print_table(grid_table(), title="output grid candidates (MNI152 template at 1 mm as the reference)", floatfmt="{:.3f}")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
         work = Path(tmp)
         if args.source:
@@ -206,7 +215,7 @@ def main() -> None:
                 for pipeline in ("seed", "standard")]
         print_table(pd.DataFrame(rows), title=f"prepare, {args.scans} scans of {manifest['path'].iloc[0]}'s geometry, {args.workers} worker(s)")
         stage = _child(["--stage", "stages", str(manifest["path"].iloc[0])])
-        print_table(pd.DataFrame([stage]).T.reset_index().rename(columns={"index": "stage", 0: "seconds"}).astype(str),
+        print_table([{"stage": key, "value": value} for key, value in stage.items()],
                     title="standard pipeline, seconds per stage (one scan, one process)")
         fake_large_cache(work / "seed", work / "large", args.load_scans)
         load = _child(["--stage", "load", str(work / "large")])

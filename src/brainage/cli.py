@@ -160,7 +160,8 @@ def predict_command(
     unit = "session" if sessions else "scan"
     console.print(
         f"{len(predictions)} {unit}(s) predicted with {len(brain_age_model.checkpoints)} model(s), "
-        f"{len(brain_age_model.problems_)} skipped, {flagged} with warnings → {out}"
+        f"{len(brain_age_model.problems_)} skipped, {flagged} with warnings → {out}",
+        soft_wrap=True,
     )
 
 
@@ -238,7 +239,7 @@ def report_command(
 
     if saliency not in ("gradient", "occlusion"):
         raise BrainAgeError(f"--saliency must be gradient or occlusion, not {saliency!r}")
-    console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans)}")
+    console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans)}", soft_wrap=True)
 
 
 @app.command("export")
@@ -256,9 +257,13 @@ def export_command(
     result = export_onnx(model, out, scan=scan, tolerance=tolerance)
     console.print(
         f"ONNX Runtime vs PyTorch on {result.check_input}: max abs difference {result.max_abs_difference:.2e} years "
-        f"(tolerance {result.tolerance:g})"
+        f"(tolerance {result.tolerance:g})",
+        soft_wrap=True,
     )
-    console.print(f"Exported {result.n_models} model(s) → {result.path} (input volume (B, 1, X, Y, Z); outputs brain_age, brain_age_corrected)")
+    console.print(
+        f"Exported {result.n_models} model(s) → {result.path} (input volume (B, 1, X, Y, Z); outputs brain_age, brain_age_corrected)",
+        soft_wrap=True,
+    )
 
 
 @app.command("demo")
@@ -285,5 +290,5 @@ def demo_command(
     result = run_demo(out, config)
     print_table([{"step": step, "seconds": seconds} for step, seconds in result.seconds.items()], title="Demo steps", floatfmt="{:.0f}")
     print_table(result.table, title="Scan-level accuracy (years): network, baselines, and the best possible on this cohort")
-    console.print(f"Held-out predictions: {result.predictions}")
-    console.print(f"Report: {result.report}")
+    console.print(f"Held-out predictions: {result.predictions}", soft_wrap=True)
+    console.print(f"Report: {result.report}", soft_wrap=True)

@@ -295,7 +295,7 @@ class BrainAgeModel:
     @torch.inference_mode()
     def predict_volumes(self, volumes: np.ndarray | torch.Tensor) -> np.ndarray:
         """``(B, 2)`` brain age and bias-corrected brain age of preprocessed volumes ``(B, X, Y, Z)``."""
-        batch = torch.as_tensor(np.asarray(volumes, dtype=np.float32))[:, None].to(self.device)
+        batch = torch.from_numpy(np.array(volumes, dtype=np.float32))[:, None].to(self.device)
         return self.network(batch).double().cpu().numpy()
 
     def predict(

@@ -123,6 +123,14 @@ class TrainConfig:
         return cls(**values)
 
 
+#: The tutorial's training recipe (its network and optimisation), for side-by-side comparison.
+TUTORIAL_RECIPE = TrainConfig(
+    model="seed", epochs=50, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=3, plateau_factor=0.5,
+    plateau_patience=5, min_lr=1e-6, early_stopping_patience=10, gradient_clip=1.0,
+    augmentation=AugmentConfig(noise=True, intensity=True, flip=True, affine=False, bias_field=False, gamma=False),
+)
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """A :class:`TrainConfig` from a YAML file: a bare configuration or a run's ``config.yaml``."""
     path = Path(path)

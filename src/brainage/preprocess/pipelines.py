@@ -195,12 +195,19 @@ def _run_standard(path: Path, config: StandardConfig, spatial: Spatial | None) -
 
 
 def find_spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig) -> Spatial:
-    """Skull-strip a RAS volume, then register its brain to the MNI152 brain at a coarse resolution."""
+    """Skull-strip a RAS volume, then register its brain to the MNI152 brain."""
     mask = stages.skull_strip(data, config.strip_shape, config.strip_threshold)
     brain = np.where(mask, data, 0.0).astype(np.float32)
-    grid, grid_shape = stages.isotropic_grid(affine, data.shape, config.registration_voxel_size)
+    return Spatial(mask, register_to_template(brain, affine, config.registration_voxel_size, config.registration))
+
+
+def register_to_template(brain: np.ndarray, affine: np.ndarray, voxel_size: float, transform: str = "Affine") -> np.ndarray:
+    """Register a skull-stripped brain to the MNI152 brain, both resampled to ``voxel_size`` mm.
+
+    Returns the 4×4 matrix mapping MNI world points (RAS mm) to the brain's world.
+    """
+    grid, grid_shape = stages.isotropic_grid(affine, brain.shape, voxel_size)
     coarse = stages.resample(brain, affine, grid, grid_shape)
-    template_affine, template_shape = template_grid(config.registration_voxel_size)
+    template_affine, template_shape = template_grid(voxel_size)
     template, _ = template_on_grid(template_affine, template_shape)
-    world_to_source = stages.register_affine(coarse, grid, template, template_affine, config.registration)
-    return Spatial(mask, world_to_source)
+    return stages.register_affine(coarse, grid, template, template_affine, transform)

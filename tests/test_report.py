@@ -1,0 +1,54 @@
+"""The HTML report: one self-contained file with every section, from a run folder."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from brainage.cli import app
+from brainage.report import SECTIONS, build_report
+
+runner = CliRunner()
+
+
+def test_the_report_is_one_self_contained_file_with_every_section(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", str(tiny_run), "-o", str(out), "--saliency-scans", "2"])
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    for key, title in SECTIONS:
+        assert f'<section id="{key}"><h2>{title}</h2>' in text
+    images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', text)
+    assert len(images) == 6  # curves, predicted vs true, Bland–Altman, gap by group, QC montage, saliency
+    for source in images:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="(?!data:|#)', text)  # nothing is fetched from elsewhere
+    assert "Welch t-test" in text or "one-way ANOVA" in text  # the group test, with three tiny-cohort groups
+    for name in ("mean age", "ridge", "sfcn"):
+        assert name in text  # the baselines table beside the network
+    assert "Best possible MAE on this synthetic cohort" in text
+    assert "averaged over 2 test scans" in text
+
+
+def test_a_run_whose_cache_is_gone_still_gets_a_report(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["cache"] = str(tmp_path / "moved-away")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    text = build_report(run).read_text(encoding="utf-8")  # default: RUN/report.html
+    assert (run / "report.html").is_file()
+    assert text.count("The cache is not available") == 3  # cohort counts, QC montage and saliency say why
+    assert '<section id="bland-altman">' in text and "data:image/png;base64," in text
+
+
+def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path}: not a brainage run folder" in result.output
