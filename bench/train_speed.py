@@ -14,7 +14,6 @@ CPU seconds per sample and the ratio.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from brainage.cli import app
 from brainage.export import ExportMismatchError, export_onnx
 from brainage.predict import BrainAgeModel
-from brainage.preprocess import load_cache
+from brainage.preprocess import config_from_dict, load_cache
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ def test_onnx_runtime_predicts_what_pytorch_predicts(tiny_run: Path, tiny_cache_
     assert np.ptp(expected[:, 0]) > 1e-3  # the three scans differ, so agreeing is not trivial
 
     metadata = {entry.key: entry.value for entry in onnx.load(str(out)).metadata_props}
-    assert json.loads(metadata["preprocessing"]) == cache.config.to_dict()
+    assert config_from_dict(json.loads(metadata["preprocessing"])) == cache.config  # how to prepare a scan for it
 
 
 def test_a_check_beyond_the_tolerance_fails_loudly_and_writes_nothing(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from brainage.errors import InputError
 from brainage.data import AugmentConfig, SplitError, SubjectLeakError, check_subject_leak, make_folds, subject_holdout
-from brainage.training import TrainConfig, load_config
+from brainage.training import ConfigError, TrainConfig, load_config
 
 
 def _manifest(n_subjects: int = 20, sessions: int = 2, repeats: int = 2, seed: int = 0) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def test_intensity_scaling_stays_in_its_range_and_clamp_applies() -> None:
 
 
 def test_train_config_round_trips_through_yaml(tmp_path) -> None:
-    config = TrainConfig(model="sfcn", model_hparams={"width": 0.5}, folds=5, train_groups=("Nondemented",),
+    config = TrainConfig(model="resnet", model_hparams={"widths": (8, 16)}, folds=5, train_groups=("Nondemented",),
                          augmentation=AugmentConfig(affine=True, gamma=True), devices=2)
     assert TrainConfig.from_dict(config.to_dict()) == config
     path = tmp_path / "config.yaml"
@@ -143,3 +143,5 @@ def test_train_config_round_trips_through_yaml(tmp_path) -> None:
     path.write_text("epochs: 3\nlearning_rate: 0.1\n")
     with pytest.raises(InputError, match="learning_rate"):
         load_config(path)
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=1)

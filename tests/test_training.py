@@ -103,7 +103,7 @@ def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, c
     assert checkpoint.preprocessing == cache.config.to_dict()
     assert checkpoint.brainage_version and checkpoint.corrector is not None
 
-    data = BrainAgeDataModule(cache, fold, batch_size=4, num_workers=0)
+    data = BrainAgeDataModule(cache, fold, batch_size=config.batch_size, num_workers=0)
     reloaded = predict_ages(checkpoint.model, data.loader(fold.test), checkpoint.age_mean, checkpoint.age_std)
     saved = _csv(tiny_run / "fold_0" / "predictions.csv")
     assert list(saved["scan_id"]) == list(cache.manifest["scan_id"].iloc[fold.test])

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from brainage import __version__
-from brainage.console import console
 from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
+from brainage.console import console
 from brainage.data import AugmentConfig, BrainAgeDataModule, Fold, make_folds
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import AgeBiasCorrector, gap_by_group, summarize_predictions
@@ -55,6 +55,19 @@ PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "grou
 BASELINES = {"mean_age": "mean age", "ridge_tabular": "ridge nWBV+eTIV+sex", "ridge_voxels": "ridge voxels (PCA)"}
 
 
+def _plain(value: Any) -> Any:
+    """Numpy scalars and tuples as plain Python values, for YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class ConfigError(BrainAgeError, ValueError):
+    """A training configuration with an unknown option or a value out of range."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; defaults live here and nowhere else.
@@ -67,7 +80,7 @@ class TrainConfig:
     hardware runs them fast.
     """
 
-    model: str = "seed"
+    model: str = "resnet"
     model_hparams: Mapping[str, Any] = field(default_factory=dict)
     epochs: int = 50
     batch_size: int = 8
@@ -99,27 +112,42 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples) for YAML; :meth:`from_dict` reads them back equal."""
-        values = dataclasses.asdict(self)
-        values["model_hparams"] = dict(self.model_hparams)
-        values["train_groups"] = list(self.train_groups) if self.train_groups else None
-        return values
+        return _plain(dataclasses.asdict(self))
+
+    def __post_init__(self) -> None:
+        # Plain, YAML-ready values, so that a configuration read back compares equal.
+        object.__setattr__(self, "model_hparams", _plain(dict(self.model_hparams)))
+        object.__setattr__(self, "train_groups", tuple(str(g) for g in self.train_groups) if self.train_groups else None)
+        problems = [
+            message
+            for failed, message in (
+                (self.epochs < 1, f"epochs must be at least 1, got {self.epochs}"),
+                (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
+                (self.lr <= 0, f"lr must be positive, got {self.lr}"),
+                (self.folds is not None and self.folds < 2, f"folds must be at least 2, got {self.folds}"),
+                (not 0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
+                (not 0 < self.early_stopping_fraction < 1, f"early_stopping_fraction must be between 0 and 1, got {self.early_stopping_fraction}"),
+            )
+            if failed
+        ]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples) for YAML; :meth:`from_dict` reads them back equal."""
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """The configuration described by ``values``; unknown keys are an error."""
         values = dict(values)
-        for name, known in ((cls, {f.name for f in dataclasses.fields(cls)}), (AugmentConfig, {f.name for f in dataclasses.fields(AugmentConfig)})):
-            given = values if name is cls else values.get("augmentation") or {}
-            unknown = sorted(set(given) - known)
+        augmentation = dict(values.get("augmentation") or {})
+        for kind, given in ((cls, values), (AugmentConfig, augmentation)):
+            unknown = sorted(set(given) - {f.name for f in dataclasses.fields(kind)})
             if unknown:
-                raise ValueError(f"unknown {name.__name__} option(s): {', '.join(unknown)}")
-        if isinstance(values.get("augmentation"), Mapping):
-            values["augmentation"] = AugmentConfig(**values["augmentation"])
-        if values.get("train_groups"):
-            values["train_groups"] = tuple(str(group) for group in values["train_groups"])
-        else:
-            values["train_groups"] = None
-        values["model_hparams"] = dict(values.get("model_hparams") or {})
+                raise ConfigError(f"unknown {kind.__name__} option(s): {', '.join(unknown)}")
+        values["augmentation"] = AugmentConfig(**augmentation)
+        values["model_hparams"] = values.get("model_hparams") or {}
         return cls(**values)
 
 
@@ -183,11 +211,6 @@ def resolve_channels_last(channels_last: bool | str, precision: str) -> bool:
     return bool(channels_last)
 
 
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 # --- the LightningModule ---------------------------------------------------------------------------
 
 
@@ -201,9 +224,10 @@ class BrainAgeModule(L.LightningModule):
         self.age_std = age_std
         self.config = config
         self.channels_last = channels_last
-        self.metrics = torch.nn.ModuleDict(
-            {f"{stage}_{name}": metric() for stage in ("train", "val") for name, metric in (("mae", MeanAbsoluteError), ("rmse", lambda: MeanSquaredError(squared=False)))}
-        )
+        self.metrics = torch.nn.ModuleDict()
+        for stage in ("train", "val"):
+            self.metrics[f"{stage}_mae"] = MeanAbsoluteError()
+            self.metrics[f"{stage}_rmse"] = MeanSquaredError(squared=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -462,18 +486,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 @torch.inference_mode()
-def predict_ages(model: AgeRegressor, loader: DataLoader, age_mean: float, age_std: float, device: torch.device | str = "cpu", precision: str = "32-true", channels_last: bool = False) -> np.ndarray:
-    """Brain age in years for every scan of ``loader`` (in its order), the model in eval mode."""
-    device = torch.device(device)
+def predict_ages(model: AgeRegressor, loader: DataLoader, age_mean: float, age_std: float, device: torch.device | str = "cpu") -> np.ndarray:
+    """Brain age in years (fp32) for every scan of ``loader``, in its order; the model in eval mode."""
     model = model.to(device).eval()
-    outputs = []
-    for images, *_ in loader:
-        images = images.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last_3d)
-        with _autocast(device, precision):
-            raw = model(images)
-        outputs.append(model.predict_z(raw).float().cpu())
+    outputs = [model.predict_z(model(images.to(device))).float().cpu() for images, *_ in loader]
     if not outputs:
         return np.empty(0)
     return torch.cat(outputs).double().numpy() * age_std + age_mean
@@ -549,7 +565,7 @@ def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, 
         "n_scans": len(cache.manifest),
         "preprocessing": _plain(cache.config.to_dict()),
         "train": config.to_dict(),
-        "resolved": {"accelerator": accelerator, "precision": precision},
+        "resolved": {"accelerator": accelerator, "precision": precision, "channels_last": resolve_channels_last(config.channels_last, precision)},
         "folds": _plain(folds.to_dict(orient="records")),
     }
     path = run_dir / "config.yaml"
@@ -558,8 +574,7 @@ def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, 
             existing = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise InputError(path, f"unreadable run configuration: {error}".replace("\n", " ")) from error
-        keys = ("cache", "n_scans", "preprocessing", "train")
-        if any(existing.get(key) != values[key] for key in keys):
+        if _run_identity(existing) != _run_identity(values):
             raise RunFolderError(f"{run_dir} holds another run (different configuration or cache); choose another --out")
         return
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -568,13 +583,11 @@ def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, 
         _write_yaml(values, path)
 
 
-def _plain(value: Any) -> Any:
-    """Numpy scalars and tuples as plain Python values, for YAML."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
+def _run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run: the cache, its preprocessing and every training setting
+    except display ones."""
+    train = {key: value for key, value in (values.get("train") or {}).items() if key != "progress"}
+    return {"cache": values.get("cache"), "n_scans": values.get("n_scans"), "preprocessing": values.get("preprocessing"), "train": train}
 
 
 @contextlib.contextmanager
@@ -657,6 +670,7 @@ def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Pa
                 f"[bold]fold {fold.index}[/]: {config.model} on {len(fold.train)} training scans, "
                 f"{len(fold.val)} validation, {len(fold.test)} test; {accelerator}, {precision}"
                 f"{', channels-last' if module.channels_last else ''}"
+                f"{f', {trainer.world_size} processes (DDP)' if trainer.world_size > 1 else ''}"
             )
         trainer.fit(module, datamodule=data)
     if not trainer.is_global_zero:
@@ -664,11 +678,12 @@ def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Pa
     module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     Path(best.best_model_path).unlink()
 
+    # Predictions in fp32, as a reloaded checkpoint makes them, whatever the training precision.
+    model = module.model.to(memory_format=torch.contiguous_format)
     device = trainer.strategy.root_device
-    predict = {"device": device, "precision": precision, "channels_last": module.channels_last}
-    val_predicted = predict_ages(module.model, data.loader(fold.val), data.age_mean, data.age_std, **predict)
-    test_predicted = predict_ages(module.model, data.loader(fold.test), data.age_mean, data.age_std, **predict)
-    module.model.cpu()
+    val_predicted = predict_ages(model, data.loader(fold.val), data.age_mean, data.age_std, device)
+    test_predicted = predict_ages(model, data.loader(fold.test), data.age_mean, data.age_std, device)
+    model.cpu()
     val_age = cache.manifest["age"].to_numpy(dtype=float)[fold.val]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -677,7 +692,7 @@ def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Pa
 
     train_ages = cache.manifest["age"].to_numpy(dtype=float)[fold.train]
     checkpoint = BrainAgeCheckpoint(
-        model=module.model,
+        model=model,
         model_name=config.model,
         age_mean=data.age_mean,
         age_std=data.age_std,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainage.errors import BrainAgeError, InputError, Problem
+from brainage.errors import InputError, Problem
 from brainage.io.images import pair_partner
 from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
 from brainage.preprocess.pipelines import (
@@ -100,6 +100,7 @@ class PrepareReport:
 @dataclass(frozen=True)
 class _Job:
     path: str
+    scan_id: str
     root: Path
     config: PipelineConfig
 
@@ -125,7 +126,7 @@ def prepare(
     root = Path(out)
     manifest, problems = _manifest(source, demographics)
     manifest = _shard(sort_manifest(manifest), shard)
-    jobs = {str(path): _Job(str(path), root, config) for path in manifest["path"]}
+    jobs = {str(path): _Job(str(path), str(scan_id), root, config) for path, scan_id in zip(manifest["path"], manifest["scan_id"])}
     records: dict[str, dict[str, Any]] = {}
     for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
         if isinstance(result, InputError):
@@ -229,7 +230,7 @@ def _prepare_one(job: _Job) -> dict[str, Any]:
         _write_spatial(spatial_path, prepared.spatial)
     with atomic_write(root / "volumes" / f"{key}.npy") as tmp:
         np.save(tmp, prepared.volume)
-    save_qc_png(prepared.volume, root / "qc" / f"{key}.png", title=f"{path.name}  r={prepared.qc_score:.2f}")
+    save_qc_png(prepared.volume, root / "qc" / f"{key}.png", title=f"{job.scan_id}  r={prepared.qc_score:.2f}")
     record = {
         "cache_file": f"volumes/{key}.npy",
         "qc_file": f"qc/{key}.png",

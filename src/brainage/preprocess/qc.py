@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from brainage.preprocess.template import template_on_grid
 from brainage.utils import atomic_write
@@ -26,17 +27,20 @@ def registration_score(volume: np.ndarray, affine: np.ndarray) -> float:
 
 
 def save_qc_png(volume: np.ndarray, path: str | Path, title: str = "") -> None:
-    """Write a small PNG of the sagittal, coronal and axial mid-slices (RAS volume) atomically."""
-    import matplotlib
+    """Write a small PNG of sagittal, coronal and axial slices of a RAS volume, atomically.
 
-    matplotlib.use("Agg")
+    The slices cross at the centre of the image content (above-background intensity): the grid's
+    middle for a registered brain, wherever the head landed for the ``seed`` grid.
+    """
     from matplotlib.figure import Figure
 
     volume = np.asarray(volume, dtype=np.float32)
-    x, y, z = (n // 2 for n in volume.shape)
+    content = volume - volume.min()
+    centre = ndimage.center_of_mass(content) if content.any() else [n / 2 for n in volume.shape]
+    x, y, z = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, volume.shape))
     slices = (volume[x, :, :], volume[:, y, :], volume[:, :, z])
     low, high = np.percentile(volume, (1, 99))
-    figure = Figure(figsize=(6, 2.2), dpi=60)
+    figure = Figure(figsize=(6, 2.2), dpi=80)
     for k, (image, label) in enumerate(zip(slices, ("sagittal", "coronal", "axial"))):
         axis = figure.add_subplot(1, 3, k + 1)
         axis.imshow(image.T, origin="lower", cmap="gray", vmin=low, vmax=high)
