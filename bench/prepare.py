@@ -8,7 +8,7 @@ Without ``--source`` it synthesizes a few subjects with the OASIS-2 preset's geo
 (256 × 256 × 128 voxels of 1 × 1 × 1.25 mm). Cache loading is measured on a cache of
 ``--load-scans`` volumes at 64³ (copies of prepared volumes, so the format is the real one),
 read cold from its files (page cache as the OS left it) and warm. Each measurement runs in a
-fresh process so that its peak resident memory (ru_maxrss) is its own. Prints tables; not a test.
+fresh process so that its peak resident memory is its own (Linux). Prints tables; not a test.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import pandas as pd
 
 
 def _peak_mb() -> float:
-    usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return usage / 1024
+    """Peak resident memory of this process (VmHWM, reset by exec unlike ru_maxrss) and its workers."""
+    status = Path("/proc/self/status").read_text()
+    own_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    return max(own_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def _child(args: list[str]) -> dict:

@@ -115,6 +115,10 @@ def train_command(
         "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
         "devices": (int(devices) if devices.isdigit() else devices) if devices else None,
     }
+    if model is not None and model != base.model:
+        base = dataclasses.replace(base, model_hparams={})  # the other model's hyper-parameters do not apply
+    if val_fraction is not None:
+        base = dataclasses.replace(base, folds=None)
     config = dataclasses.replace(base, **{key: value for key, value in given.items() if value is not None})
     result = train(cache, out, config)
     if result is None:  # a non-zero rank of multi-process training
@@ -237,8 +241,6 @@ def report_command(
     from brainage.console import console
     from brainage.report import build_report
 
-    if saliency not in ("gradient", "occlusion"):
-        raise BrainAgeError(f"--saliency must be gradient or occlusion, not {saliency!r}")
     console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans)}", soft_wrap=True)
 
 

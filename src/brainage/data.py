@@ -165,8 +165,9 @@ def default_num_workers() -> int:
 @dataclass(frozen=True)
 class Fold:
     """Manifest row positions of one fold: ``train`` (fit), ``val`` (early stopping, bias
-    correction) and ``test`` (reported, never seen while training); ``excluded`` are training-side
-    scans left out (QC-flagged or outside ``train_groups``)."""
+    correction) and ``test`` (reported, never seen while training). ``excluded_qc`` and
+    ``excluded_group`` count the training-side scans left out as QC-flagged or outside
+    ``train_groups``."""
 
     index: int
     train: np.ndarray

@@ -8,6 +8,7 @@ fields of :class:`DemoConfig`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -123,8 +124,9 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     lap("predict held-out subjects")
     report = build_report(out / "run", out / "report.html", saliency=config.saliency)
     lap("report")
-    summary = json.loads((cohort / SUMMARY).read_text())
-    table = comparison_table(result.summary, train_config.model, accuracy_table(heldout, model.mean_training_age), summary["best_possible_mae"]["scan"])
+    made = json.loads((cohort / SUMMARY).read_text())
+    best = (made["best_possible_mae"]["scan"], made["counts"]["scans"])
+    table = comparison_table(result.summary, train_config.model, accuracy_table(heldout, model.mean_training_age), best)
     return DemoResult(table, out, result.run_dir, predictions, report, seconds)
 
 
@@ -140,9 +142,10 @@ def _cohort(root: Path, config: DemoConfig) -> Path:
     return root
 
 
-def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame, best_possible: float) -> pd.DataFrame:
-    """Scan-level MAE, RMSE and r: the network on its test split (uncorrected, bias-corrected),
-    the baselines on the same split, the network on the held-out people, and the best possible MAE."""
+def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame, best_possible: tuple[float, int]) -> pd.DataFrame:
+    """Scan-level n, MAE, RMSE and r: the network on its test split (uncorrected, bias-corrected),
+    the baselines on the same split, the network on the held-out people, and the best possible MAE
+    (``(mae, scans)`` of the whole cohort)."""
     scans = summary[summary["level"] == "scan"]
     names = {(model, "none"): f"{model} (network)", (model, "linear"): f"{model}, bias-corrected"}
     names.update({(name, "none"): f"baseline: {name}" for name in BASELINES.values()})
@@ -151,10 +154,15 @@ def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame, b
         for row in scans.itertuples()
         if (row.model, row.correction) in names
     ]
-    labels = {"brain age": f"{model} (network)", "brain age, bias-corrected": f"{model}, bias-corrected", "mean training age": "baseline: mean training age"}
+    labels = {
+        "brain age": f"{model} (network)",
+        "brain age, bias-corrected": f"{model}, bias-corrected",
+        "mean training age": f"baseline: {BASELINES['mean_age']}",
+    }
     rows += [
         {"model": labels[row.prediction], "scans": "held-out people", "n": row.n, "mae": row.mae, "rmse": row.rmse, "r": row.r}
         for row in heldout.itertuples()
     ]
-    rows.append({"model": "best possible (hidden brain-age offsets)", "scans": "whole cohort", "n": None, "mae": best_possible, "rmse": None, "r": None})
-    return pd.DataFrame(rows)
+    mae, count = best_possible
+    rows.append({"model": "best possible (hidden brain-age offsets)", "scans": "whole cohort", "n": count, "mae": mae, "rmse": math.nan, "r": math.nan})
+    return pd.DataFrame(rows).astype({"n": int})

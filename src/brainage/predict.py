@@ -33,7 +33,7 @@ from brainage.io import IMAGE_SUFFIXES, discover, scan_stem
 from brainage.io.bids import looks_like_bids
 from brainage.io.images import image_suffix, pair_partner
 from brainage.io.manifest import is_missing, natural_key, parse_age, snake_case
-from brainage.io.oasis import looks_like_oasis
+from brainage.io.oasis import find_demographics, looks_like_oasis
 from brainage.io.table import read_spreadsheet
 from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
 from brainage.training import BrainAgeCheckpoint, load_checkpoint, resolve_accelerator
@@ -112,9 +112,10 @@ def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tup
     An input is an image file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``, ``.mgz``), a folder of
     them (searched recursively), a CSV/TSV table with a ``path`` column (optional ``age``,
     ``subject_id``, ``session_id``, ``scan_id``, ``sex``, ``group``; relative paths are relative to
-    the table), a BIDS or an OASIS-2 folder (their ages come from their spreadsheets), or a
-    manifest DataFrame with a ``path`` column. A scan given twice is predicted once. Scans without
-    a known subject or session form their own.
+    the table), a BIDS or an OASIS-2 folder (ages from their spreadsheets; an OASIS-2 folder
+    without its spreadsheet is read as a plain folder), or a manifest DataFrame with a ``path``
+    column. A scan given twice is predicted once. Scans without a known subject or session form
+    their own.
     """
     if isinstance(inputs, pd.DataFrame):
         if "path" not in inputs.columns:
@@ -123,7 +124,7 @@ def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tup
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     frames: list[pd.DataFrame] = []
     problems: list[Problem] = []
-    for item in map(lambda value: Path(os.path.abspath(Path(value).expanduser())), items):
+    for item in (Path(os.path.abspath(Path(value).expanduser())) for value in items):
         try:
             rows, found = _rows_of(item)
         except InputError as error:
@@ -141,7 +142,7 @@ def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tup
 def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
     """The rows one input stands for, and its problems."""
     if item.is_dir():
-        if looks_like_bids(item) or looks_like_oasis(item):
+        if looks_like_bids(item) or (looks_like_oasis(item) and _has_demographics(item)):
             found = discover(item)
             return found.manifest, list(found.problems)
         files = _image_files(item)
@@ -155,6 +156,15 @@ def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
     if image_suffix(item) is not None:
         return pd.DataFrame({"path": [str(_header_of(item))]}), []
     raise InputError(item, f"not a scan ({', '.join(IMAGE_SUFFIXES)}), a folder, nor a .csv/.tsv table of scans")
+
+
+def _has_demographics(folder: Path) -> bool:
+    """Whether an OASIS-2 folder has its spreadsheet (without one, its scans are predicted without ages)."""
+    try:
+        find_demographics(folder)
+    except InputError:
+        return False
+    return True
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -293,7 +303,7 @@ class BrainAgeModel:
         return float(np.mean([checkpoint.age_mean for checkpoint in self.checkpoints]))
 
     @torch.inference_mode()
-    def predict_volumes(self, volumes: np.ndarray | torch.Tensor) -> np.ndarray:
+    def predict_volumes(self, volumes: np.ndarray) -> np.ndarray:
         """``(B, 2)`` brain age and bias-corrected brain age of preprocessed volumes ``(B, X, Y, Z)``."""
         batch = torch.from_numpy(np.array(volumes, dtype=np.float32))[:, None].to(self.device)
         return self.network(batch).double().cpu().numpy()

@@ -23,7 +23,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from brainage import __version__
-from brainage.errors import InputError
+from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import gap_by_group
 from brainage.predict import BrainAgeEnsemble
 from brainage.preprocess import PreparedCache, StandardConfig, load_cache
@@ -73,7 +73,7 @@ def build_report(
     ``qc_scans`` scans (the lowest and the highest registration scores) form the QC montage.
     """
     if saliency not in METHODS:
-        raise ValueError(f"unknown saliency method {saliency!r}; choose from {', '.join(METHODS)}")
+        raise BrainAgeError(f"unknown saliency method {saliency!r}; choose from {', '.join(METHODS)}")
     run_dir = Path(run)
     config = _read_config(run_dir)
     predictions = _read_csv(run_dir / "predictions.csv")
@@ -186,14 +186,14 @@ def qc_montage(cache: PreparedCache, rows: list[int]) -> Figure:
     return figure
 
 
-def saliency_figure(saliency: np.ndarray, background: np.ndarray, title: str) -> Figure:
-    """The saliency map over ``background``: three orthogonal slices through its peak, the top
-    quarter of the brain's saliency shown."""
+def saliency_figure(saliency: np.ndarray, background: np.ndarray, mask: np.ndarray, title: str) -> Figure:
+    """The saliency map over ``background``: three orthogonal slices through its peak inside
+    ``mask``, the top quarter of the saliency inside ``mask`` shown."""
     from scipy import ndimage
 
-    smooth = ndimage.gaussian_filter(saliency.astype(np.float64), 1.0)
+    smooth = np.where(mask, ndimage.gaussian_filter(saliency.astype(np.float64), 1.0), 0.0)
     peak = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
-    shown = np.ma.masked_less(smooth, np.percentile(smooth, 75))
+    shown = np.ma.masked_where(~mask | (smooth < np.percentile(smooth[mask], 75)), smooth)
     low, high = np.percentile(background, (1, 99))
     figure = Figure(figsize=(11, 4), layout="constrained")
     axes = figure.subplots(1, 3)
@@ -318,14 +318,16 @@ def _saliency(run_dir: Path, predictions: pd.DataFrame, cache: PreparedCache, me
     if total is None:
         return _note("No fold checkpoint and test scan to compute a saliency map from.")
     if isinstance(cache.config, StandardConfig):
-        background, _ = template_on_grid(cache.affine, cache.shape)
-        where = "the MNI152 template resampled to the cache grid"
+        background, mask = template_on_grid(cache.affine, cache.shape)
+        where = "the MNI152 template resampled to the cache grid, inside its brain mask"
     else:
         background = np.mean(used, axis=0)
-        where = f"the mean of these scans (the {cache.config.name} pipeline does not register to the template)"
+        mask = background > background.min() + 0.05 * np.ptp(background)
+        where = f"the mean of these scans, inside the head (the {cache.config.name} pipeline does not register to the template)"
     unit = "|∂ brain age / ∂ voxel|" if method == "gradient" else "|change of brain age| when an 8-voxel cube is occluded (years)"
     caption = f"{method.capitalize()} saliency, {unit}, averaged over {count} test scans (each by the fold model that did not train on it), over {where}."
-    return _note(caption) + _figure(saliency_figure((total / count).astype(np.float32), np.asarray(background, dtype=np.float32), f"{method} saliency"))
+    figure = saliency_figure((total / count).astype(np.float32), np.asarray(background, dtype=np.float32), np.asarray(mask, dtype=bool), f"{method} saliency")
+    return _note(caption) + _figure(figure)
 
 
 # --- helpers -------------------------------------------------------------------------------------

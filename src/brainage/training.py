@@ -527,6 +527,10 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     multi-process (DDP) training only the global rank 0 predicts and writes; the others return None.
     """
     config = config or TrainConfig()
+    try:
+        build_model(config.model, **config.model_hparams)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model {config.model!r}: {error}") from error
     cache = cache if isinstance(cache, PreparedCache) else load_cache(cache)
     run_dir = Path(out)
     accelerator = resolve_accelerator(config.accelerator)
