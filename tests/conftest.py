@@ -41,3 +41,33 @@ def tiny_run(tiny_cache_seed: Path, tmp_path_factory: pytest.TempPathFactory) ->
         progress=False, voxel_components=5, num_workers=0,
     )  # fmt: skip
     return train(tiny_cache_seed, tmp_path_factory.mktemp("run") / "tiny", config).run_dir
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two untrained small ResNet checkpoints (initialised with seeds 0 and 1) for the ``seed``
+    pipeline, saved like trained ones. Their age SD of 1000 years spreads their predictions over
+    years between scans; for tests where what a model learnt does not matter (input handling,
+    ensembles, export)."""
+    import torch
+
+    from brainage.evaluation import AgeBiasCorrector
+    from brainage.models import build_model
+    from brainage.preprocess import make_config
+    from brainage.training import BrainAgeCheckpoint, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("untrained")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        checkpoint = BrainAgeCheckpoint(
+            model=build_model("resnet", widths=[4, 8], stem_width=4).eval(),
+            model_name="resnet",
+            age_mean=75.0,
+            age_std=1000.0,
+            preprocessing=make_config("seed").to_dict(),
+            corrector=AgeBiasCorrector().fit([60.0, 70.0, 80.0, 90.0], [64.0, 71.0, 79.0, 86.0]),
+            train_age_range=(60.0, 90.0),
+        )
+        paths.append(save_checkpoint(checkpoint, folder / f"seed{seed}" / "model.ckpt"))
+    return paths

@@ -20,7 +20,7 @@ runner = CliRunner()
 def test_the_tiny_demo_runs_end_to_end(tiny_cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     shutil.copytree(tiny_cohort, out / "cohort")  # same preset and seed: the demo reuses it
-    result = runner.invoke(app, ["demo", "--out", str(out), "--preset", "tiny", "--pipeline", "seed", "--workers", "1"])
+    result = runner.invoke(app, ["demo", "--out", str(out), "--preset", "tiny", "--pipeline", "seed", "--epochs", "1", "--workers", "1"])
     assert result.exit_code == 0, result.output
 
     trained_on = set(load_cache(out / "cache").manifest["subject_id"])

@@ -19,9 +19,9 @@ from brainage.preprocess import config_from_dict, load_cache
 runner = CliRunner()
 
 
-def test_onnx_runtime_predicts_what_pytorch_predicts(tiny_run: Path, tiny_cache_seed: Path, tmp_path: Path) -> None:
+def test_onnx_runtime_predicts_what_pytorch_predicts(untrained_checkpoints: list[Path], tiny_cache_seed: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.onnx"
-    result = runner.invoke(app, ["export", str(tiny_run), "-o", str(out)])
+    result = runner.invoke(app, ["export", *map(str, untrained_checkpoints), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "max abs difference" in result.output and "Exported 2 model(s)" in result.output
 
@@ -29,10 +29,10 @@ def test_onnx_runtime_predicts_what_pytorch_predicts(tiny_run: Path, tiny_cache_
     volumes = np.stack([np.asarray(cache.volume(i), dtype=np.float32) for i in (0, 5, 17)])
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     brain_age, corrected = session.run(["brain_age", "brain_age_corrected"], {"volume": volumes[:, None]})
-    expected = BrainAgeModel.load(tiny_run, device="cpu").predict_volumes(volumes)
+    expected = BrainAgeModel.load(untrained_checkpoints, device="cpu").predict_volumes(volumes)
     np.testing.assert_allclose(brain_age, expected[:, 0], atol=1e-3)
     np.testing.assert_allclose(corrected, expected[:, 1], atol=1e-3)
-    assert np.ptp(expected[:, 0]) > 1e-3  # the three scans differ, so agreeing is not trivial
+    assert np.ptp(expected[:, 0]) > 0.1  # the three scans differ, so agreeing is not trivial
 
     metadata = {entry.key: entry.value for entry in onnx.load(str(out)).metadata_props}
     assert config_from_dict(json.loads(metadata["preprocessing"])) == cache.config  # how to prepare a scan for it

@@ -40,21 +40,22 @@ def _copies(scan: Path, folder: Path) -> list[Path]:
     return paths
 
 
-def test_every_accepted_format_gives_the_same_brain_age(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_every_accepted_format_gives_the_same_brain_age(untrained_checkpoints: list[Path], tiny_cohort: Path, tmp_path: Path) -> None:
     original, other = _scans(tiny_cohort)[0], _scans(tiny_cohort)[-1]
     copies = _copies(original, tmp_path / "formats")
     assert (tmp_path / "formats" / "pair.img").is_file()
-    model = BrainAgeModel.load(tiny_run / "fold_0" / "model.ckpt")
+    model = BrainAgeModel.load(untrained_checkpoints[0])
     table = model.predict([*copies, original, other], cache=None)
     assert model.problems_ == []
     assert table["path"].tolist() == [str(path) for path in (*copies, original, other)]
     same = table["brain_age"].to_numpy()[:5]
-    assert np.ptp(same) < 1e-4
-    assert abs(table["brain_age"].iat[5] - same.mean()) > 1e-4  # another scan is told apart at this precision
+    assert np.ptp(same) < 1e-3
+    assert abs(table["brain_age"].iat[5] - same.mean()) > 0.1  # another scan is told apart
     assert table["age"].isna().all() and table["brain_age_gap"].isna().all()  # plain files carry no age
 
 
-def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(untrained_checkpoints: list[Path], tiny_cohort: Path, tmp_path: Path) -> None:
+    model = str(untrained_checkpoints[0])
     folder = tmp_path / "mixed"
     good = _copies(_scans(tiny_cohort)[0], folder / "sub")
     (folder / "text.nii").write_bytes(b"not an image at all")
@@ -64,7 +65,7 @@ def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(ti
     nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), folder / "nan.nii")
     out = tmp_path / "predictions.csv"
 
-    result = runner.invoke(app, ["predict", str(folder), "-m", str(tiny_run), "-o", str(out)])
+    result = runner.invoke(app, ["predict", str(folder), "-m", model, "-o", str(out)])
     assert result.exit_code == 0, result.output
     written = pd.read_csv(out)
     assert sorted(Path(path).name for path in written["path"]) == sorted(path.name for path in good)
@@ -78,24 +79,28 @@ def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(ti
     broken_only = tmp_path / "broken"
     broken_only.mkdir()
     shutil.copy(folder / "text.nii", broken_only / "text.nii")
-    failed = runner.invoke(app, ["predict", str(broken_only), "-m", str(tiny_run), "-o", str(tmp_path / "none.csv")])
+    failed = runner.invoke(app, ["predict", str(broken_only), "-m", model, "-o", str(tmp_path / "none.csv")])
     assert failed.exit_code == 2
     assert not (tmp_path / "none.csv").exists()
 
 
-def test_the_cli_writes_exactly_what_the_api_returns(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_the_cli_writes_exactly_what_the_api_returns(untrained_checkpoints: list[Path], tiny_cohort: Path, tmp_path: Path) -> None:
     scans = _scans(tiny_cohort)[:4]  # two sessions of two repeats
     table = tmp_path / "scans.csv"
     pd.DataFrame(
-        {"path": [str(path.relative_to(tiny_cohort)) for path in scans], "subject_id": ["s1"] * 4, "session_id": ["v1", "v1", "v2", "v2"], "age": [70.0, 70.0, 71.5, 71.5]}
-    ).to_csv(table, index=False)
+        {
+            "path": [str(path.relative_to(tiny_cohort)) for path in scans],
+            "subject_id": ["s1"] * 4, "session_id": ["v1", "v1", "v2", "v2"], "age": [70.0, 70.0, 71.5, 71.5],
+        }
+    ).to_csv(table, index=False)  # fmt: skip
     shutil.copytree(tiny_cohort / "OAS2_RAW_PART1", tmp_path / "OAS2_RAW_PART1")  # paths are relative to the table
-    model = BrainAgeModel.load(tiny_run)
+    model = BrainAgeModel.load(untrained_checkpoints)
+    models = [option for path in untrained_checkpoints for option in ("-m", str(path))]
     for extra in ([], ["--sessions"]):
         out = tmp_path / f"cli{len(extra)}.csv"
-        result = runner.invoke(app, ["predict", str(table), "-m", str(tiny_run), "-o", str(out), *extra])
+        result = runner.invoke(app, ["predict", str(table), *models, "-o", str(out), *extra])
         assert result.exit_code == 0, result.output
-        assert "mean training age" in result.output  # the baseline is printed beside the network
+        assert "mean training age" in result.output and "2 model(s)" in result.output  # the baseline beside the network
         api = model.predict(table, sessions=bool(extra))
         cli = pd.read_csv(out)
         assert list(cli.columns) == list(api.columns)
@@ -103,51 +108,56 @@ def test_the_cli_writes_exactly_what_the_api_returns(tiny_run: Path, tiny_cohort
         pd.testing.assert_frame_equal(cli[NUMBERS], api[NUMBERS], check_exact=True, check_dtype=False)
 
 
-def test_an_ensemble_predicts_the_mean_of_its_members(tiny_run: Path, tiny_cohort: Path) -> None:
+def test_an_ensemble_predicts_the_mean_of_its_members(untrained_checkpoints: list[Path], tiny_cohort: Path) -> None:
     paths = _scans(tiny_cohort)[:3]
-    members = resolve_checkpoints(tiny_run)
-    assert [path.parent.name for path in members] == ["fold_0", "fold_1"]
-    ensemble = BrainAgeModel.load(members).predict(paths)
-    singles = [BrainAgeModel.load(path).predict(paths) for path in members]
+    ensemble = BrainAgeModel.load(untrained_checkpoints).predict(paths)
+    singles = [BrainAgeModel.load(path).predict(paths) for path in untrained_checkpoints]
     for column in ("brain_age", "brain_age_corrected"):
-        np.testing.assert_allclose(ensemble[column], (singles[0][column] + singles[1][column]) / 2, atol=1e-4)
-    assert np.abs(singles[0]["brain_age"] - singles[1]["brain_age"]).max() > 1e-3  # the mean is not just one member
+        np.testing.assert_allclose(ensemble[column], (singles[0][column] + singles[1][column]) / 2, atol=1e-3)
+    assert np.abs(singles[0]["brain_age"] - singles[1]["brain_age"]).min() > 0.1  # the mean is not just one member
 
 
-def test_flip_averaging_gives_a_scan_and_its_mirror_image_the_same_brain_age(tiny_run: Path, tiny_cache_seed: Path) -> None:
+def test_a_run_folder_stands_for_its_fold_models_and_finds_its_cache(tiny_run: Path, tiny_cache_seed: Path) -> None:
+    members = resolve_checkpoints(tiny_run)
+    assert [path.relative_to(tiny_run).as_posix() for path in members] == ["fold_0/model.ckpt", "fold_1/model.ckpt"]
+    assert training_caches(members) == [tiny_cache_seed.resolve()]
+    model = BrainAgeModel.load(tiny_run)
+    ages = pd.read_csv(tiny_run / "predictions.csv")["age"]
+    low, high = model.train_age_range
+    assert ages.min() <= low < high <= ages.max()
+    table = model.predict(tiny_cache_seed / "manifest.csv")  # the cache's manifest is a table of scans with ages
+    assert len(table) == 48 and model.problems_ == []
+
+
+def test_flip_averaging_gives_a_scan_and_its_mirror_image_the_same_brain_age(untrained_checkpoints: list[Path], tiny_cache_seed: Path) -> None:
     volume = np.asarray(load_cache(tiny_cache_seed).volume(0), dtype=np.float32)
     mirrored = np.flip(volume, axis=0).copy()  # axis 0 of a RAS volume is left–right
-    model = BrainAgeModel.load(tiny_run / "fold_0" / "model.ckpt", device="cpu")
-    np.testing.assert_allclose(model.predict_volumes(volume[None]), model.predict_volumes(mirrored[None]), atol=1e-4)
+    model = BrainAgeModel.load(untrained_checkpoints[0], device="cpu")
+    np.testing.assert_allclose(model.predict_volumes(volume[None]), model.predict_volumes(mirrored[None]), atol=1e-3)
     network = model.checkpoints[0].model
     with torch.inference_mode():
         single = network.predict_z(network(torch.from_numpy(np.stack([volume, mirrored])[:, None])))
-    assert abs(float(single[0] - single[1])) * model.checkpoints[0].age_std > 1e-4  # one view alone is not symmetric
+    assert abs(float(single[0] - single[1])) * model.checkpoints[0].age_std > 0.01  # one view alone is not symmetric
 
 
-def test_scans_in_a_cache_are_taken_from_it(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+def test_scans_in_a_cache_are_taken_from_it(untrained_checkpoints: list[Path], tiny_cohort: Path, tmp_path: Path) -> None:
     manifest = discover(tiny_cohort).manifest.iloc[[0, -1]].reset_index(drop=True)
     prepare(manifest, tmp_path / "cache", "seed")
-    model = BrainAgeModel.load(tiny_run / "fold_0" / "model.ckpt")
+    model = BrainAgeModel.load(untrained_checkpoints[0])
     fresh = model.predict(manifest, cache=None)["brain_age"].to_numpy()
     cached = model.predict(manifest, cache=tmp_path / "cache")["brain_age"].to_numpy()
-    np.testing.assert_allclose(cached, fresh, atol=1e-5)
-    assert abs(fresh[0] - fresh[1]) > 1e-4
+    np.testing.assert_allclose(cached, fresh, atol=1e-3)
+    assert abs(fresh[0] - fresh[1]) > 0.1
     files = [tmp_path / "cache" / name for name in load_cache(tmp_path / "cache").manifest["cache_file"]]
     first, second = files[0].read_bytes(), files[1].read_bytes()
     files[0].write_bytes(second)
     files[1].write_bytes(first)
     swapped = model.predict(manifest, cache=tmp_path / "cache")["brain_age"].to_numpy()
-    np.testing.assert_allclose(swapped, fresh[::-1], atol=1e-5)  # the cached volumes were used, not the files
+    np.testing.assert_allclose(swapped, fresh[::-1], atol=1e-3)  # the cached volumes were used, not the files
 
 
-
-def test_the_cache_a_model_was_trained_on_is_found_from_its_run(tiny_run: Path, tiny_cache_seed: Path) -> None:
-    assert training_caches([tiny_run / "fold_0" / "model.ckpt"]) == [tiny_cache_seed.resolve()]
-
-
-def test_warnings_flag_ages_outside_training_and_poor_registration(tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
-    checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
+def test_warnings_flag_ages_outside_training_and_poor_registration(untrained_checkpoints: list[Path], tiny_cohort: Path) -> None:
+    checkpoint = load_checkpoint(untrained_checkpoints[0])
     strict = dataclasses.replace(checkpoint, preprocessing={**checkpoint.preprocessing, "qc_threshold": 0.99})
     model = BrainAgeModel([strict])
     low, high = model.train_age_range
@@ -159,7 +169,7 @@ def test_warnings_flag_ages_outside_training_and_poor_registration(tiny_run: Pat
     assert table["qc_flagged"].all()  # the seed pipeline's scores are far below 0.99
     assert all(f"poor registration (QC score {score:.2f} < 0.99)" in text for score, text in zip(table["qc_score"], table["warnings"]))
     np.testing.assert_allclose(table["brain_age_gap"], table["brain_age"] - table["age"])
-    np.testing.assert_allclose(table["brain_age_corrected"], strict.corrector.transform(table["brain_age"]), rtol=1e-6)
+    np.testing.assert_allclose(table["brain_age_corrected"], strict.corrector.transform(table["brain_age"]), atol=1e-3)
     np.testing.assert_allclose(table["brain_age_gap_corrected"], table["brain_age_corrected"] - table["age"])
 
 

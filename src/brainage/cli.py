@@ -89,6 +89,7 @@ def train_command(
     batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Scans per batch."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of AdamW."),
     devices: str | None = typer.Option(None, "--devices", help="Lightning devices: a count, ids like 0,1, or auto."),
+    num_nodes: int | None = typer.Option(None, "--num-nodes", min=1, help="Machines for multi-node DDP (launched by your scheduler)."),
     accelerator: str | None = typer.Option(None, "--accelerator", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps."),
     precision: str | None = typer.Option(None, "--precision", help="auto, 32-true, bf16-mixed or 16-mixed."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of splits, initialisation and augmentation."),
@@ -113,7 +114,7 @@ def train_command(
         "model": model, "folds": folds, "val_fraction": val_fraction, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "accelerator": accelerator, "precision": precision, "seed": seed, "deterministic": deterministic,
         "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
-        "devices": (int(devices) if devices.isdigit() else devices) if devices else None,
+        "devices": (int(devices) if devices.isdigit() else devices) if devices else None, "num_nodes": num_nodes,
     }
     if model is not None and model != base.model:
         base = dataclasses.replace(base, model_hparams={})  # the other model's hyper-parameters do not apply

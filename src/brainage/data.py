@@ -7,6 +7,7 @@ checked for subjects on two sides before anything trains.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -199,14 +200,16 @@ def check_subject_leak(manifest: pd.DataFrame, splits: Mapping[str, Sequence[int
                 raise SubjectLeakError(f"subject(s) {shown} have scans in both {first} and {second}; splits must be by subject")
 
 
-def subject_holdout(manifest: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row positions ``(kept, held_out)`` with ``fraction`` of the subjects held out (GroupShuffleSplit)."""
+def subject_holdout(manifest: pd.DataFrame, size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(kept, held_out)``, holding out ``size`` of the subjects (GroupShuffleSplit):
+    a fraction if a float, a number of subjects if an int."""
     subjects = manifest["subject_id"].astype(str).to_numpy()
-    if not 0 < fraction < 1:
-        raise SplitError(f"the held-out fraction must be between 0 and 1, got {fraction}")
-    if len(np.unique(subjects)) < 2:
-        raise SplitError(f"a subject-grouped split needs at least two subjects, got {len(np.unique(subjects))}")
-    splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    n_subjects = len(np.unique(subjects))
+    if n_subjects < 2:
+        raise SplitError(f"a subject-grouped split needs at least two subjects, got {n_subjects}")
+    if not (0 < size < 1 if isinstance(size, float) else 0 < size < n_subjects):
+        raise SplitError(f"cannot hold out {size} of {n_subjects} subjects")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=size, random_state=seed)
     kept, held_out = next(splitter.split(subjects, groups=subjects))
     return np.sort(kept), np.sort(held_out)
 
@@ -238,7 +241,7 @@ def make_folds(
 ) -> list[Fold]:
     """Subject-grouped folds: ``folds`` (K-fold, every scan tested once) or one hold-out of
     ``val_fraction`` of the subjects. Inside each training side, ``early_stopping_fraction`` of its
-    subjects become the validation set. QC-flagged scans and, with ``train_groups``, scans of other
+    subjects (at least two when there are four or more) become the validation set. QC-flagged scans and, with ``train_groups``, scans of other
     groups are kept out of train/val but stay in the test side. Refuses a split with a subject leak.
     """
     if train_groups:
@@ -251,9 +254,11 @@ def make_folds(
     result = []
     for index, (training_side, test) in enumerate(outer):
         eligible = training_side[in_group[training_side] & ~flagged[training_side]]
-        if manifest["subject_id"].iloc[eligible].nunique() < 2:
+        n_subjects = manifest["subject_id"].iloc[eligible].nunique()
+        if n_subjects < 2:
             raise SplitError(f"fold {index}: fewer than two training subjects remain after QC and group filters")
-        inner_train, inner_val = subject_holdout(manifest.iloc[eligible], early_stopping_fraction, seed + index)
+        n_val = min(n_subjects - 1, max(min(2, n_subjects // 2), math.ceil(early_stopping_fraction * n_subjects)))
+        inner_train, inner_val = subject_holdout(manifest.iloc[eligible], n_val, seed + index)
         fold = Fold(
             index=index,
             train=eligible[inner_train],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import warnings
@@ -77,7 +78,8 @@ class TrainConfig:
     checkpoint on validation MAE. ``folds`` (K-fold) or ``val_fraction`` (one hold-out) choose the
     subject-grouped test side; ``early_stopping_fraction`` of each training side's subjects form the
     validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
-    hardware runs them fast.
+    hardware runs them fast. The default model is the compact ResNet (``resnet``); the tutorial's
+    whole recipe is :data:`TUTORIAL_RECIPE`.
     """
 
     model: str = "resnet"
@@ -529,6 +531,8 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     config = config or TrainConfig()
     try:
         build_model(config.model, **config.model_hparams)
+    except BrainAgeError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model {config.model!r}: {error}") from error
     cache = cache if isinstance(cache, PreparedCache) else load_cache(cache)
@@ -537,7 +541,7 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     precision = resolve_precision(config.precision, accelerator)
     folds = make_folds(cache.manifest, config.folds, config.val_fraction, config.early_stopping_fraction, config.seed, config.train_groups)
     fold_table = pd.DataFrame([fold.describe(cache.manifest) for fold in folds])
-    _start_run_folder(run_dir, cache, config, fold_table, accelerator, precision)
+    _start_run_folder(run_dir, cache, config, fold_table, _split_digest(cache.manifest, folds), accelerator, precision)
 
     fold_predictions, histories, checkpoints = [], [], []
     for fold in folds:
@@ -561,7 +565,7 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     return TrainResult(run_dir, predictions, summary, history, fold_table, checkpoints, group_gaps, group_test, precision, accelerator)
 
 
-def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, folds: pd.DataFrame, accelerator: str, precision: str) -> None:
+def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, folds: pd.DataFrame, split_digest: str, accelerator: str, precision: str) -> None:
     """Write ``config.yaml``, or check that the one there describes this same run."""
     values = {
         "brainage_version": __version__,
@@ -571,6 +575,7 @@ def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, 
         "train": config.to_dict(),
         "resolved": {"accelerator": accelerator, "precision": precision, "channels_last": resolve_channels_last(config.channels_last, precision)},
         "folds": _plain(folds.to_dict(orient="records")),
+        "split_digest": split_digest,
     }
     path = run_dir / "config.yaml"
     if path.is_file():
@@ -588,10 +593,19 @@ def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, 
 
 
 def _run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes two runs the same run: the cache, its preprocessing and every training setting
-    except display ones."""
+    """What makes two runs the same run: the cache, its preprocessing, the folds and every training
+    setting except display ones."""
     train = {key: value for key, value in (values.get("train") or {}).items() if key != "progress"}
-    return {"cache": values.get("cache"), "n_scans": values.get("n_scans"), "preprocessing": values.get("preprocessing"), "train": train}
+    return {key: values.get(key) for key in ("cache", "n_scans", "preprocessing", "split_digest")} | {"train": train}
+
+
+def _split_digest(manifest: pd.DataFrame, folds: Sequence[Fold]) -> str:
+    """A hash of which scans are in which side of which fold."""
+    digest = hashlib.blake2b(digest_size=8)
+    for fold in folds:
+        for side in (fold.train, fold.val, fold.test):
+            digest.update(("|".join(manifest["scan_id"].iloc[side].astype(str)) + "#").encode())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
