@@ -45,10 +45,10 @@ def tiny_run(tiny_cache_seed: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 def untrained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two untrained small ResNet checkpoints (initialised with seeds 0 and 1) for the ``seed``
-    pipeline, saved like trained ones. Their age SD of 1000 years spreads their predictions over
-    years between scans; for tests where what a model learnt does not matter (input handling,
-    ensembles, export)."""
+    """Two untrained small ResNet checkpoints (initialised with seeds 0 and 1, every residual
+    branch switched on) for the ``seed`` pipeline, saved like trained ones. Their age SD of 1000
+    years spreads their predictions over years between scans; for tests where what a model learnt
+    does not matter (input handling, ensembles, export)."""
     import torch
 
     from brainage.evaluation import AgeBiasCorrector
@@ -60,8 +60,12 @@ def untrained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)
+        model = build_model("resnet", widths=[4, 8], stem_width=4)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                torch.nn.init.ones_(module.weight)  # the last norm of a block starts at zero: an identity block
         checkpoint = BrainAgeCheckpoint(
-            model=build_model("resnet", widths=[4, 8], stem_width=4).eval(),
+            model=model.eval(),
             model_name="resnet",
             age_mean=75.0,
             age_std=1000.0,

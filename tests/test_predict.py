@@ -125,8 +125,9 @@ def test_a_run_folder_stands_for_its_fold_models_and_finds_its_cache(tiny_run: P
     ages = pd.read_csv(tiny_run / "predictions.csv")["age"]
     low, high = model.train_age_range
     assert ages.min() <= low < high <= ages.max()
-    table = model.predict(tiny_cache_seed / "manifest.csv")  # the cache's manifest is a table of scans with ages
-    assert len(table) == 48 and model.problems_ == []
+    scans = pd.read_csv(tiny_cache_seed / "manifest.csv").iloc[:6]  # a manifest is a table of scans with ages
+    table = model.predict(scans)
+    assert len(table) == 6 and model.problems_ == [] and table["age"].notna().all()
 
 
 def test_flip_averaging_gives_a_scan_and_its_mirror_image_the_same_brain_age(untrained_checkpoints: list[Path], tiny_cache_seed: Path) -> None:
