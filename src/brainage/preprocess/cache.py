@@ -8,11 +8,13 @@ Layout of a cache folder::
                                     input file's content and of the configuration
     spatial/<key>.npz               standard pipeline: brain mask + registration, reused when only
                                     the output grid or the normalisation changes
-    qc/<key>.png                    three orthogonal mid-slices
+    qc/<key>.png                    three orthogonal slices through the preprocessed volume
     hashes/<key>.json               content hash memo keyed by path, size and modification time
 
 Every file is written atomically, and a volume's record is written after its volume, so an
-interrupted run leaves nothing half-written and the next run picks up where it stopped.
+interrupted run leaves nothing half-written and the next run picks up where it stopped. Volumes
+of earlier configurations stay on disk (switching back costs nothing); ``cache.json`` and the
+manifest describe the configuration prepared last.
 """
 
 from __future__ import annotations

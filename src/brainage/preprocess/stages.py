@@ -134,7 +134,7 @@ def register_affine(
     fixed_affine: np.ndarray,
     transform: str = "Affine",
 ) -> np.ndarray:
-    """Affine registration (ANTs, mutual information, centre-of-mass start) of moving onto fixed.
+    """Affine registration (ANTs, Mattes mutual information, centre-of-mass start) of moving onto fixed.
 
     Returns the 4×4 RAS matrix that maps a fixed-space world point to the moving image's world.
     """
@@ -145,6 +145,7 @@ def register_affine(
         moving=to_ants(moving, moving_affine),
         type_of_transform=transform,
         aff_metric="mattes",
+        aff_random_sampling_rate=1.0,  # every voxel: deterministic, and no sampling-induced failures
         aff_iterations=(2100, 1200, 200),
         aff_shrink_factors=(4, 2, 1),
         aff_smoothing_sigmas=(2, 1, 0),
