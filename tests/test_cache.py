@@ -76,6 +76,7 @@ def test_a_changed_scan_or_threshold_recomputes_only_what_it_changes(manifest, t
     assert load_cache(tmp_path).manifest["qc_flagged"].all()
 
 
+@pytest.mark.slow
 def test_a_changed_normalisation_reuses_the_skull_stripping_and_registration(manifest, tmp_path) -> None:
     one = manifest.head(1)
     first = prepare(one, tmp_path, "standard")

@@ -144,6 +144,7 @@ def standard_scans(tiny_cohort):
     return config, [(path, preprocess_scan(path, config)) for path in manifest["path"]]
 
 
+@pytest.mark.slow
 def test_registration_brings_randomly_posed_heads_into_template_space(standard_scans) -> None:
     config, prepared = standard_scans
     for path, result in prepared:
@@ -153,6 +154,7 @@ def test_registration_brings_randomly_posed_heads_into_template_space(standard_s
         assert result.volume.shape == config.shape and result.volume.dtype == np.float16
 
 
+@pytest.mark.slow
 def test_skull_stripping_removes_the_skull_and_keeps_the_brain(standard_scans) -> None:
     _, prepared = standard_scans
     for path, result in prepared:

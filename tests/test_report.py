@@ -1,4 +1,4 @@
-"""The HTML report: one self-contained file with every section, from a run folder."""
+"""The HTML report (one self-contained file with every section, from a run folder) and saliency maps."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from brainage.cli import app
 from brainage.report import SECTIONS, build_report
+from brainage.saliency import METHODS, saliency_map
 
 runner = CliRunner()
 
@@ -52,3 +56,30 @@ def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert f"{tmp_path}: not a brainage run folder" in result.output
+
+
+class _CornerMean(torch.nn.Module):
+    """Brain age = mean intensity of the 8³ corner block (through a 1×1×1 convolution of weight 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 1, kernel_size=1, bias=False)
+        torch.nn.init.ones_(self.conv.weight)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.conv(volumes)[:, 0, :8, :8, :8].mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_saliency_is_where_the_prediction_comes_from(method: str) -> None:
+    rng = np.random.default_rng(0)
+    volumes = [rng.normal(size=(24, 16, 16)).astype(np.float32) for _ in range(3)]
+    saliency = saliency_map(_CornerMean(), volumes, method)
+    assert saliency.shape == (24, 16, 16)
+    assert (saliency[:8, :8, :8] > 0).all()
+    assert np.abs(saliency).sum() == pytest.approx(np.abs(saliency[:8, :8, :8]).sum())  # nothing outside the block
+    if method == "gradient":
+        np.testing.assert_allclose(saliency[:8, :8, :8], 1 / 512, rtol=1e-5)
+    else:  # the block set to each volume's minimum: the mean drops from its mean to that minimum
+        expected = np.mean([volume[:8, :8, :8].mean() - volume.min() for volume in volumes])
+        np.testing.assert_allclose(saliency[:8, :8, :8], expected, rtol=1e-4)

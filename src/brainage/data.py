@@ -276,7 +276,8 @@ def make_folds(
 
 
 class BrainAgeDataModule(L.LightningDataModule):
-    """Loaders of one fold: augmented shuffled training batches, plain validation batches.
+    """Loaders of one fold: augmented shuffled training batches, plain validation batches
+    (``pin_memory`` for faster copies to a CUDA device).
 
     Age statistics (``age_mean``, ``age_std``) come from the fold's training scans only.
     """
@@ -288,9 +289,11 @@ class BrainAgeDataModule(L.LightningDataModule):
         batch_size: int = 8,
         augmentation: AugmentConfig | None = None,
         num_workers: int | None = None,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__()
         self.cache = cache
+        self.pin_memory = pin_memory
         self.fold = fold
         self.batch_size = batch_size
         self.augmentation = augmentation or AugmentConfig()
@@ -311,6 +314,7 @@ class BrainAgeDataModule(L.LightningDataModule):
             drop_last=train and len(indices) % self.batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -625,7 +625,7 @@ def quiet_lightning() -> Iterator[None]:
 
 def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerator: str, precision: str) -> tuple[BrainAgeModule, BrainAgeDataModule]:
     """The fold's data module (age statistics of its training scans) and a fresh model around it."""
-    data = BrainAgeDataModule(cache, fold, config.batch_size, config.augmentation, config.num_workers)
+    data = BrainAgeDataModule(cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda")
     hparams = dict(config.model_hparams)
     if accelerator == "mps" and config.model == "seed":
         hparams.setdefault("strided_pool", True)  # the tutorial's MaxPool3d replacement on Apple GPUs
