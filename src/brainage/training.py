@@ -459,7 +459,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError:
         raise InputError(path, "no such checkpoint") from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is one user-facing error
-        raise InputError(path, f"not a readable checkpoint ({type(error).__name__}: {error})".replace("\n", " ")) from error
+        raise InputError(path, f"not a readable brainage checkpoint ({type(error).__name__})") from error
     if not isinstance(values, dict) or values.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, "not a brainage model checkpoint")
     if values.get("format_version", 0) > CHECKPOINT_VERSION:

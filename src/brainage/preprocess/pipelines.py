@@ -81,9 +81,14 @@ class SeedConfig(PipelineConfig):
 
 @dataclass(frozen=True)
 class StandardConfig(PipelineConfig):
-    """Reorient → N4 → deepbet skull strip → affine registration to MNI152 → resample → robust z-score.
+    """Reorient → optional N4 → deepbet skull strip → affine registration to MNI152 → resample →
+    robust z-score inside the brain.
 
-    The output grid is centred on the MNI152 brain's bounding box (145 × 181 × 155 mm).
+    The output grid (64³ voxels of 3 mm: the tutorial's tensor size, all of the brain) is centred
+    on the MNI152 brain's bounding box (145 × 181 × 155 mm). ``qc_threshold`` flags scans whose
+    correlation with the template is lower: registered synthetic scans score 0.55–0.69, the
+    same scans 5°/5 mm off at most 0.49. N4 is off by default: it cost minutes per scan on
+    our CPUs while registration (mutual information) and deepbet tolerate a smooth bias.
     """
 
     name: ClassVar[str] = "standard"
