@@ -137,6 +137,14 @@ def test_a_truncated_scan_is_an_input_error_naming_the_file(tmp_path, tiny_cohor
         assert "bad.nifti" in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_nan_only_scan_is_refused_by_both_pipelines(tmp_path) -> None:
+    path = tmp_path / "nan.nii.gz"
+    nib.Nifti1Image(np.full((12, 12, 10), np.nan, dtype=np.float32), np.eye(4)).to_filename(path)
+    for config in (SeedConfig(), StandardConfig()):
+        with pytest.raises(InputError, match="no finite voxel"):
+            preprocess_scan(path, config)
+
+
 @pytest.fixture(scope="module")
 def standard_scans(tiny_cohort):
     """Two tiny-cohort scans of different subjects through the standard pipeline."""

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from brainage.errors import InputError
-from brainage.io.images import check_scan_file, load_scan
+from brainage.io.images import load_scan
 from brainage.preprocess import stages
 from brainage.preprocess.qc import registration_score
 from brainage.preprocess.template import MNI_BRAIN_CENTER, template_grid, template_on_grid
@@ -174,14 +174,14 @@ def preprocess_scan(path: str | Path, config: PipelineConfig, spatial: Spatial |
 def _run_seed(path: Path, config: SeedConfig) -> np.ndarray:
     from nilearn.image import resample_img
 
-    check_scan_file(path)
-    image = nib.load(path)
-    if isinstance(image, nib.Nifti1Pair):
-        image.set_sform(image.get_qform())
+    scan = load_scan(path)  # refuses NaN-only and constant images, which would cache a NaN volume
+    header = nib.load(path)  # lazy: the header only
+    affine = header.get_qform() if isinstance(header, nib.Nifti1Pair) else scan.affine  # the tutorial's sform := qform
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # nilearn's "casting data from int16 to float32"
         resampled = resample_img(
-            image, target_affine=config.affine, target_shape=config.shape, force_resample=True, copy_header=True
+            nib.Nifti1Image(scan.data, affine), target_affine=config.affine, target_shape=config.shape,
+            force_resample=True, copy_header=True,
         )
     return stages.zscore(stages.squeeze_trailing(resampled.get_fdata(dtype=np.float32)))
 
