@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -51,9 +52,6 @@ def main(
 
 
 # --- commands (one block per command; keep them thin) ------------------------------------------
-
-
-from pathlib import Path  # noqa: E402 - commands are appended; Typer resolves annotations here
 
 
 @app.command("inspect")
