@@ -84,7 +84,9 @@ def measure_stages(path: str) -> dict:
     masks = {shape: timed(f"skull strip {shape}³", stages.skull_strip, data, shape) for shape in (128, 192, 256)}
     mask = masks[config.strip_shape]
     brain = np.where(mask, data, 0).astype(np.float32)
-    world_to_source = timed("registration", register_to_template, brain, affine, config.registration_voxel_size)
+    registration = (brain, affine, config.registration_voxel_size, config.registration)
+    timed("registration, every voxel", register_to_template, *registration, 1.0)
+    world_to_source = timed(f"registration, {config.registration_sampling:.0%} of voxels", register_to_template, *registration, config.registration_sampling)
 
     def finish():
         volume = stages.resample(brain, affine, config.affine, config.shape, world_to_source)

@@ -175,3 +175,23 @@ def test_skull_stripping_removes_the_skull_and_keeps_the_brain(standard_scans) -
         assert (brain & shell).sum() < 0.01 * shell.sum(), path
         # The brain fills 35–75 % of the head in these synthetic heads (and in adults).
         assert 0.35 < brain.sum() / head.sum() < 0.75, path
+
+
+def test_registration_recovers_a_known_shift_reproducibly_and_leaves_no_files(tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    from brainage.preprocess.template import template_grid
+
+    affine, shape = template_grid(4.0)
+    template, _ = template_on_grid(affine, shape)
+    shift = np.array([6.0, -4.0, 3.0])
+    moved = affine.copy()
+    moved[:3, 3] += shift  # the same brain, 6/−4/3 mm away in world space
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first = stages.register_affine(template, moved, template, affine)
+    second = stages.register_affine(template, moved, template, affine)
+    np.testing.assert_allclose(first, second, atol=0.01)  # seeded sampling (bit-identical on one ITK thread)
+    points = np.array([[0.0, -20.0, 10.0, 1.0], [30.0, 10.0, -10.0, 1.0]])
+    found = (first @ points.T).T[:, :3] - points[:, :3]
+    np.testing.assert_allclose(found, np.tile(shift, (2, 1)), atol=1.0)
+    assert list(tmp_path.iterdir()) == []  # ANTs' transform files are cleaned up

@@ -43,6 +43,14 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _one_thread() -> None:
+    """Worker initializer: the workers share the cores, so each runs torch and ITK on one thread."""
+    import torch
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
 def parallel_map(
     func: Callable[[T], R],
     items: Iterable[T],
@@ -74,7 +82,7 @@ def parallel_map(
                 progress.advance(task)
                 yield item, result
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread) as pool:
             futures = {pool.submit(func, item): item for item in items}
             for future in as_completed(futures):
                 error = future.exception()

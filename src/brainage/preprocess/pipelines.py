@@ -89,6 +89,8 @@ class StandardConfig(PipelineConfig):
     correlation with the template is lower: registered synthetic scans score 0.55–0.69, the
     same scans 5°/5 mm off at most 0.49. N4 is off by default: it cost minutes per scan on
     our CPUs while registration (mutual information) and deepbet tolerate a smooth bias.
+    Registration samples 25 % of the voxels (seeded): 4.6× faster than every voxel, within 1.3 mm
+    of its result and with the same QC scores on 11 synthetic scans.
     """
 
     name: ClassVar[str] = "standard"
@@ -102,12 +104,13 @@ class StandardConfig(PipelineConfig):
     strip_threshold: float = 0.5
     registration: str = "Affine"
     registration_voxel_size: float = 4.0
+    registration_sampling: float = 0.25
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (
         "bias_correction", "n4_shrink_factor", "strip_shape", "strip_threshold", "registration",
-        "registration_voxel_size",
+        "registration_voxel_size", "registration_sampling",
     )
 
     @property
@@ -203,11 +206,17 @@ def find_spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig) -
     """Skull-strip a RAS volume, then register its brain to the MNI152 brain."""
     mask = stages.skull_strip(data, config.strip_shape, config.strip_threshold)
     brain = np.where(mask, data, 0.0).astype(np.float32)
-    return Spatial(mask, register_to_template(brain, affine, config.registration_voxel_size, config.registration))
+    world_to_source = register_to_template(
+        brain, affine, config.registration_voxel_size, config.registration, config.registration_sampling
+    )
+    return Spatial(mask, world_to_source)
 
 
-def register_to_template(brain: np.ndarray, affine: np.ndarray, voxel_size: float, transform: str = "Affine") -> np.ndarray:
-    """Register a skull-stripped brain to the MNI152 brain, both resampled to ``voxel_size`` mm.
+def register_to_template(
+    brain: np.ndarray, affine: np.ndarray, voxel_size: float, transform: str = "Affine", sampling: float = 0.25
+) -> np.ndarray:
+    """Register a skull-stripped brain to the MNI152 brain, both resampled to ``voxel_size`` mm;
+    the metric samples a ``sampling`` fraction of the voxels (seeded).
 
     Returns the 4×4 matrix mapping MNI world points (RAS mm) to the brain's world.
     """
@@ -215,4 +224,4 @@ def register_to_template(brain: np.ndarray, affine: np.ndarray, voxel_size: floa
     coarse = stages.resample(brain, affine, grid, grid_shape)
     template_affine, template_shape = template_grid(voxel_size)
     template, _ = template_on_grid(template_affine, template_shape)
-    return stages.register_affine(coarse, grid, template, template_affine, transform)
+    return stages.register_affine(coarse, grid, template, template_affine, transform, sampling)
