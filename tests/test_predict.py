@@ -65,7 +65,7 @@ def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(un
     nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), folder / "nan.nii")
     out = tmp_path / "predictions.csv"
 
-    result = runner.invoke(app, ["predict", str(folder), "-m", model, "-o", str(out)])
+    result = runner.invoke(app, ["predict", model, str(folder), "-o", str(out)])
     assert result.exit_code == 0, result.output
     written = pd.read_csv(out)
     assert sorted(Path(path).name for path in written["path"]) == sorted(path.name for path in good)
@@ -79,7 +79,7 @@ def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(un
     broken_only = tmp_path / "broken"
     broken_only.mkdir()
     shutil.copy(folder / "text.nii", broken_only / "text.nii")
-    failed = runner.invoke(app, ["predict", str(broken_only), "-m", model, "-o", str(tmp_path / "none.csv")])
+    failed = runner.invoke(app, ["predict", model, str(broken_only), "-o", str(tmp_path / "none.csv")])
     assert failed.exit_code == 2
     assert not (tmp_path / "none.csv").exists()
 
@@ -95,10 +95,11 @@ def test_the_cli_writes_exactly_what_the_api_returns(untrained_checkpoints: list
     ).to_csv(table, index=False)  # fmt: skip
     shutil.copytree(tiny_cohort / "OAS2_RAW_PART1", tmp_path / "OAS2_RAW_PART1")  # paths are relative to the table
     model = BrainAgeModel.load(untrained_checkpoints)
-    models = [option for path in untrained_checkpoints for option in ("-m", str(path))]
+    first, *others = untrained_checkpoints
+    models = [str(first), str(table), *(option for path in others for option in ("--with-model", str(path)))]
     for extra in ([], ["--sessions"]):
         out = tmp_path / f"cli{len(extra)}.csv"
-        result = runner.invoke(app, ["predict", str(table), *models, "-o", str(out), *extra])
+        result = runner.invoke(app, ["predict", *models, "-o", str(out), *extra])
         assert result.exit_code == 0, result.output
         assert "mean training age" in result.output and "2 model(s)" in result.output  # the baseline beside the network
         api = model.predict(table, sessions=bool(extra))
@@ -201,6 +202,6 @@ def test_a_model_that_cannot_be_found_is_one_clear_error(bad: str, tmp_path: Pat
     target = tmp_path / "empty"
     if bad == "folder":
         target.mkdir()
-    result = runner.invoke(app, ["predict", str(tmp_path), "-m", str(target), "-o", str(tmp_path / "out.csv")])
+    result = runner.invoke(app, ["predict", str(target), str(tmp_path), "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 2
     assert str(target) in result.output and ("no such checkpoint" in result.output or "no model.ckpt" in result.output)

@@ -134,10 +134,11 @@ def train_command(
 @app.command("predict")
 @reports_errors
 def predict_command(
+    model: Path = typer.Argument(..., help="A checkpoint (model.ckpt) or a run folder (all its fold models, averaged)."),
     inputs: list[Path] = typer.Argument(
         ..., help="Scans (.nii, .nii.gz, .hdr/.img, .mgz), folders of them, CSV/TSV tables of paths (optional age, subject_id), BIDS or OASIS-2 folders."
     ),
-    model: list[Path] = typer.Option(..., "--model", "-m", help="A checkpoint (model.ckpt) or a run folder (all its fold models); repeat to average several."),
+    with_models: list[Path] = typer.Option([], "--with-model", help="Another checkpoint or run folder to average with MODEL (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV file to write (atomically)."),
     sessions: bool = typer.Option(False, "--sessions", help="Average the repeat scans of each session: one row per session."),
     cache: Path | None = typer.Option(None, "--cache", help="A prepared cache to take preprocessed scans from; default: the cache the model was trained on."),
@@ -150,7 +151,7 @@ def predict_command(
     from brainage.predict import BrainAgeModel, accuracy_table
     from brainage.training import write_csv
 
-    brain_age_model = BrainAgeModel.load(model, device=device)
+    brain_age_model = BrainAgeModel.load([model, *with_models], device=device)
     predictions = brain_age_model.predict(inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size)
     print_problems(brain_age_model.problems_)
     if predictions.empty:
