@@ -23,8 +23,8 @@ from brainage.data import subject_holdout
 from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover
 from brainage.predict import BrainAgeModel, accuracy_table
-from brainage.preprocess import prepare
-from brainage.preprocess.pipelines import PIPELINES
+from brainage.preprocess import make_config, prepare
+from brainage.preprocess.pipelines import PIPELINES, PipelineConfig
 from brainage.report import build_report
 from brainage.training import BASELINES, TrainConfig, train, write_csv
 
@@ -39,6 +39,12 @@ TRAINING: dict[str, dict[str, Any]] = {
     "demo": {"model": "resnet", "epochs": 30, "batch_size": 8, "early_stopping_patience": 8, "devices": 1},
     "tiny": {"model": "sfcn", "model_hparams": {"width": 0.125}, "epochs": 2, "batch_size": 8, "voxel_components": 5, "devices": 1},
 }
+
+
+#: Preprocessing overrides per cohort preset (standard pipeline). The demo's 2 mm scans are skull
+#: stripped on a 160³ grid (deepbet's box at ~1 mm, still finer than the scans): 0.8 s less per scan
+#: than 192³ on one core, masks at Dice 0.955–0.976 against 192³ on 11 demo scans.
+PREPROCESSING: dict[str, dict[str, Any]] = {"demo": {"strip_shape": 160}}
 
 
 def training_for(preset: str, model: str | None = None, epochs: int | None = None) -> dict[str, Any]:
@@ -74,6 +80,11 @@ class DemoConfig:
         get_preset(self.preset)
         if self.pipeline not in PIPELINES:
             raise BrainAgeError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
+
+    def preprocessing(self) -> PipelineConfig:
+        """The pipeline's configuration with the preset's overrides (:data:`PREPROCESSING`)."""
+        overrides = PREPROCESSING.get(self.preset, {}) if self.pipeline == "standard" else {}
+        return make_config(self.pipeline, **overrides)
 
     def train_config(self) -> TrainConfig:
         """The training configuration: ``train`` (or the preset's settings) and the demo's seed."""
@@ -112,7 +123,7 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     lap("synthesize cohort")
     manifest = discover(cohort).manifest
     kept, held_out = subject_holdout(manifest, config.holdout_fraction, config.seed)
-    prepared = prepare(manifest.iloc[kept], out / "cache", config.pipeline, workers=config.workers)
+    prepared = prepare(manifest.iloc[kept], out / "cache", config.preprocessing(), workers=config.workers)
     if prepared.problems:
         raise InputError(prepared.problems[0].path, f"the demo cohort failed to prepare: {prepared.problems[0].cause}")
     lap(f"prepare ({config.pipeline})")
