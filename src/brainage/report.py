@@ -179,10 +179,12 @@ def qc_montage(cache: PreparedCache, rows: list[int]) -> Figure:
         x, y, z = (min(int(c), n - 1) for c, n in zip(centre, volume.shape))
         record = cache.manifest.iloc[i]
         flagged = " (flagged)" if bool(record.get("qc_flagged", False)) else ""
+        row_axes[0].set_ylabel(f"{record['scan_id']}\nQC r={float(record['qc_score']):.2f}{flagged}", fontsize=8)
         for ax, image, label in zip(row_axes, (volume[x], volume[:, y], volume[:, :, z]), ("sagittal", "coronal", "axial")):
             ax.imshow(image.T, origin="lower", cmap="gray", vmin=low, vmax=high)
-            ax.set_title(f"{record['scan_id']}  QC r={float(record['qc_score']):.2f}{flagged}" if label == "coronal" else label, fontsize=8)
-            ax.axis("off")
+            ax.set_title(label, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
     return figure
 
 
