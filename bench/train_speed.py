@@ -75,7 +75,7 @@ def run_trainer(cache: PreparedCache, epochs: int, batch_size: int, folder: Path
     module, data = fold_module(cache, fold, config, accelerator, precision)
     clock = EpochClock()
     with quiet_lightning():
-        trainer, _, _ = fold_trainer(config, accelerator, precision, folder, folder / "logs", extra_callbacks=[clock])
+        trainer, _, _ = fold_trainer(config, accelerator, precision, folder, folder / "logs", data, extra_callbacks=[clock])
         trainer.fit(module, datamodule=data)
     return clock.epochs, precision, module.channels_last
 

