@@ -1,9 +1,16 @@
 """BIDS: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``, ages from ``participants.tsv``, overridden per session
-by ``sub-*/sub-*_sessions.tsv`` where that file gives one."""
+by ``sub-*/sub-*_sessions.tsv`` where that file gives one.
+
+OASIS-3 in BIDS names its sessions by the days since the person's entry (``ses-d0129``); where
+``participants.tsv`` gives ``age_at_entry`` (OASIS-3's ``AgeatEntry``) and no other age applies,
+a session's age is that plus its days / 365.25. Entities beyond ``ses`` (``acq``, ``run``, ``rec``)
+make repeat scans of one session: distinct ``scan_id``, shared ``session_id``, and an ``acq`` /
+``run`` / ``rec`` column where the dataset uses them."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +22,12 @@ from brainage.io.table import read_spreadsheet
 
 T1W_PATTERNS = ("sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*")
 Row = dict[str, object]
+#: Filename entities kept as manifest columns (repeat scans of one session).
+REPEAT_ENTITIES = ("acq", "rec", "run")
+#: Participant columns giving the age at entry, for sessions named by days since entry (OASIS-3).
+ENTRY_AGE_COLUMNS = ("age_at_entry", "ageatentry")
+_DAYS_SESSION = re.compile(r"^ses-d(\d+)$")
+DAYS_PER_YEAR = 365.25
 
 
 def looks_like_bids(root: Path) -> bool:
@@ -60,9 +73,13 @@ def discover_bids(root: Path) -> Discovery:
             continue  # its sessions.tsv or participants row is bad: already a problem
         person = participants.get(subject)
         visit = (subject_sessions.get(session, {}) if session else {}) or {}
+        entry = _entry_age(person, session)
         if not is_missing(visit.get("age")):
             age, cause = parse_age(visit["age"])
             where = str(root / subject / f"{subject}_sessions.tsv")
+        elif person is not None and is_missing(person.get("age")) and entry is not None:
+            age, cause = parse_age(entry)
+            where = str(participants_file)
         elif person is not None:
             age, cause = parse_age(person.get("age"))
             where = str(participants_file)
@@ -82,6 +99,7 @@ def discover_bids(root: Path) -> Discovery:
                 "scan_id": scan_stem(path),
                 "path": str(path),
                 "age": age,
+                **_entities(path),
             }
         )
     rows_without_scans = [subject for subject in participants if subject not in seen_subjects]
@@ -95,7 +113,7 @@ def _participants(path: Path, needs_age: bool) -> tuple[dict[str, Row | None], l
             raise InputError(path, "file not found: BIDS ages come from participants.tsv or sub-*_sessions.tsv")
         return {}, []
     frame = _read_tsv(path, "participant_id", "sub-")
-    if needs_age and "age" not in frame.columns:
+    if needs_age and "age" not in frame.columns and not any(column in frame.columns for column in ENTRY_AGE_COLUMNS):
         raise InputError(path, "missing column(s): age")
     return _by_id(frame, path, "participant_id")
 
@@ -124,3 +142,25 @@ def _by_id(frame: pd.DataFrame, path: Path, id_column: str) -> tuple[dict[str, R
         else:
             rows[key] = record
     return rows, problems
+
+
+def _entities(path: Path) -> Row:
+    """The ``acq``/``rec``/``run`` entities of a BIDS file name, as columns."""
+    found: Row = {}
+    for part in scan_stem(path).split("_"):
+        key, _, value = part.partition("-")
+        if key in REPEAT_ENTITIES and value:
+            found[key] = value
+    return found
+
+
+def _entry_age(person: Row | None, session: str | None) -> float | None:
+    """OASIS-3: age at entry plus the days in the session label ``ses-dNNNN``, or None."""
+    match = _DAYS_SESSION.match(session or "")
+    if person is None or match is None:
+        return None
+    for column in ENTRY_AGE_COLUMNS:
+        entry, cause = parse_age(person.get(column))
+        if cause is None and entry is not None:
+            return entry + int(match[1]) / DAYS_PER_YEAR
+    return None
