@@ -34,6 +34,7 @@ from brainage.io.bids import looks_like_bids
 from brainage.io.images import image_suffix, pair_partner
 from brainage.io.manifest import is_missing, natural_key, parse_age, snake_case
 from brainage.io.oasis import find_demographics, looks_like_oasis
+from brainage.io.oasis1 import find_cross_sectional, looks_like_oasis1
 from brainage.io.table import read_spreadsheet
 from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
 from brainage.training import BrainAgeCheckpoint, load_checkpoint, resolve_accelerator
@@ -142,7 +143,7 @@ def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tup
 def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
     """The rows one input stands for, and its problems."""
     if item.is_dir():
-        if looks_like_bids(item) or (looks_like_oasis(item) and _has_demographics(item)):
+        if looks_like_bids(item) or (looks_like_oasis(item) and _has_demographics(item)) or _is_oasis1(item):
             found = discover(item)
             return found.manifest, list(found.problems)
         files = _image_files(item)
@@ -165,6 +166,14 @@ def _has_demographics(folder: Path) -> bool:
     except InputError:
         return False
     return True
+
+
+def _is_oasis1(folder: Path) -> bool:
+    """An OASIS-1 folder with its oasis_cross-sectional.csv (without it, a plain folder of scans)."""
+    try:
+        return looks_like_oasis1(folder) and bool(find_cross_sectional(folder))
+    except InputError:
+        return False
 
 
 def _image_files(folder: Path) -> list[Path]:

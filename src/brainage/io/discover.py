@@ -13,11 +13,13 @@ from brainage.io.bids import discover_bids, looks_like_bids
 from brainage.io.images import load_scan
 from brainage.io.manifest import Discovery, natural_key
 from brainage.io.oasis import discover_oasis, looks_like_oasis
+from brainage.io.oasis1 import discover_oasis1, looks_like_oasis1
 from brainage.io.table import discover_table
 from brainage.utils import parallel_map
 
 SOURCE_LAYOUTS = (
     "an OASIS-2 folder (OAS2_RAW_PART1/<MRI ID>/RAW/mpr-1.nifti.hdr), "
+    "an OASIS-1 folder (disc1/OAS1_0001_MR1/RAW/*.hdr + oasis_cross-sectional.csv), "
     "a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii[.gz]) or a CSV of path,subject_id,age"
 )
 
@@ -42,9 +44,11 @@ def discover(source: str | Path, demographics: str | Path | None = None) -> Disc
     if looks_like_bids(source):
         _refuse_demographics(source, demographics, "a BIDS folder")
         return discover_bids(source)
+    if looks_like_oasis1(source):
+        return discover_oasis1(source, demographics)
     if looks_like_oasis(source):
         return discover_oasis(source, demographics)
-    archives = sorted(source.glob("OAS2_RAW_PART*.tar*"))
+    archives = sorted([*source.glob("OAS2_RAW_PART*.tar*"), *source.glob("oasis_cross-sectional_disc*.tar*")])
     if archives:
         raise InputError(archives[0], f"an archive, not scans: extract it first (tar -xzf {archives[0].name})")
     raise InputError(source, f"cannot tell what this folder holds: expected {SOURCE_LAYOUTS}")
@@ -97,7 +101,7 @@ def _check_one(path: str) -> Problem | None:
 
 def _refuse_demographics(source: Path, demographics: str | Path | None, kind: str) -> None:
     if demographics is not None:
-        raise InputError(demographics, f"--demographics applies to OASIS-2 folders only, and {source.name} is {kind}")
+        raise InputError(demographics, f"--demographics applies to OASIS-1/OASIS-2 folders only, and {source.name} is {kind}")
 
 
 def _count_and_names(names: Sequence[str], shown: int = 5) -> str:
