@@ -31,6 +31,7 @@ from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.evaluation import aggregate_sessions, regression_metrics
 from brainage.io import IMAGE_SUFFIXES, discover, scan_stem
 from brainage.io.bids import looks_like_bids
+from brainage.io.dicom import dicom_rows, looks_like_dicom
 from brainage.io.images import image_suffix, pair_partner
 from brainage.io.manifest import is_missing, natural_key, parse_age, snake_case
 from brainage.io.oasis import find_demographics, looks_like_oasis
@@ -147,6 +148,8 @@ def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
             found = discover(item)
             return found.manifest, list(found.problems)
         files = _image_files(item)
+        if not files and looks_like_dicom(item):
+            return dicom_rows(item)  # its T1 series, converted by dcm2niix; without PatientAge, no age
         if not files:
             raise InputError(item, f"no scans in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
         return pd.DataFrame({"path": [str(path) for path in files]}), []

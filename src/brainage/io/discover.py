@@ -10,6 +10,7 @@ import pandas as pd
 
 from brainage.errors import InputError, Problem
 from brainage.io.bids import discover_bids, looks_like_bids
+from brainage.io.dicom import discover_dicom, looks_like_dicom
 from brainage.io.images import load_scan
 from brainage.io.manifest import Discovery, natural_key
 from brainage.io.oasis import discover_oasis, looks_like_oasis
@@ -20,7 +21,7 @@ from brainage.utils import parallel_map
 SOURCE_LAYOUTS = (
     "an OASIS-2 folder (OAS2_RAW_PART1/<MRI ID>/RAW/mpr-1.nifti.hdr), "
     "an OASIS-1 folder (disc1/OAS1_0001_MR1/RAW/*.hdr + oasis_cross-sectional.csv), "
-    "a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii[.gz]) or a CSV of path,subject_id,age"
+    "a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii[.gz]), a folder of DICOM series or a CSV of path,subject_id,age"
 )
 
 
@@ -51,6 +52,9 @@ def discover(source: str | Path, demographics: str | Path | None = None) -> Disc
     archives = sorted([*source.glob("OAS2_RAW_PART*.tar*"), *source.glob("oasis_cross-sectional_disc*.tar*")])
     if archives:
         raise InputError(archives[0], f"an archive, not scans: extract it first (tar -xzf {archives[0].name})")
+    if looks_like_dicom(source):
+        _refuse_demographics(source, demographics, "a folder of DICOM series")
+        return discover_dicom(source)
     raise InputError(source, f"cannot tell what this folder holds: expected {SOURCE_LAYOUTS}")
 
 
