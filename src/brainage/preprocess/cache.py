@@ -12,17 +12,23 @@ Layout of a cache folder::
     hashes/<key>.json               content hash memo keyed by path, size and modification time
 
 Every file is written atomically, and a volume's record is written after its volume, so an
-interrupted run leaves nothing half-written and the next run picks up where it stopped. Volumes
-of earlier configurations stay on disk (switching back costs nothing); ``cache.json`` and the
-manifest describe the configuration prepared last.
+interrupted run leaves nothing half-written and the next run picks up where it stopped; the
+temporary files of killed writers are removed by the next run that finds no other ``prepare``
+of the cache running (``.lock``). Volumes of earlier configurations stay on disk (switching back
+costs nothing); ``cache.json`` and the manifest describe the configuration prepared last. Each
+record keeps the CPU seconds of the stages that computed it (``cpu_s_<stage>`` columns).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,19 +40,26 @@ from brainage.errors import InputError, Problem
 from brainage.io.images import pair_partner
 from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
 from brainage.preprocess.pipelines import (
+    STAGES,
     PipelineConfig,
     Spatial,
+    StageTimer,
     StandardConfig,
     config_from_dict,
     make_config,
     preprocess_scan,
 )
+from brainage.preprocess.external_mask import external_mask_path, external_spatial
 from brainage.preprocess.qc import save_qc_png
 from brainage.utils import atomic_write, parallel_map
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.csv"
-CACHE_COLUMNS = ("cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest")
+#: Per-stage CPU seconds of each scan's record (NaN for records written before they were kept).
+TIME_COLUMNS = tuple(f"cpu_s_{stage}" for stage in STAGES)
+CACHE_COLUMNS = ("cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest", *TIME_COLUMNS)
+#: Folders where ``atomic_write`` leaves ``.<name>.<random>.tmp<suffix>`` files when killed.
+_WRITTEN_FOLDERS = ("", "volumes", "spatial", "qc", "hashes")
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class _Job:
     scan_id: str
     root: Path
     config: PipelineConfig
+    mask_path: str | None = None  # an external brain mask (fMRIPrep): preprocess/external_mask.py
 
 
 def prepare(
@@ -128,7 +142,11 @@ def prepare(
     root = Path(out)
     manifest, problems = _manifest(source, demographics)
     manifest = _shard(sort_manifest(manifest), shard)
-    jobs = {str(path): _Job(str(path), str(scan_id), root, config) for path, scan_id in zip(manifest["path"], manifest["scan_id"])}
+    masks = manifest["mask_path"] if "mask_path" in manifest else [None] * len(manifest)
+    jobs = {
+        str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask))
+        for path, scan_id, mask in zip(manifest["path"], manifest["scan_id"], masks)
+    }
     records: dict[str, dict[str, Any]] = {}
     for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
         if isinstance(result, InputError):
@@ -165,9 +183,10 @@ def load_cache(path: str | Path) -> PreparedCache:
     if not files:
         raise InputError(root, "the cache has no manifest; run `brainage prepare` again")
     manifest = pd.concat([pd.read_csv(file, dtype=str) for file in files], ignore_index=True)
-    manifest = manifest.drop_duplicates("scan_id", keep="last")
-    manifest = validate_manifest(manifest[manifest["config_digest"] == config.volume_digest()], root / MANIFEST)
-    manifest["qc_score"] = manifest["qc_score"].astype(float)
+    current = manifest[manifest["config_digest"] == config.volume_digest()]  # before de-duplication: a stale row never hides a current one
+    manifest = validate_manifest(current.drop_duplicates("scan_id", keep="last"), root / MANIFEST)
+    for column in ("qc_score", *(column for column in TIME_COLUMNS if column in manifest.columns)):
+        manifest[column] = manifest[column].astype(float)
     manifest["qc_flagged"] = _flags(manifest["qc_score"], config.qc_threshold)
     return PreparedCache(root, manifest, config, tuple(meta["shape"]), np.asarray(meta["affine"], dtype=float))
 
@@ -218,16 +237,18 @@ def _prepare_one(job: _Job) -> dict[str, Any]:
     """Worker: return the scan's record, computing and writing its volume unless cached."""
     path, root, config = Path(job.path), job.root, job.config
     digest = _memo_hash(path, root)
-    key = _key(digest, config.volume_digest())
+    mask = external_mask_path(path, job.mask_path) if isinstance(config, StandardConfig) else None
+    digest_and_mask = _key(digest, _memo_hash(mask, root)) if mask is not None else digest  # a new mask: a new volume
+    key = _key(digest_and_mask, config.volume_digest())
     record_path = root / "volumes" / f"{key}.json"
     if record_path.is_file() and record_path.with_suffix(".npy").is_file():
         return {**json.loads(record_path.read_text()), "status": "cached"}
     spatial_path = None
     spatial = None
     if isinstance(config, StandardConfig):
-        spatial_path = root / "spatial" / f"{_key(digest, config.digest(*StandardConfig.SPATIAL_FIELDS))}.npz"
+        spatial_path = root / "spatial" / f"{_key(digest_and_mask, config.digest(*StandardConfig.SPATIAL_FIELDS))}.npz"
         spatial = _read_spatial(spatial_path)
-    prepared = preprocess_scan(path, config, spatial)
+    prepared = preprocess_scan(path, config, spatial or (external_spatial(path, config, mask) if mask else None))
     if spatial_path is not None and spatial is None and prepared.spatial is not None:
         _write_spatial(spatial_path, prepared.spatial)
     with atomic_write(root / "volumes" / f"{key}.npy") as tmp:
@@ -287,9 +308,30 @@ def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]],
     prepared = manifest[manifest["path"].astype(str).isin(records)].copy()
     for column in CACHE_COLUMNS:
         if column != "qc_flagged":
-            prepared[column] = [records[str(path)][column] for path in prepared["path"]]
+            prepared[column] = [records[str(path)].get(column, math.nan) for path in prepared["path"]]
     prepared["qc_flagged"] = _flags(prepared["qc_score"].astype(float), config.qc_threshold)
     return prepared.reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def _running(root: Path) -> Iterator[None]:
+    """Hold a shared lock on ``root/.lock`` while a ``prepare`` runs. A run that finds no other
+    holder (an exclusive lock succeeds) first removes the temporary files that killed writers left."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another prepare of this cache is running: its temporary files are live
+        else:
+            for folder in _WRITTEN_FOLDERS:
+                for leftover in (root / folder).glob(".*.tmp*"):
+                    leftover.unlink(missing_ok=True)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _flags(scores: pd.Series, threshold: float | None) -> pd.Series:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,11 +23,14 @@ import numpy as np
 from brainage.errors import InputError
 from brainage.io.images import load_scan
 from brainage.preprocess import stages
+from brainage.preprocess.external_mask import external_spatial as _external_spatial
 from brainage.preprocess.qc import registration_score
 from brainage.preprocess.template import MNI_BRAIN_CENTER, template_grid, template_on_grid
 
 #: Bump when a stage's code changes what it computes, so old cache entries are not reused.
 PIPELINE_VERSION = 1
+#: The stages whose CPU seconds every prepared scan records (``PreparedScan.seconds``).
+STAGES = ("load", "bias", "strip", "register", "resample", "normalise", "qc")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,11 @@ class PipelineConfig:
     """Fields shared by every pipeline: the output grid, storage type and QC threshold."""
 
     name: ClassVar[str]
+    #: Fields added after caches and checkpoints were written, each with the value that computes
+    #: what the code did before the field existed. A field at that value is left out of
+    #: ``to_dict`` (so of every digest), and a dict without it reads back as that value: an old
+    #: cache keeps its keys and an old checkpoint its preprocessing.
+    LEGACY: ClassVar[dict[str, Any]] = {}
     shape: tuple[int, int, int]
     voxel_size: float
     dtype: str
@@ -39,12 +50,13 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that :func:`config_from_dict` turns back into an equal config."""
-        return {"pipeline": self.name, **asdict(self)}
+        values = {key: value for key, value in asdict(self).items() if key not in self.LEGACY or value != self.LEGACY[key]}
+        return {"pipeline": self.name, **values}
 
     def digest(self, *names: str) -> str:
         """A short hash of the fields ``names`` (all fields if none) and the pipeline version."""
         values = self.to_dict()
-        chosen = {key: values[key] for key in (names or values)}
+        chosen = {key: values[key] for key in (names or values) if key in values}
         text = json.dumps({"version": PIPELINE_VERSION, "pipeline": self.name, **chosen}, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
@@ -81,7 +93,7 @@ class SeedConfig(PipelineConfig):
 
 @dataclass(frozen=True)
 class StandardConfig(PipelineConfig):
-    """Reorient → optional N4 → deepbet skull strip → affine registration to MNI152 → resample →
+    """Reorient → optional N4 → skull strip → affine registration to MNI152 → resample →
     robust z-score inside the brain.
 
     The output grid (64³ voxels of 3 mm: the tutorial's tensor size, all of the brain) is centred
@@ -89,29 +101,44 @@ class StandardConfig(PipelineConfig):
     correlation with the template is lower: registered synthetic scans score 0.55–0.69, the
     same scans 5°/5 mm off at most 0.49. N4 is off by default: it cost minutes per scan on
     our CPUs while registration (mutual information) and deepbet tolerate a smooth bias.
-    Registration samples 25 % of the voxels (seeded): 4.6× faster than every voxel, within 1.3 mm
-    of its result and with the same QC scores on 11 synthetic scans.
+
+    ``skull_strip`` chooses the brain mask: ``"deepbet-coarse"`` (default) is deepbet's first
+    network, which deepbet runs on a 128³ copy of the whole volume to find the brain's box, taken
+    as the mask (about 2 mm voxels for a head-sized field of view, finer than the 3 mm output);
+    ``"deepbet"`` is deepbet's second network on that box resampled to ``strip_shape``³ (the
+    ``standard-v1`` default). Registration samples ``registration_sampling``
+    of the voxels (seeded) of a template cropped to the MNI brain's box plus
+    ``registration_margin`` mm (``None``: the template's whole field of view, as in
+    ``standard-v1``). ``bench/prepare.py`` measures both against ``standard-v1``.
     """
 
     name: ClassVar[str] = "standard"
+    LEGACY: ClassVar[dict[str, Any]] = {"skull_strip": "deepbet", "registration_margin": None}
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
     dtype: str = "float16"
     qc_threshold: float | None = 0.5
     bias_correction: bool = False
     n4_shrink_factor: int = 4
+    skull_strip: str = "deepbet-coarse"
     strip_shape: int = 192
     strip_threshold: float = 0.5
     registration: str = "Affine"
     registration_voxel_size: float = 4.0
     registration_sampling: float = 0.25
+    registration_margin: float | None = 10.0
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (
-        "bias_correction", "n4_shrink_factor", "strip_shape", "strip_threshold", "registration",
-        "registration_voxel_size", "registration_sampling",
+        "bias_correction", "n4_shrink_factor", "skull_strip", "strip_shape", "strip_threshold", "registration",
+        "registration_voxel_size", "registration_sampling", "registration_margin",
     )
+    SKULL_STRIPS: ClassVar[tuple[str, ...]] = ("deepbet-coarse", "deepbet")
+
+    def __post_init__(self) -> None:
+        if self.skull_strip not in self.SKULL_STRIPS:
+            raise ValueError(f"unknown skull_strip {self.skull_strip!r}; choose from {', '.join(self.SKULL_STRIPS)}")
 
     @property
     def affine(self) -> np.ndarray:
@@ -120,22 +147,33 @@ class StandardConfig(PipelineConfig):
         return affine
 
 
+#: Configuration classes by the ``pipeline`` name that ``to_dict`` writes.
 PIPELINES: dict[str, type[PipelineConfig]] = {"standard": StandardConfig, "seed": SeedConfig}
+#: Named configurations for ``make_config`` and ``brainage prepare --pipeline``: a class and its overrides.
+#: ``standard-v1`` is the earlier default, whose caches and checkpoints it reproduces.
+NAMED_PIPELINES: dict[str, tuple[type[PipelineConfig], dict[str, Any]]] = {
+    "standard": (StandardConfig, {}),
+    "standard-v1": (StandardConfig, dict(StandardConfig.LEGACY)),
+    "seed": (SeedConfig, {}),
+}
 
 
 def make_config(pipeline: str = "standard", **overrides: Any) -> PipelineConfig:
     """The named pipeline's default configuration with ``overrides`` (``None`` values ignored)."""
-    if pipeline not in PIPELINES:
-        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
-    return PIPELINES[pipeline](**{key: value for key, value in overrides.items() if value is not None})
+    if pipeline not in NAMED_PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(NAMED_PIPELINES)}")
+    cls, defaults = NAMED_PIPELINES[pipeline]
+    return cls(**{**defaults, **{key: value for key, value in overrides.items() if value is not None}})
 
 
 def config_from_dict(values: dict[str, Any]) -> PipelineConfig:
-    """Rebuild a configuration written by ``to_dict`` (lists become tuples again)."""
+    """Rebuild a configuration written by ``to_dict`` (lists become tuples; missing fields added
+    since are read as their :attr:`~PipelineConfig.LEGACY` values)."""
     values = dict(values)
     cls = PIPELINES[values.pop("pipeline")]
     known = {field.name for field in fields(cls)}
-    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items() if key in known})
+    given = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items() if key in known}
+    return cls(**{**cls.LEGACY, **given})
 
 
 @dataclass(frozen=True)
@@ -148,80 +186,131 @@ class Spatial:
 
 @dataclass(frozen=True)
 class PreparedScan:
-    """One preprocessed scan: the volume on the config's grid and its QC score."""
+    """One preprocessed scan: the volume on the config's grid, its QC score, the spatial result
+    and the CPU seconds of each stage that ran (keys from :data:`STAGES`)."""
 
     volume: np.ndarray
     qc_score: float
     spatial: Spatial | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
-def preprocess_scan(path: str | Path, config: PipelineConfig, spatial: Spatial | None = None) -> PreparedScan:
+class StageTimer:
+    """CPU seconds (this process, all its threads) per named stage, summed over repeated entries."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.process_time() - start
+
+
+def preprocess_scan(
+    path: str | Path, config: PipelineConfig, spatial: Spatial | None = None, device: str = "cpu"
+) -> PreparedScan:
     """Preprocess one scan file with ``config``; reuse ``spatial`` (mask + registration) if given.
 
-    Raises :class:`~brainage.errors.InputError` naming the file if it cannot be read or a stage fails.
+    ``device`` runs the skull-stripping network there (``"cpu"``, ``"cuda"``, ``"auto"``; CPU
+    if the device is missing). Raises :class:`~brainage.errors.InputError` naming the file if it
+    cannot be read or a stage fails.
     """
+    timer = StageTimer()
     try:
+        spatial = spatial or _external_spatial(path, config)  # an fMRIPrep brain mask beside the scan: preprocess/external_mask.py
         if isinstance(config, SeedConfig):
-            volume = _run_seed(Path(path), config)
+            volume = _run_seed(Path(path), config, timer)
         elif isinstance(config, StandardConfig):
-            volume, spatial = _run_standard(Path(path), config, spatial)
+            volume, spatial = _run_standard(Path(path), config, spatial, timer, device)
         else:
             raise TypeError(f"unknown configuration {type(config).__name__}")
+        with timer("qc"):
+            score = registration_score(volume, config.affine)
     except InputError:
         raise
     except (OSError, ValueError, RuntimeError, nib.filebasedimages.ImageFileError) as error:
         raise InputError(path, str(error).splitlines()[0] if str(error) else type(error).__name__) from error
-    return PreparedScan(volume.astype(config.dtype), registration_score(volume, config.affine), spatial)
+    return PreparedScan(volume.astype(config.dtype), score, spatial, timer.seconds)
 
 
-def _run_seed(path: Path, config: SeedConfig) -> np.ndarray:
+def _run_seed(path: Path, config: SeedConfig, timer: StageTimer) -> np.ndarray:
     from nilearn.image import resample_img
 
-    scan = load_scan(path)  # refuses NaN-only and constant images, which would cache a NaN volume
-    header = nib.load(path)  # lazy: the header only
-    affine = header.get_qform() if isinstance(header, nib.Nifti1Pair) else scan.affine  # the tutorial's sform := qform
-    with warnings.catch_warnings():
+    with timer("load"):
+        scan = load_scan(path)  # refuses NaN-only and constant images, which would cache a NaN volume
+        header = nib.load(path)  # lazy: the header only
+        affine = header.get_qform() if isinstance(header, nib.Nifti1Pair) else scan.affine  # the tutorial's sform := qform
+    with timer("resample"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # nilearn's "casting data from int16 to float32"
         resampled = resample_img(
             nib.Nifti1Image(scan.data, affine), target_affine=config.affine, target_shape=config.shape,
             force_resample=True, copy_header=True,
         )
-    return stages.zscore(stages.squeeze_trailing(resampled.get_fdata(dtype=np.float32)))
+    with timer("normalise"):
+        return stages.zscore(stages.squeeze_trailing(resampled.get_fdata(dtype=np.float32)))
 
 
-def _run_standard(path: Path, config: StandardConfig, spatial: Spatial | None) -> tuple[np.ndarray, Spatial]:
-    scan = load_scan(path)
-    data, affine = stages.reorient_ras(scan.data, scan.affine)
+def _run_standard(
+    path: Path, config: StandardConfig, spatial: Spatial | None, timer: StageTimer, device: str
+) -> tuple[np.ndarray, Spatial]:
+    with timer("load"):
+        scan = load_scan(path)
+        data, affine = stages.reorient_ras(scan.data, scan.affine)
     if config.bias_correction:
-        data = stages.n4_bias_correct(data, affine, config.n4_shrink_factor)
+        with timer("bias"):
+            data = stages.n4_bias_correct(data, affine, config.n4_shrink_factor)
     if spatial is None or spatial.mask.shape != data.shape:
-        spatial = find_spatial(data, affine, config)
-    brain = np.where(spatial.mask, data, 0.0).astype(np.float32)
-    volume = stages.resample(brain, affine, config.affine, config.shape, spatial.world_to_source)
-    mask = stages.resample(spatial.mask.astype(np.float32), affine, config.affine, config.shape, spatial.world_to_source)
-    return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
+        spatial = find_spatial(data, affine, config, timer, device)
+    with timer("resample"):
+        brain = np.where(spatial.mask, data, 0.0).astype(np.float32)
+        volume = stages.resample(brain, affine, config.affine, config.shape, spatial.world_to_source)
+        mask = stages.resample(spatial.mask.astype(np.float32), affine, config.affine, config.shape, spatial.world_to_source)
+    with timer("normalise"):
+        return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
 
 
-def find_spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig) -> Spatial:
+def find_spatial(
+    data: np.ndarray, affine: np.ndarray, config: StandardConfig, timer: StageTimer | None = None, device: str = "cpu"
+) -> Spatial:
     """Skull-strip a RAS volume, then register its brain to the MNI152 brain."""
-    mask = stages.skull_strip(data, config.strip_shape, config.strip_threshold)
-    brain = np.where(mask, data, 0.0).astype(np.float32)
-    world_to_source = register_to_template(
-        brain, affine, config.registration_voxel_size, config.registration, config.registration_sampling
-    )
+    timer = timer or StageTimer()
+    with timer("strip"):
+        if config.skull_strip == "deepbet-coarse":
+            mask = stages.skull_strip_coarse(data, config.strip_threshold, device)
+        else:
+            mask = stages.skull_strip(data, config.strip_shape, config.strip_threshold, device)
+    with timer("register"):
+        brain = np.where(mask, data, 0.0).astype(np.float32)
+        world_to_source = register_to_template(
+            brain, affine, config.registration_voxel_size, config.registration, config.registration_sampling,
+            config.registration_margin,
+        )
     return Spatial(mask, world_to_source)
 
 
 def register_to_template(
-    brain: np.ndarray, affine: np.ndarray, voxel_size: float, transform: str = "Affine", sampling: float = 0.25
+    brain: np.ndarray,
+    affine: np.ndarray,
+    voxel_size: float,
+    transform: str = "Affine",
+    sampling: float = 0.25,
+    margin: float | None = None,
 ) -> np.ndarray:
     """Register a skull-stripped brain to the MNI152 brain, both resampled to ``voxel_size`` mm;
-    the metric samples a ``sampling`` fraction of the voxels (seeded).
+    the metric samples a ``sampling`` fraction of the voxels (seeded). ``margin`` (mm) crops the
+    template to the MNI brain's box plus that margin (None: the template's field of view).
 
     Returns the 4×4 matrix mapping MNI world points (RAS mm) to the brain's world.
     """
     grid, grid_shape = stages.isotropic_grid(affine, brain.shape, voxel_size)
     coarse = stages.resample(brain, affine, grid, grid_shape)
-    template_affine, template_shape = template_grid(voxel_size)
+    if not coarse.any():
+        extent = " × ".join(f"{n:g}" for n in np.round(np.abs(affine[:3, :3]).sum(axis=0) * brain.shape, 2))
+        raise ValueError(f"the brain covers no voxel of the {voxel_size:g} mm registration grid (field of view {extent} mm)")
+    template_affine, template_shape = template_grid(voxel_size, margin)
     template, _ = template_on_grid(template_affine, template_shape)
     return stages.register_affine(coarse, grid, template, template_affine, transform, sampling)

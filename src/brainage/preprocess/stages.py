@@ -8,8 +8,12 @@ Arrays are float32 3-D volumes; an affine maps voxel indices to RAS+ world milli
 from __future__ import annotations
 
 import functools
+import os
+import re
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import nibabel as nib
 import numpy as np
@@ -50,32 +54,77 @@ def n4_bias_correct(data: np.ndarray, affine: np.ndarray, shrink_factor: int = 4
     return corrected.numpy().astype(np.float32)
 
 
-def skull_strip(data: np.ndarray, shape: int = 192, threshold: float = 0.5) -> np.ndarray:
-    """Boolean brain mask from deepbet (weights ship with the package; runs offline on CPU).
+def skull_strip(data: np.ndarray, shape: int = 192, threshold: float = 0.5, device: str = "cpu") -> np.ndarray:
+    """Boolean brain mask from deepbet (weights ship with the package; runs offline).
 
     ``data`` must be RAS-oriented. deepbet finds a bounding box on a 128³ copy, then segments
     the box resampled to ``shape``³ (deepbet's default is 256; 192 is ~2.4× cheaper on CPU).
     The largest connected component is kept and its holes filled, as deepbet does.
     """
+    model = deepbet_model(device)
+    probability = model.run_model(data.copy(), shape=(shape, shape, shape))
+    return _largest_filled(probability > threshold)
+
+
+def skull_strip_coarse(data: np.ndarray, threshold: float = 0.5, device: str = "cpu") -> np.ndarray:
+    """Boolean brain mask from deepbet's first network alone, the one deepbet runs to find the brain's box.
+
+    It sees a 128³ nearest-neighbour copy of the whole RAS volume (deepbet's input size and
+    intensity scaling), and its brain probability is brought back to the volume's grid by
+    trilinear interpolation; the largest connected component is kept and its holes filled.
+    """
+    import torch
+    import torch.nn.functional as F
+    from deepbet.utils import normalize
+
+    model = deepbet_model(device)
+    target = next(model.bbox_model.parameters()).device
+    volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(target)
+    small = F.interpolate(volume[None, None], (128, 128, 128), mode="nearest-exact")[0, 0]
+    low, high = small.quantile(0.005), small.quantile(0.995)
+    with torch.no_grad():
+        probability = model.bbox_model(normalize(small, low, high)[None, None])[:, 1:]
+        probability = F.interpolate(probability, data.shape, mode="trilinear", align_corners=False)[0, 0]
+    return _largest_filled(probability.cpu().numpy() > threshold)
+
+
+def _largest_filled(mask: np.ndarray) -> np.ndarray:
     import fill_voids
     from deepbet.utils import keep_largest_connected_component
 
-    model = _deepbet_model()
-    probability = model.run_model(data.copy(), shape=(shape, shape, shape))
-    mask = probability > threshold
     if not mask.any():
         raise ValueError("skull stripping found no brain")
-    mask = keep_largest_connected_component(mask)
-    return fill_voids.fill(mask).astype(bool)
+    return fill_voids.fill(keep_largest_connected_component(mask)).astype(bool)
 
 
-@functools.lru_cache(maxsize=1)
-def _deepbet_model():  # type: ignore[no-untyped-def]
+def torch_device(device: str = "cpu") -> str:
+    """``device`` if torch can use it, else ``"cpu"`` with a warning; ``"auto"`` picks CUDA, then MPS, then CPU."""
+    import torch
+
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if device == "auto":
+        return next(name for name, ok in available.items() if ok)
+    kind = device.split(":")[0]
+    if kind not in available:
+        raise ValueError(f"unknown device {device!r}; choose cpu, cuda, mps or auto")
+    if not available[kind]:
+        warnings.warn(f"device {device!r} is not available here; skull stripping runs on the CPU", RuntimeWarning, stacklevel=2)
+        return "cpu"
+    return device
+
+
+@functools.lru_cache(maxsize=2)
+def deepbet_model(device: str = "cpu"):  # type: ignore[no-untyped-def]
+    """deepbet's two networks, loaded once per process and device (``torch_device`` decides where)."""
     from deepbet import BrainExtraction
 
+    target = torch_device(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load inside deepbet
-        return BrainExtraction(no_gpu=True)
+        model = BrainExtraction(no_gpu=True)
+    model.model.to(target)
+    model.bbox_model.to(target)
+    return model
 
 
 def resample(
@@ -142,19 +191,22 @@ def register_affine(
     import ants
 
     ants.config._random_seed = seed  # what ants.set_ants_deterministic sets, without reseeding numpy
-    with tempfile.TemporaryDirectory(prefix="brainage-ants-") as folder:
-        result = ants.registration(
-            fixed=to_ants(fixed, fixed_affine),
-            moving=to_ants(moving, moving_affine),
-            type_of_transform=transform,
-            outprefix=f"{folder}/",
-            aff_metric="mattes",
-            aff_random_sampling_rate=sampling,
-            aff_iterations=(2100, 1200, 200),
-            aff_shrink_factors=(4, 2, 1),
-            aff_smoothing_sigmas=(2, 1, 0),
-            verbose=False,
-        )
+    with tempfile.TemporaryDirectory(prefix="brainage-ants-") as folder, _itk_messages() as messages:
+        try:
+            result = ants.registration(
+                fixed=to_ants(fixed, fixed_affine),
+                moving=to_ants(moving, moving_affine),
+                type_of_transform=transform,
+                outprefix=f"{folder}/",
+                aff_metric="mattes",
+                aff_random_sampling_rate=sampling,
+                aff_iterations=(2100, 1200, 200),
+                aff_shrink_factors=(4, 2, 1),
+                aff_smoothing_sigmas=(2, 1, 0),
+                verbose=False,
+            )
+        except RuntimeError as error:
+            raise RuntimeError(_itk_cause(messages(), str(error))) from None
         itk = ants.read_transform(result["fwdtransforms"][0])
     params = np.asarray(itk.parameters, dtype=float)
     center = np.asarray(itk.fixed_parameters, dtype=float)
@@ -163,6 +215,37 @@ def register_affine(
     lps[:3, :3] = matrix
     lps[:3, 3] = translation + center - matrix @ center
     return _RAS_TO_LPS @ lps @ _RAS_TO_LPS
+
+
+@contextmanager
+def _itk_messages() -> Iterator[functools.partial[str]]:
+    """Send what ITK/ANTs write to the process's stderr (file descriptor 2) to a temporary file.
+
+    Yields a function that returns the text so far. ITK prints its exceptions there from C++
+    before ANTs raises, which would put many lines before brainage's one-line error.
+    """
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield functools.partial(_read_all, capture)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _read_all(handle) -> str:  # type: ignore[no-untyped-def]
+    handle.flush()
+    handle.seek(0)
+    return handle.read().decode(errors="replace")
+
+
+def _itk_cause(messages: str, error: str) -> str:
+    """One line for a failed registration: ITK's own description if it printed one."""
+    found = re.findall(r"Description: (?:ITK ERROR: )?(?:\S+\(0x[0-9a-f]+\): )?(.+)", messages + "\n" + error)
+    first = error.strip().splitlines()[0] if error.strip() else "ANTs registration failed"
+    first = first.split("Exception Object caught")[0].strip()
+    return f"{first}: {found[-1].strip()}" if found else first
 
 
 def robust_zscore(data: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:

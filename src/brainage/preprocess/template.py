@@ -11,16 +11,24 @@ from brainage.preprocess import stages
 #: Centre (RAS mm) of the bounding box of nilearn's MNI152 brain mask, x ∈ [-72, 72],
 #: y ∈ [-107, 73], z ∈ [-72, 82].
 MNI_BRAIN_CENTER = (0.0, -17.0, 5.0)
+_MNI_BRAIN_LOW = np.array([-72.0, -107.0, -72.0])
+_MNI_BRAIN_HIGH = np.array([72.0, 73.0, 82.0])
 #: Field of view of nilearn's 1 mm template: 197 × 233 × 189 voxels from (-98, -134, -72) mm.
 _TEMPLATE_ORIGIN = (-98.0, -134.0, -72.0)
 _TEMPLATE_EXTENT_MM = (197.0, 233.0, 189.0)
 
 
-def template_grid(voxel_size: float) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """An isotropic ``voxel_size`` grid (affine, shape) over the whole template's field of view."""
+def template_grid(voxel_size: float, margin: float | None = None) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """An isotropic ``voxel_size`` grid (affine, shape) over the whole template's field of view,
+    or, with a ``margin`` (mm), over the MNI brain's bounding box grown by that margin."""
     affine = np.diag([voxel_size] * 3 + [1.0])
-    affine[:3, 3] = _TEMPLATE_ORIGIN
-    shape = tuple(int(np.ceil(extent / voxel_size)) for extent in _TEMPLATE_EXTENT_MM)
+    if margin is None:
+        affine[:3, 3] = _TEMPLATE_ORIGIN
+        shape = tuple(int(np.ceil(extent / voxel_size)) for extent in _TEMPLATE_EXTENT_MM)
+    else:
+        low = _MNI_BRAIN_LOW - margin
+        affine[:3, 3] = low
+        shape = tuple(int(n) for n in np.ceil((_MNI_BRAIN_HIGH + margin - low) / voxel_size) + 1)
     return affine, shape  # type: ignore[return-value]
 
 
