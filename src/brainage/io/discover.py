@@ -11,6 +11,7 @@ import pandas as pd
 from brainage.errors import InputError, Problem
 from brainage.io.bids import discover_bids, looks_like_bids
 from brainage.io.dicom import discover_dicom, looks_like_dicom
+from brainage.io.fmriprep import discover_fmriprep, looks_like_fmriprep
 from brainage.io.images import load_scan
 from brainage.io.manifest import Discovery, natural_key
 from brainage.io.oasis import discover_oasis, looks_like_oasis
@@ -21,7 +22,7 @@ from brainage.utils import parallel_map
 SOURCE_LAYOUTS = (
     "an OASIS-2 folder (OAS2_RAW_PART1/<MRI ID>/RAW/mpr-1.nifti.hdr), "
     "an OASIS-1 folder (disc1/OAS1_0001_MR1/RAW/*.hdr + oasis_cross-sectional.csv), "
-    "a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii[.gz]), a folder of DICOM series or a CSV of path,subject_id,age"
+    "a BIDS folder (sub-*/[ses-*/]anat/*_T1w.nii[.gz]), fMRIPrep derivatives, a folder of DICOM series or a CSV of path,subject_id,age"
 )
 
 
@@ -42,6 +43,9 @@ def discover(source: str | Path, demographics: str | Path | None = None) -> Disc
             raise InputError(source, f"not a folder nor a .csv/.tsv table: expected {SOURCE_LAYOUTS}")
         _refuse_demographics(source, demographics, "a table of scans")
         return discover_table(source)
+    if looks_like_fmriprep(source):  # a BIDS derivatives folder: before BIDS, whose *_T1w pattern it matches
+        _refuse_demographics(source, demographics, "an fMRIPrep folder")
+        return discover_fmriprep(source)
     if looks_like_bids(source):
         _refuse_demographics(source, demographics, "a BIDS folder")
         return discover_bids(source)
