@@ -169,6 +169,32 @@ def predict_command(
     )
 
 
+@app.command("bids", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@reports_errors
+def bids_command(
+    ctx: typer.Context,
+    bids_dir: Path = typer.Argument(..., help="The input BIDS dataset (raw, or fMRIPrep derivatives)."),
+    output_dir: Path = typer.Argument(..., help="The BIDS derivatives dataset to write (created)."),
+    analysis_level: str = typer.Argument(..., help="participant (predict, one TSV per session) or group (gather them)."),
+    model: list[Path] = typer.Option([], "--model", help="A run folder or model.ckpt (repeatable: averaged); needed at participant level."),
+    participant_label: list[str] = typer.Option(
+        [], "--participant-label", help="Only these participants, without or with 'sub-' (e.g. --participant-label 01 02)."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes for preprocessing."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+) -> None:
+    """A BIDS App: brain age of a BIDS dataset as a BIDS derivatives dataset (BIDS-Apps arguments)."""
+    from brainage.bids_app import run_bids_app
+    from brainage.console import console, print_problems
+
+    if ctx.args and not participant_label:
+        raise BrainAgeError(f"unexpected argument(s): {' '.join(ctx.args)}")
+    labels = [*participant_label, *ctx.args]  # --participant-label 01 02: the labels after the first come as extra arguments
+    result = run_bids_app(bids_dir, output_dir, analysis_level, model or None, labels, workers=workers, device=device)
+    print_problems(result.problems)
+    console.print(f"{analysis_level}: {result.scans} scan(s), {result.sessions} session(s) → {output_dir} ({len(result.files)} files)", soft_wrap=True)
+
+
 @app.command("prepare")
 @reports_errors
 def prepare_command(
