@@ -119,6 +119,7 @@ class _Job:
     root: Path
     config: PipelineConfig
     mask_path: str | None = None  # an external brain mask (fMRIPrep): preprocess/external_mask.py
+    device: str = "cpu"
 
 
 def prepare(
@@ -128,14 +129,16 @@ def prepare(
     workers: int = 1,
     shard: tuple[int, int] | None = None,
     demographics: str | Path | None = None,
+    device: str = "cpu",
 ) -> PrepareReport:
     """Preprocess every scan of ``source`` into the cache folder ``out``; return what was done.
 
     ``source`` is anything :func:`brainage.io.discover` understands, or a manifest DataFrame
     (:func:`brainage.io.validate_manifest` columns). ``pipeline`` is a name (defaults) or a configuration.
     ``shard=(i, n)`` (1 ≤ i ≤ n) prepares only every n-th scan starting at the i-th, so n jobs
-    can fill one cache; an unsharded run afterwards finds them all cached. Bad scans are skipped
-    and returned in ``problems``.
+    can fill one cache; an unsharded run afterwards finds them all cached. ``device`` runs the
+    skull-stripping network there (``cpu``, ``cuda``, ``mps``, ``auto``; CPU where it is missing).
+    Bad scans are skipped and returned in ``problems``.
     """
     start = time.perf_counter()
     config = make_config(pipeline) if isinstance(pipeline, str) else pipeline
@@ -144,19 +147,20 @@ def prepare(
     manifest = _shard(sort_manifest(manifest), shard)
     masks = manifest["mask_path"] if "mask_path" in manifest else [None] * len(manifest)
     jobs = {
-        str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask))
+        str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask), device)
         for path, scan_id, mask in zip(manifest["path"], manifest["scan_id"], masks)
     }
     records: dict[str, dict[str, Any]] = {}
-    for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
-        if isinstance(result, InputError):
-            problems.append(Problem.from_error(result))
-        elif isinstance(result, BaseException):
-            problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
-        else:
-            records[job.path] = result
-    prepared = _finish_manifest(manifest, records, config)
-    _write_cache(root, prepared, config, shard)
+    with _running(root):
+        for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
+            if isinstance(result, InputError):
+                problems.append(Problem.from_error(result))
+            elif isinstance(result, BaseException):
+                problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
+            else:
+                records[job.path] = result
+        prepared = _finish_manifest(manifest, records, config)
+        _write_cache(root, prepared, config, shard)
     statuses = [record["status"] for record in records.values()]
     return PrepareReport(
         root=root,
@@ -236,9 +240,11 @@ def _memo_hash(path: Path, root: Path) -> str:
 def _prepare_one(job: _Job) -> dict[str, Any]:
     """Worker: return the scan's record, computing and writing its volume unless cached."""
     path, root, config = Path(job.path), job.root, job.config
-    digest = _memo_hash(path, root)
-    mask = external_mask_path(path, job.mask_path) if isinstance(config, StandardConfig) else None
-    digest_and_mask = _key(digest, _memo_hash(mask, root)) if mask is not None else digest  # a new mask: a new volume
+    timer = StageTimer()
+    with timer("load"):
+        digest = _memo_hash(path, root)
+        mask = external_mask_path(path, job.mask_path) if isinstance(config, StandardConfig) else None
+        digest_and_mask = _key(digest, _memo_hash(mask, root)) if mask is not None else digest  # a new mask: a new volume
     key = _key(digest_and_mask, config.volume_digest())
     record_path = root / "volumes" / f"{key}.json"
     if record_path.is_file() and record_path.with_suffix(".npy").is_file():
@@ -248,18 +254,26 @@ def _prepare_one(job: _Job) -> dict[str, Any]:
     if isinstance(config, StandardConfig):
         spatial_path = root / "spatial" / f"{_key(digest_and_mask, config.digest(*StandardConfig.SPATIAL_FIELDS))}.npz"
         spatial = _read_spatial(spatial_path)
-    prepared = preprocess_scan(path, config, spatial or (external_spatial(path, config, mask) if mask else None))
+    if spatial is None and mask is not None:
+        with timer("register"):
+            external = external_spatial(path, config, mask)
+    else:
+        external = None
+    prepared = preprocess_scan(path, config, spatial or external, job.device)
     if spatial_path is not None and spatial is None and prepared.spatial is not None:
         _write_spatial(spatial_path, prepared.spatial)
     with atomic_write(root / "volumes" / f"{key}.npy") as tmp:
         np.save(tmp, prepared.volume)
-    save_qc_png(prepared.volume, root / "qc" / f"{key}.png", title=f"{job.scan_id}  r={prepared.qc_score:.2f}")
+    with timer("qc"):
+        save_qc_png(prepared.volume, root / "qc" / f"{key}.png", title=f"{job.scan_id}  r={prepared.qc_score:.2f}")
+    seconds = {stage: timer.seconds.get(stage, 0.0) + prepared.seconds.get(stage, 0.0) for stage in STAGES}
     record = {
         "cache_file": f"volumes/{key}.npy",
         "qc_file": f"qc/{key}.png",
         "qc_score": prepared.qc_score,
         "content_hash": digest,
         "config_digest": config.volume_digest(),
+        **{f"cpu_s_{stage}": round(value, 4) for stage, value in seconds.items()},
     }
     with atomic_write(record_path) as tmp:
         tmp.write_text(json.dumps(record))
