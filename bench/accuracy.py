@@ -1,12 +1,12 @@
 """Accuracy on the synthetic ``demo`` cohort, in one run: the baselines, the tutorial's recipe
 (``seed`` model on the ``seed`` pipeline) and the default model on the ``standard`` pipeline, all on
-the very same subject-grouped folds, beside the cohort's best possible MAE.
+the very same subject-grouped folds, beside the MAE of the cohort's true brain age.
 
     .venv/bin/python bench/accuracy.py --out bench-out/accuracy [--folds 5] [--epochs 50] [--seed-epochs 8] [--side 64]
 
 Every step is resumable: the cohort, both caches and both runs are reused when they are already in
-``--out`` with the same settings, so a second run only prints the table. The best possible MAE is
-the mean |brain age − age| of the cohort's hidden ground truth (what a perfect model would score).
+``--out`` with the same settings, so a second run only prints the table. The true brain age's MAE is
+the mean |brain age − age| of the cohort's hidden ground truth (a perfect brain reader; not a floor).
 
 The tutorial's network is slow on a CPU (about 5 s per 64³ scan forward and backward on 2 cores:
 some 9 minutes per epoch of one fold of the demo cohort), so its recipe runs ``--seed-epochs``
@@ -97,8 +97,8 @@ def main() -> None:
         epochs = result.history.groupby("fold").size()
         ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
         rows += _rows(result, f"{config.model} ({role}, {ran} epochs{note})", pipeline, baselines[pipeline])
-    best = summary["best_possible_mae"]
-    rows.append({"predictor": "best possible (hidden brain-age offsets)", "pipeline": "–", "n": None,
+    best = summary["true_brain_age_mae"]
+    rows.append({"predictor": "true brain age (a perfect brain reader)", "pipeline": "–", "n": None,
                  "MAE scan": best["scan"], "MAE session": best["session"], "r": None, "gap–age r": None})
     table = pd.DataFrame(rows)
     split = f"{args.folds}-fold" if args.folds else "20 % hold-out"

@@ -100,12 +100,13 @@ spreadsheet.head()
 #
 # Because we planted the brain ages ourselves, we know the error of a *perfect* model: the hidden
 # offsets make brain age differ from real age, and no image can reveal how much of the difference
-# is offset and how much is age. That floor, the **best possible MAE**, is the target to read any
-# result against.
+# is offset and how much is age. The MAE of the true brain age (a perfect brain reader) is the
+# reference to read any result against; it is not a floor: a prediction pulled towards the mean age
+# can score below it.
 
 # %%
-best = made["best_possible_mae"]
-print(f"best possible MAE on this cohort: {best['scan']:.2f} years per scan, {best['session']:.2f} per session")
+best = made["true_brain_age_mae"]
+print(f"true brain age MAE on this cohort: {best['scan']:.2f} years per scan, {best['session']:.2f} per session")
 
 # %% [markdown]
 # ## 2. Discover the scans: the manifest
@@ -320,7 +321,7 @@ display(gap_figure(result.predictions))
 
 # %% [markdown]
 # On `tiny` there are too few people for the gaps to mean anything; on `demo` (or OASIS-2 itself)
-# compare the estimated gaps with the planted ones and with the best possible MAE above.
+# compare the estimated gaps with the planted ones and with the true brain age's MAE above.
 #
 # ## 8. Where does the network look?
 #

@@ -31,6 +31,6 @@ def test_the_tiny_demo_runs_end_to_end(tiny_cohort: Path, tmp_path: Path) -> Non
 
     report = (out / "report.html").read_text(encoding="utf-8")
     assert '<section id="saliency">' in report and "data:image/png;base64," in report
-    best = json.loads((out / "cohort" / "cohort.json").read_text())["best_possible_mae"]["scan"]
+    best = json.loads((out / "cohort" / "cohort.json").read_text())["true_brain_age_mae"]["scan"]
     for text in ("best possible", f"{best:.2f}", "held-out people", "baseline: mean", "sfcn (network)", str(out / "report.html")):
         assert text in result.output

@@ -63,5 +63,5 @@ def test_the_tutorial_runs_on_tiny_and_prints_numbers_of_the_run(tmp_path: Path,
     assert printed is not None, stdout
     assert printed[1] == f"{scans.loc['sfcn', 'mae']:.2f}"
     assert printed[2] == f"{scans.loc['mean age', 'mae']:.2f}"
-    best = json.loads((work / "brainage-tutorial" / "tiny" / "cohort" / "cohort.json").read_text())["best_possible_mae"]["scan"]
+    best = json.loads((work / "brainage-tutorial" / "tiny" / "cohort" / "cohort.json").read_text())["true_brain_age_mae"]["scan"]
     assert printed[3] == f"{best:.2f}"

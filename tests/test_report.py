@@ -36,7 +36,7 @@ def test_the_report_is_one_self_contained_file_with_every_section(tiny_run: Path
     assert "Welch t-test" in text or "one-way ANOVA" in text  # the group test, with three tiny-cohort groups
     for name in ("mean age", "ridge", "sfcn"):
         assert name in text  # the baselines table beside the network
-    assert "Best possible MAE on this synthetic cohort" in text
+    assert "True brain age (a perfect brain reader) on this synthetic cohort" in text
     assert "averaged over 2 test scans" in text
 
 

@@ -247,8 +247,13 @@ def synth_command(
     result = synthesize(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
     elapsed = time.perf_counter() - start
     print_table(summary_table(result), title=f"brainage synth ({chosen.name}, seed {seed}) → {out}", floatfmt="{:.3g}")
-    mae = result.summary["best_possible_mae"]
-    console.print(f"Best possible MAE (brain age vs Age): {mae['scan']:.2f} y per scan, {mae['session']:.2f} y per session")
+    mae = result.summary["true_brain_age_mae"]
+    console.print(f"True brain age (a perfect brain reader) vs Age: MAE {mae['scan']:.2f} y per scan, {mae['session']:.2f} y per session")
+    sheet, real = result.summary["spreadsheet"]["synthetic"], result.summary["spreadsheet"]["real_oasis2"]
+    console.print(
+        f"Spreadsheet: r(Age, nWBV) {sheet['r_age_nwbv']:.2f} (real OASIS-2 {real['r_age_nwbv']:.2f}); ridge on nWBV + eTIV + sex "
+        f"at {sheet['ridge_to_mean_mae']:.2f} × the mean age's MAE (real {real['ridge_to_mean_mae']:.2f})"
+    )
     console.print(f"{len(result.ground_truth)} scan(s) written in {elapsed:.1f} s")
     print_problems(result.problems, title="Failed")
     if result.problems:

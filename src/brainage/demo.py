@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from brainage.cohort import SUMMARY, get_preset, synthesize
+from brainage.cohort import SUMMARY, get_preset, synthesize, unfinished
 from brainage.data import subject_holdout
 from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover
@@ -137,15 +137,16 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     report = build_report(out / "run", out / "report.html", saliency=config.saliency)
     lap("report")
     made = json.loads((cohort / SUMMARY).read_text())
-    best = (made["best_possible_mae"]["scan"], made["counts"]["scans"])
+    best = ((made.get("true_brain_age_mae") or made["best_possible_mae"])["scan"], made["counts"]["scans"])
     table = comparison_table(result.summary, train_config.model, accuracy_table(heldout, model.mean_training_age), best)
     return DemoResult(table, out, result.run_dir, predictions, report, seconds)
 
 
 def _cohort(root: Path, config: DemoConfig) -> Path:
-    """The synthetic cohort in ``root``: reused when it was made with the same preset and seed."""
+    """The synthetic cohort in ``root``: reused when it was made with the same preset and seed,
+    finished when its synthesis was stopped (:func:`synthesize` resumes it)."""
     summary = root / SUMMARY
-    if summary.is_file():
+    if summary.is_file() and not unfinished(root):
         made = json.loads(summary.read_text())
         if made.get("seed") == config.seed and made.get("preset", {}).get("name") == config.preset:
             return root

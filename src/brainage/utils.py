@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import os
+import signal
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from brainage.console import console
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -43,12 +52,40 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def _one_thread() -> None:
-    """Worker initializer: the workers share the cores, so each runs torch and ITK on one thread."""
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """The temporary files that :func:`atomic_write` of ``path`` left behind when its process was
+    killed (no live writer of ``path`` may be running)."""
+    path = Path(path)
+    suffix = "".join(path.suffixes)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    return sorted(path.parent.glob(f".{glob.escape(stem)}.*.tmp{glob.escape(suffix)}"))
+
+
+#: ``prctl`` option that sends the calling process a signal when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(parent: int) -> None:
+    """Worker initializer: the worker dies with its parent (killed by the kernel on Linux; elsewhere
+    a thread watches the parent), and, as the workers share the cores, runs torch and ITK on one
+    thread."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the worker could ask to die with it
+        os._exit(1)
     import torch
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+def _exit_without(parent: int) -> None:
+    """End this process as soon as ``parent`` is no longer its parent."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def parallel_map(
@@ -61,7 +98,8 @@ def parallel_map(
 
     Yields ``(item, result)`` pairs in completion order; an exception raised by ``func`` is
     yielded in place of its result so that one bad item never stops the batch.
-    ``func`` must be picklable (a module-level function) when ``workers > 1``.
+    ``func`` must be picklable (a module-level function) when ``workers > 1``; the worker
+    processes die with the calling process, even when it is killed with SIGKILL.
     """
     items = list(items)
     columns = (
@@ -82,9 +120,17 @@ def parallel_map(
                 progress.advance(task)
                 yield item, result
             return
-        with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(func, item): item for item in items}
             for future in as_completed(futures):
                 error = future.exception()
                 progress.advance(task)
                 yield futures[future], (error if error is not None else future.result())
+
+
+def write_csv(frame: "pd.DataFrame", path: str | Path) -> Path:
+    """Write ``frame`` (no index) atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path

@@ -2,6 +2,7 @@
 
 Sample records (:func:`sample_cohort`), render them deterministically (:mod:`.render`) and write
 them like OASIS-2 raw (:func:`synthesize`); ``brainage synth`` is the command-line entry point.
+The spreadsheet follows from the records alone (:func:`demographics`, :mod:`.spreadsheet`).
 """
 
 from brainage.cohort.ageing import AGEING, GROUPS, AgeingModel
@@ -9,8 +10,10 @@ from brainage.cohort.anatomy import Anatomy, load_anatomy
 from brainage.cohort.people import (
     ACQUISITION,
     DEMOGRAPHICS,
+    MEASUREMENT,
     Acquisition,
     Demographics,
+    Measurement,
     ScanRecord,
     SessionRecord,
     SubjectRecord,
@@ -28,15 +31,17 @@ from brainage.cohort.render import (
     subject_anatomy,
     t1_signal,
 )
+from brainage.cohort.spreadsheet import REAL_OASIS2, demographics, demographics_table, spreadsheet_statistics
 from brainage.cohort.write import (
     GROUND_TRUTH,
     SPREADSHEET,
     SUMMARY,
     SynthesisResult,
-    best_possible_mae,
     scan_path,
     summary_table,
     synthesize,
+    true_brain_age_mae,
+    unfinished,
 )
 
 __all__ = [
@@ -46,8 +51,10 @@ __all__ = [
     "DEMOGRAPHICS",
     "GROUND_TRUTH",
     "GROUPS",
+    "MEASUREMENT",
     "OASIS2",
     "PRESETS",
+    "REAL_OASIS2",
     "SPREADSHEET",
     "SUMMARY",
     "TINY",
@@ -55,6 +62,7 @@ __all__ = [
     "AgeingModel",
     "Anatomy",
     "Demographics",
+    "Measurement",
     "Preset",
     "ScanRecord",
     "SessionRecord",
@@ -65,15 +73,19 @@ __all__ = [
     "Volumes",
     "acquire",
     "aged_tissues",
-    "best_possible_mae",
+    "demographics",
+    "demographics_table",
     "get_preset",
     "load_anatomy",
     "measure",
     "sample_cohort",
     "scan_path",
     "scanner_affine",
+    "spreadsheet_statistics",
     "subject_anatomy",
     "summary_table",
     "synthesize",
     "t1_signal",
+    "true_brain_age_mae",
+    "unfinished",
 ]

@@ -9,7 +9,7 @@ given a record.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -85,8 +85,29 @@ class Acquisition:
     intensity_scale: tuple[float, float] = (600.0, 1400.0)
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """Errors of the spreadsheet's eTIV and nWBV, measured as OASIS measured them (see
+    :mod:`brainage.cohort.spreadsheet`).
+
+    The synthetic anatomy changes with brain age alone, so its exact nWBV is a near-perfect brain
+    age reading (r ≈ −0.99); a real nWBV also carries the person's brain size and the segmentation's
+    bias for their head, which brain age does not explain. These SDs were chosen so that the
+    ``oasis2`` preset's spreadsheet matches the real OASIS-2 table (targets and measured values in
+    ``cohort.json``, ``spreadsheet``).
+    """
+
+    #: Per-session error of the atlas-scaling eTIV: eTIV × exp(N(0, etiv_sd²)).
+    etiv_sd: float = 0.01
+    #: Per-subject nWBV error ~ N(0, nwbv_subject_sd²): brain size and segmentation bias.
+    nwbv_subject_sd: float = 0.031
+    #: Per-session nWBV error ~ N(0, nwbv_session_sd²): segmentation noise between visits.
+    nwbv_session_sd: float = 0.005
+
+
 DEMOGRAPHICS = Demographics()
 ACQUISITION = Acquisition()
+MEASUREMENT = Measurement()
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,9 @@ class SessionRecord:
     noise_sd: float
     intensity_scale: float
     scans: tuple[ScanRecord, ...]
+    #: Measurement errors of this session's spreadsheet values (see :class:`Measurement`).
+    etiv_error: float
+    nwbv_error: float
 
     @property
     def age_years(self) -> int:
@@ -143,6 +167,8 @@ class SubjectRecord:
     skull_thickness: float
     scalp_thickness: float
     sessions: tuple[SessionRecord, ...]
+    #: Per-subject error of the spreadsheet's nWBV (see :class:`Measurement`).
+    nwbv_error: float
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -154,6 +180,7 @@ def sample_cohort(
     demographics: Demographics = DEMOGRAPHICS,
     acquisition: Acquisition = ACQUISITION,
     ageing: AgeingModel = AGEING,
+    measurement: Measurement = MEASUREMENT,
 ) -> tuple[SubjectRecord, ...]:
     """Draw every subject, session and scan of ``preset`` from ``seed``.
 
@@ -194,6 +221,7 @@ def sample_cohort(
                 demographics=demographics,
                 acquisition=acquisition,
                 ageing=ageing,
+                measurement=measurement,
             )
         )
         first += k
@@ -224,6 +252,7 @@ def _sample_subject(
     demographics: Demographics,
     acquisition: Acquisition,
     ageing: AgeingModel,
+    measurement: Measurement,
 ) -> SubjectRecord:
     d, a = demographics, acquisition
     visit_numbers, delays = [1], [0]
@@ -272,8 +301,25 @@ def _sample_subject(
                     )
                     for j in range(n_scans)
                 ),
+                etiv_error=0.0,
+                nwbv_error=0.0,
             )
         )
+    head_scale = float(rng.normal(scale_mean, scale_sd))
+    deformation_mm = float(rng.uniform(*a.deformation_mm))
+    deformation_seed = int(rng.integers(2**31))
+    skull_thickness = float(np.clip(rng.normal(1.0, a.skull_sd), 0.6, 1.4))
+    scalp_thickness = float(np.clip(rng.normal(1.0, a.scalp_sd), 0.5, 1.5))
+    # measurement errors last, so that everything the images depend on is drawn as before
+    nwbv_error = float(rng.normal(0.0, measurement.nwbv_subject_sd))
+    sessions = [
+        replace(
+            session,
+            etiv_error=float(rng.normal(0.0, measurement.etiv_sd)),
+            nwbv_error=float(rng.normal(0.0, measurement.nwbv_session_sd)),
+        )
+        for session in sessions
+    ]
     return SubjectRecord(
         subject_id=subject_id,
         sex=sex,
@@ -283,12 +329,13 @@ def _sample_subject(
         ses=None if ses_missing else ses,
         brain_age_offset=offset,
         onset_days=onset,
-        head_scale=float(rng.normal(scale_mean, scale_sd)),
-        deformation_mm=float(rng.uniform(*a.deformation_mm)),
-        deformation_seed=int(rng.integers(2**31)),
-        skull_thickness=float(np.clip(rng.normal(1.0, a.skull_sd), 0.6, 1.4)),
-        scalp_thickness=float(np.clip(rng.normal(1.0, a.scalp_sd), 0.5, 1.5)),
+        head_scale=head_scale,
+        deformation_mm=deformation_mm,
+        deformation_seed=deformation_seed,
+        skull_thickness=skull_thickness,
+        scalp_thickness=scalp_thickness,
         sessions=tuple(sessions),
+        nwbv_error=nwbv_error,
     )
 
 

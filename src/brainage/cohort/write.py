@@ -6,17 +6,25 @@ Layout::
     OUT/OAS2_RAW_PART2/...
     OUT/oasis_longitudinal_demographics.xlsx                       (the 15 OASIS-2 columns)
     OUT/ground_truth.csv                                           (one row per scan, hidden truth)
-    OUT/cohort.json                                                (preset, seed, models, counts, best MAE)
+    OUT/cohort.json                                                (preset, seed, models, counts, MAEs)
 
-Every file is written atomically and is byte-identical for the same seed whatever the number of
-worker processes.
+Every file is byte-identical for the same seed whatever the number of worker processes, and
+nothing half-written is ever visible: a session's ``RAW`` folder is filled under a hidden name and
+renamed into place whole (so a ``.hdr``/``.img`` pair appears as a pair or not at all), the tables
+are written atomically. Until it finishes, the synthesis keeps its request and one done-marker per
+subject (the checksums of its files and its tissue volumes) in ``OUT/.synth``; a killed synthesis
+run again with the same request keeps every subject whose files match their marker, writes the
+rest and gives the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
+import shutil
+import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,23 +34,26 @@ import numpy as np
 import pandas as pd
 from openpyxl import Workbook
 from openpyxl.writer.excel import ExcelWriter
+from scipy.stats import linregress
 
 from brainage import __version__
 from brainage.cohort.ageing import AGEING, GROUPS, AgeingModel
 from brainage.cohort.anatomy import load_anatomy
-from brainage.cohort.people import ACQUISITION, DEMOGRAPHICS, ScanRecord, SessionRecord, SubjectRecord, sample_cohort
+from brainage.cohort.people import (
+    ACQUISITION, DEMOGRAPHICS, MEASUREMENT, ScanRecord, SessionRecord, SubjectRecord, sample_cohort,
+)  # fmt: skip
 from brainage.cohort.presets import Preset
 from brainage.cohort.render import Volumes, acquire, aged_tissues, bias_field, measure, scanner_affine, subject_anatomy, t1_signal
+from brainage.cohort.spreadsheet import REAL_OASIS2, demographics_table, spreadsheet_statistics
 from brainage.errors import BrainAgeError, InputError, Problem
-from brainage.utils import atomic_write, parallel_map
+from brainage.utils import atomic_write, parallel_map, stale_temporaries
 
 SPREADSHEET = "oasis_longitudinal_demographics.xlsx"
 GROUND_TRUTH = "ground_truth.csv"
 SUMMARY = "cohort.json"
-COLUMNS = (
-    "Subject ID", "MRI ID", "Group", "Visit", "MR Delay", "M/F", "Hand",
-    "Age", "EDUC", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF",
-)  # fmt: skip
+#: Hidden folder of an unfinished synthesis: its request and one done-marker per subject.
+PROGRESS = ".synth"
+_REQUEST = "request.json"
 #: Time stamp written into the spreadsheet (document properties and zip entries) for reproducibility.
 FIXED_TIME = datetime.datetime(2010, 1, 1)
 
@@ -66,6 +77,14 @@ class _Task:
     ageing: AgeingModel
 
 
+@dataclass(frozen=True)
+class _Written:
+    """One subject on disk: each session's tissue volumes and the SHA-256 of each of its files."""
+
+    volumes: dict[str, Volumes]
+    files: dict[str, str]
+
+
 def synthesize(
     out: str | Path,
     preset: Preset,
@@ -73,28 +92,31 @@ def synthesize(
     workers: int = 1,
     ageing: AgeingModel = AGEING,
 ) -> SynthesisResult:
-    """Generate the ``preset`` cohort from ``seed`` into the new or empty folder ``out``.
+    """Generate the ``preset`` cohort from ``seed`` into the new or empty folder ``out``, or finish
+    the unfinished synthesis of the same request there (see the module doc).
 
     Subjects are rendered in ``workers`` processes with a progress bar; a subject that fails is
-    listed in ``problems`` and left out of the tables, the others are written.
+    listed in ``problems`` and left out of the tables, the others are written (and a rerun retries
+    the failed ones).
     """
     root = Path(out)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise InputError(root, "already exists and is not an empty folder; choose a new one")
+    request = {"brainage_version": __version__, "preset": preset.to_dict(), "seed": seed, "ageing_model": ageing.to_dict()}
     subjects = sample_cohort(preset, seed, ageing=ageing)
-    tasks = [_Task(subject, preset, str(root), ageing) for subject in subjects]
-    volumes: dict[str, Volumes] = {}
+    written = _resume(root, request, subjects)
+    tasks = [_Task(subject, preset, str(root), ageing) for subject in subjects if subject.subject_id not in written]
     problems = []
     for task, result in parallel_map(_render_subject, tasks, workers, description=f"synth {preset.name}"):
         if isinstance(result, BaseException):
             first = task.subject.sessions[0]
             problems.append(Problem(str(root / first.part / f"{task.subject.subject_id}_MR*"), str(result)))
         else:
-            volumes.update(result)
-    done = tuple(subject for subject in subjects if subject.sessions[0].mri_id in volumes)
+            _write_marker(root, task.subject, result)
+            written[task.subject.subject_id] = result
+    done = tuple(subject for subject in subjects if subject.subject_id in written)
     if not done:
         raise BrainAgeError(f"no subject could be written; first failure: {problems[0].path}: {problems[0].cause}")
-    demographics = demographics_table(done, volumes)
+    volumes = {mri_id: v for subject in done for mri_id, v in written[subject.subject_id].volumes.items()}
+    demographics = demographics_table(done, ageing)
     ground_truth = ground_truth_table(done, volumes, seed)
     summary = _summary(preset, seed, ageing, done, volumes, demographics)
     write_spreadsheet(demographics, root / SPREADSHEET)
@@ -102,23 +124,102 @@ def synthesize(
         ground_truth.to_csv(tmp, index=False, lineterminator="\n")
     with atomic_write(root / SUMMARY) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if not problems:
+        (root / PROGRESS / _REQUEST).unlink()
+        shutil.rmtree(root / PROGRESS)
     return SynthesisResult(root, demographics, ground_truth, summary, tuple(sorted(problems, key=lambda p: p.path)))
 
 
-def _render_subject(task: _Task) -> dict[str, Volumes]:
-    """Render and write every scan of one subject; return each session's tissue volumes."""
-    preset, subject = task.preset, task.subject
-    space = subject_anatomy(subject, load_anatomy(preset.resolution))
-    affine = scanner_affine(preset)
-    volumes = {}
+def unfinished(root: str | Path) -> bool:
+    """True when ``root`` holds a synthesis that was stopped before it finished (or had failures):
+    :func:`synthesize` with the same request finishes it."""
+    return (Path(root) / PROGRESS / _REQUEST).is_file()
+
+
+def _resume(root: Path, request: dict[str, object], subjects: tuple[SubjectRecord, ...]) -> dict[str, _Written]:
+    """Start a synthesis in ``root``, or pick an unfinished one up: the subjects already written
+    whose files match their markers; every other subject's session folders and every temporary
+    file of a killed run are removed."""
+    progress = root / PROGRESS
+    if unfinished(root):
+        made = json.loads((progress / _REQUEST).read_text())
+        if made != json.loads(json.dumps(request)):  # as JSON reads it back: tuples become lists
+            raise InputError(
+                root,
+                f"holds an unfinished synthesis of another cohort (preset {made['preset']['name']}, seed {made['seed']}, "
+                f"brainage {made['brainage_version']}); run that one again to finish it, or choose another folder",
+            )
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise InputError(root, "already exists and is not an empty folder; choose a new one")
+    else:
+        progress.mkdir(parents=True, exist_ok=True)
+        with atomic_write(progress / _REQUEST) as tmp:
+            tmp.write_text(json.dumps(request, indent=2, sort_keys=True) + "\n")
+    for name in (SPREADSHEET, GROUND_TRUTH, SUMMARY):
+        for stale in stale_temporaries(root / name):
+            stale.unlink()
+    written = {}
+    for subject in subjects:
+        marker = progress / f"{subject.subject_id}.json"
+        for stale in stale_temporaries(marker):
+            stale.unlink()
+        found = _check_marker(root, subject, marker)
+        if found is None:
+            _remove_sessions(root, subject)
+            marker.unlink(missing_ok=True)
+        else:
+            written[subject.subject_id] = found
+    return written
+
+
+def _check_marker(root: Path, subject: SubjectRecord, marker: Path) -> _Written | None:
+    """The subject's marker when every file it lists is there with its checksum, else None."""
+    if not marker.is_file():
+        return None
+    stored = json.loads(marker.read_text())
+    expected = {path for session in subject.sessions for scan in session.scans for path in _scan_files("", session, scan)}
+    files: dict[str, str] = stored["files"]
+    if set(files) != expected or any(_sha256(root / path) != digest for path, digest in files.items()):
+        return None
+    return _Written({mri_id: Volumes(**values) for mri_id, values in stored["volumes"].items()}, files)
+
+
+def _write_marker(root: Path, subject: SubjectRecord, written: _Written) -> None:
+    content = {"volumes": {mri_id: asdict(v) for mri_id, v in written.volumes.items()}, "files": written.files}
+    with atomic_write(root / PROGRESS / f"{subject.subject_id}.json") as tmp:
+        tmp.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+
+
+def _remove_sessions(root: Path, subject: SubjectRecord) -> None:
     for session in subject.sessions:
-        tissues = aged_tissues(space, session.brain_age, task.ageing)
-        volumes[session.mri_id] = measure(space, tissues)
-        signal = t1_signal(space, tissues, session.brain_age, task.ageing)
-        bias = bias_field(session, preset.shape)
-        for scan in session.scans:
-            write_scan(scan_path(task.root, session, scan), acquire(signal, space, session, scan, preset, bias), affine)
-    return volumes
+        shutil.rmtree(root / session.part / session.mri_id, ignore_errors=True)
+
+
+def _render_subject(task: _Task) -> _Written:
+    """Render and write every scan of one subject, one session folder at a time; on failure remove
+    what was written of the subject."""
+    preset, subject, root = task.preset, task.subject, Path(task.root)
+    try:
+        space = subject_anatomy(subject, load_anatomy(preset.resolution))
+        affine = scanner_affine(preset)
+        volumes, files = {}, {}
+        for session in subject.sessions:
+            tissues = aged_tissues(space, session.brain_age, task.ageing)
+            volumes[session.mri_id] = measure(space, tissues)
+            signal = t1_signal(space, tissues, session.brain_age, task.ageing)
+            bias = bias_field(session, preset.shape)
+            folder = root / session.part / session.mri_id
+            folder.mkdir(parents=True, exist_ok=True)
+            hidden = Path(tempfile.mkdtemp(prefix=".RAW.", dir=folder))
+            for scan in session.scans:
+                write_scan(hidden / f"{scan.scan}.nifti.hdr", acquire(signal, space, session, scan, preset, bias), affine)
+            hidden.chmod(folder.stat().st_mode & 0o777)  # mkdtemp makes 0700 folders
+            hidden.rename(folder / "RAW")
+            files.update({path: _sha256(root / path) for scan in session.scans for path in _scan_files("", session, scan)})
+    except BaseException:
+        _remove_sessions(root, subject)
+        raise
+    return _Written(volumes, files)
 
 
 def scan_path(root: str | Path, session: SessionRecord, scan: ScanRecord) -> Path:
@@ -126,50 +227,30 @@ def scan_path(root: str | Path, session: SessionRecord, scan: ScanRecord) -> Pat
     return Path(root) / session.part / session.mri_id / "RAW" / f"{scan.scan}.nifti.hdr"
 
 
+def _scan_files(root: str | Path, session: SessionRecord, scan: ScanRecord) -> tuple[str, str]:
+    """The ``.hdr`` and ``.img`` of a scan, as POSIX paths under ``root``."""
+    header = scan_path(root, session, scan)
+    return header.as_posix(), header.with_suffix(".img").as_posix()
+
+
+def _sha256(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, None when it is missing."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
 def write_scan(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
-    """Write a 3-D volume as OASIS-2 stores it: a NIfTI-1 ``.hdr``/``.img`` pair, 4-D with a last
-    axis of 1, the geometry in the qform (code 1) and no sform (code 0)."""
-    header_path = Path(path)
+    """Write a 3-D volume as OASIS-2 stores it: a NIfTI-1 ``.hdr``/``.img`` pair at ``path`` (the
+    ``.hdr``), 4-D with a last axis of 1, the geometry in the qform (code 1) and no sform (code 0).
+    Not atomic: :func:`synthesize` writes into a hidden folder that it renames into place."""
     image = nib.Nifti1Pair(data[..., np.newaxis], None)
     image.header.set_qform(affine, code=1)
     image.header.set_sform(None, code=0)
     image.header.set_xyzt_units("mm", "sec")
-    with atomic_write(header_path) as tmp_header, atomic_write(header_path.with_suffix(".img")) as tmp_image:
-        image.to_file_map(nib.Nifti1Pair.make_file_map({"header": str(tmp_header), "image": str(tmp_image)}))
-
-
-def demographics_table(subjects: tuple[SubjectRecord, ...], volumes: dict[str, Volumes]) -> pd.DataFrame:
-    """The OASIS-2 spreadsheet: one row per session, its 15 columns, sorted by MRI ID.
-
-    eTIV is the intracranial volume (cm³) of the synthetic head, nWBV its brain share and
-    ASF = 1755 / eTIV, as in OASIS.
-    """
-    rows = []
-    for subject in subjects:
-        for session in subject.sessions:
-            measured = volumes[session.mri_id]
-            etiv = round(measured.icv)
-            rows.append(
-                {
-                    "Subject ID": subject.subject_id,
-                    "MRI ID": session.mri_id,
-                    "Group": subject.group,
-                    "Visit": session.visit,
-                    "MR Delay": session.mr_delay,
-                    "M/F": subject.sex,
-                    "Hand": subject.hand,
-                    "Age": session.age_years,
-                    "EDUC": subject.educ,
-                    "SES": subject.ses,
-                    "MMSE": session.mmse,
-                    "CDR": session.cdr,
-                    "eTIV": etiv,
-                    "nWBV": round(measured.nwbv, 3),
-                    "ASF": round(1755.0 / etiv, 3),
-                }
-            )
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return frame.sort_values("MRI ID", ignore_index=True)
+    header = Path(path)
+    image.to_file_map(nib.Nifti1Pair.make_file_map({"header": str(header), "image": str(header.with_suffix(".img"))}))
 
 
 def ground_truth_table(subjects: tuple[SubjectRecord, ...], volumes: dict[str, Volumes], seed: int) -> pd.DataFrame:
@@ -210,6 +291,9 @@ def ground_truth_table(subjects: tuple[SubjectRecord, ...], volumes: dict[str, V
                         "ventricles_cm3": measured.ventricles,
                         "icv_cm3": measured.icv,
                         "nwbv": measured.nwbv,
+                        "etiv_error": session.etiv_error,
+                        "nwbv_error_subject": subject.nwbv_error,
+                        "nwbv_error_session": session.nwbv_error,
                         "seed": seed,
                     }
                 )
@@ -268,8 +352,10 @@ def summary_table(result: SynthesisResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_possible_mae(subjects: tuple[SubjectRecord, ...]) -> dict[str, float]:
-    """Mean |brain age − spreadsheet Age| over scans and over sessions: the error of a perfect model."""
+def true_brain_age_mae(subjects: tuple[SubjectRecord, ...]) -> dict[str, float]:
+    """Mean |true brain age − spreadsheet Age| over scans and over sessions: the MAE of the true
+    brain age used as a prediction (a perfect brain reader). Not a floor: a prediction pulled
+    towards the mean age can score below it."""
     sessions = [session for subject in subjects for session in subject.sessions]
     errors = np.array([abs(s.brain_age - s.age_years) for s in sessions])
     weights = np.array([len(s.scans) for s in sessions])
@@ -288,8 +374,9 @@ def _summary(
     brain_ages = np.array([session.brain_age for _, session in sessions])
     nwbv = np.array([volumes[session.mri_id].nwbv for _, session in sessions])
     ventricles = np.log([volumes[session.mri_id].ventricles for _, session in sessions])
-    nwbv_slope, nwbv_60 = _line(brain_ages, nwbv, 60.0)
-    log_slope, log_60 = _line(brain_ages, ventricles, 60.0)
+    nwbv_line, log_line = linregress(brain_ages, nwbv), linregress(brain_ages, ventricles)
+    nwbv_slope, nwbv_60 = nwbv_line.slope, nwbv_line.intercept + 60.0 * nwbv_line.slope
+    log_slope, log_60 = log_line.slope, log_line.intercept + 60.0 * log_line.slope
     return {
         "brainage_version": __version__,
         "preset": preset.to_dict(),
@@ -306,7 +393,20 @@ def _summary(
             "sessions_by_group": {g: sum(s.group == g for s, _ in sessions) for g in GROUPS},
         },
         "age_range": [int(demographics["Age"].min()), int(demographics["Age"].max())],
-        "best_possible_mae": {k: round(v, 4) for k, v in best_possible_mae(subjects).items()},
+        "true_brain_age_mae": {k: round(v, 4) for k, v in true_brain_age_mae(subjects).items()},
+        "true_brain_age_mae_description": (
+            "MAE of the true brain age against Age (a perfect brain reader); not a floor: a prediction "
+            "regressed towards the mean age can score below it"
+        ),
+        "measurement_model": asdict(MEASUREMENT),
+        "spreadsheet": {
+            "description": (
+                "what the spreadsheet tells about Age (brainage.cohort.spreadsheet_statistics): Pearson r, and the "
+                "session-level MAE of a ridge on nWBV + eTIV + sex and of the mean age, subject-grouped 5-fold"
+            ),
+            "real_oasis2": REAL_OASIS2,
+            "synthetic": {k: round(v, 3) for k, v in spreadsheet_statistics(demographics).items()},
+        },
         "measured_ageing": {
             "nwbv_at_brain_age_60": round(nwbv_60, 4),
             "nwbv_change_per_year": round(nwbv_slope, 5),
@@ -314,13 +414,6 @@ def _summary(
             "ventricles_cm3_at_brain_age_90": round(math.exp(log_60 + 30.0 * log_slope), 2),
         },
     }
-
-
-def _line(x: np.ndarray, y: np.ndarray, at: float) -> tuple[float, float]:
-    """Least-squares line through (x, y): its slope and its value at ``at``."""
-    dx = x - x.mean()
-    slope = float((dx * (y - y.mean())).sum() / max((dx * dx).sum(), 1e-12))
-    return slope, float(y.mean()) + slope * (at - float(x.mean()))
 
 
 def _xyz(name: str, values: tuple[float, float, float]) -> dict[str, float]:

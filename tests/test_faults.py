@@ -1,0 +1,114 @@
+"""Fault injection: a command is started for real (the ``brainage`` console script) in a subprocess,
+killed with SIGKILL at a random point after some output appeared, run again, and what it leaves is
+compared with an uninterrupted run's.
+
+The helpers (:func:`kill_when`, :func:`wait_gone`, :func:`file_hashes`) serve every command's
+test; each test draws its kill point from a fresh seed that it prints (shown when it fails).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from brainage.cohort import TINY
+
+BRAINAGE = Path(sys.executable).with_name("brainage")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process state from /proc")
+
+
+def random_point() -> random.Random:
+    """A generator for the kill point, from a fresh seed that the test prints."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"fault-injection seed {seed}")
+    return random.Random(seed)
+
+
+def kill_when(args: Sequence[str], ready: Callable[[], bool], log: Path, timeout: float = 300.0) -> list[int]:
+    """Run ``brainage *args``, poll ``ready()`` until it holds, then SIGKILL the command; return
+    the pids of its child processes at that moment. Fails if the command ends first."""
+    with log.open("w") as output:
+        process = subprocess.Popen([str(BRAINAGE), *args], stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert process.poll() is None, f"{args} ended (exit {process.returncode}) before the kill:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"{args} not ready after {timeout} s"
+            time.sleep(0.02)
+        children = _children(process.pid)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, f"{args} was not killed: exit {process.returncode}"
+    return children
+
+
+def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> list[int]:
+    """Wait until none of ``pids`` runs any more (dead or a zombie); return those still running."""
+    deadline = time.monotonic() + timeout
+    while (running := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, by relative POSIX path."""
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task").glob("*/children")
+    return sorted({int(child) for task in tasks for child in task.read_text().split()})
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_killed_synth_leaves_no_worker_and_resumes_to_the_same_bytes(tiny_cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    args = ["synth", str(out), "--preset", "tiny", "--seed", str(json.loads((tiny_cohort / "cohort.json").read_text())["seed"])]
+    rng = random_point()
+    subjects_done = rng.randint(0, TINY.n_subjects // 2)  # 0: as soon as a session folder appears
+
+    def ready() -> bool:
+        if subjects_done == 0:
+            return any(out.glob("OAS2_RAW_PART*/*"))
+        return len(list(out.glob(".synth/OAS2_*.json"))) >= subjects_done
+
+    workers = kill_when([*args, "--workers", "2"], ready, tmp_path / "killed.log")
+    assert len(workers) >= 2, workers  # the pool's workers (and possibly multiprocessing's resource tracker)
+    assert wait_gone(workers) == [], "worker processes outlived the killed command"
+    assert not (out / "cohort.json").exists()
+
+    # a subject kept from the killed run is checked, not trusted: damage one of its files
+    markers = sorted(out.glob(".synth/OAS2_*.json"))
+    if markers:
+        damaged = out / next(iter(json.loads(markers[0].read_text())["files"]))
+        damaged.write_bytes(b"\0" + damaged.read_bytes()[1:])
+
+    other = subprocess.run([str(BRAINAGE), *args[:-1], "12345"], capture_output=True, text=True)
+    assert other.returncode == 2 and "unfinished synthesis of another cohort" in other.stderr, other.stderr
+
+    again = subprocess.run([str(BRAINAGE), *args, "--workers", "2"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert file_hashes(out) == file_hashes(tiny_cohort)  # also: 2 workers give the bytes of 1
