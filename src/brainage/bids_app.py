@@ -168,7 +168,8 @@ def run_participants(
     problems += brain_age_model.problems_
     merged = scans.merge(predictions.drop(columns=["scan_id", "subject_id", "session_id", "age"]), on="path", how="inner")
     sidecar = _sidecar(brain_age_model, bids_dir)
-    result = BidsAppResult("participant", problems=sorted(problems, key=lambda problem: natural_key(problem.path)))
+    unique = list(dict.fromkeys(problems))  # discovery and preprocessing may both name a broken scan
+    result = BidsAppResult("participant", problems=sorted(unique, key=lambda problem: natural_key(problem.path)))
     write_description(output_dir, bids_dir)
     for (participant, session), rows in merged.groupby(["participant", merged["session"].fillna("")], sort=True):
         folder = output_dir / participant / session if session else output_dir / participant

@@ -119,7 +119,11 @@ def find_series(root: Path) -> tuple[list[Series], list[Problem]]:
                 warnings.simplefilter("ignore", UserWarning)  # pydicom's notes on odd files; bad ones raise below
                 header = pydicom.dcmread(path, stop_before_pixels=True, force=is_dicom_file(path))
             uid = str(header.SeriesInstanceUID)
-        except (InvalidDicomError, AttributeError, OSError, ValueError, EOFError, KeyError) as error:
+        except AttributeError:
+            if is_dicom_file(path):
+                problems.append(Problem(str(path), "unreadable DICOM file (no SeriesInstanceUID: truncated, or not an image)"))
+            continue
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as error:
             if is_dicom_file(path):
                 problems.append(Problem(str(path), f"unreadable DICOM file ({_one_line(error)})"))
             continue
