@@ -103,3 +103,13 @@ def test_errors_are_one_line(tmp_path: Path, untrained_checkpoints: list[Path]) 
     assert level.exit_code == 2 and "choose participant or group" in level.output
     with pytest.raises(Exception, match="no T1w scan"):
         run_bids_app(root, tmp_path / "out", "participant", untrained_checkpoints[0], ["99"])
+
+
+def test_fmriprep_input_takes_the_images_with_a_brain_mask(tmp_path: Path) -> None:
+    from test_fmriprep import make_fmriprep
+
+    root = make_fmriprep(tmp_path / "bids")
+    scans, problems = input_scans(root)
+    assert scans["scan_id"].tolist() == ["sub-01_ses-1_desc-preproc_T1w", "sub-01_ses-2_desc-preproc_T1w", "sub-02_desc-preproc_T1w"]
+    assert scans["age"].tolist() == [70.0, 72.5, 64.5]
+    assert [problem.cause for problem in problems] == ["no brain mask beside it (expected sub-03_desc-brain_mask.nii.gz)"]

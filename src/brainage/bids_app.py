@@ -112,9 +112,11 @@ def input_scans(bids_dir: Path, labels: Sequence[str] = ()) -> tuple[pd.DataFram
     from brainage.io.bids import find_t1w
     from brainage.io.fmriprep import find_preproc, looks_like_fmriprep
     from brainage.io.images import scan_stem
+    from brainage.preprocess.external_mask import mask_beside
 
     fmriprep = looks_like_fmriprep(bids_dir)
-    paths = find_preproc(bids_dir) if fmriprep else find_t1w(bids_dir)
+    # fMRIPrep: only images with their brain mask, as discovery (which lists the others as problems)
+    paths = [path for path in find_preproc(bids_dir) if mask_beside(path)] if fmriprep else find_t1w(bids_dir)
     try:
         found = discover(bids_dir)
         known, problems = found.manifest, list(found.problems)
