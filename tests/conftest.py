@@ -70,7 +70,7 @@ def untrained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path
             age_mean=75.0,
             age_std=1000.0,
             preprocessing=make_config("seed").to_dict(),
-            corrector=AgeBiasCorrector().fit([60.0, 70.0, 80.0, 90.0], [64.0, 71.0, 79.0, 86.0]),
+            corrector=AgeBiasCorrector.from_dict({"method": "residual", "slope": -0.3, "intercept": 22.5, "n_subjects": 40}),
             train_age_range=(60.0, 90.0),
         )
         paths.append(save_checkpoint(checkpoint, folder / f"seed{seed}" / "model.ckpt"))

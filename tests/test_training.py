@@ -21,8 +21,10 @@ from brainage.data import BrainAgeDataModule, make_folds
 from brainage.errors import InputError
 from brainage.models import build_model
 from brainage.preprocess import PreparedCache, config_from_dict, load_cache
+from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
+from brainage.predict import BrainAgeModel
 from brainage.training import (
-    BrainAgeModule, RunFolderError, TrainConfig, load_checkpoint, load_config, predict_ages, recompute_batch_norm, train,
+    BrainAgeModule, RunFolderError, TrainConfig, load_checkpoint, load_config, recompute_batch_norm, train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -40,6 +42,13 @@ def config(tiny_run: Path) -> TrainConfig:
 
 def _csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=IDS)
+
+
+@torch.inference_mode()
+def _plain_predictions(model: torch.nn.Module, loader: object, age_mean: float, age_std: float) -> np.ndarray:
+    """Brain age as validation measured it during training: one forward pass, no flip averaging."""
+    model.eval()
+    return torch.cat([model.predict_z(model(images)).float() for images, *_ in loader]).double().numpy() * age_std + age_mean
 
 
 def test_a_short_fit_writes_every_artefact(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
@@ -79,19 +88,36 @@ def test_every_scan_gets_one_out_of_fold_prediction_beside_the_baselines(tiny_ru
     predictions = _csv(tiny_run / "predictions.csv")
     assert sorted(predictions["scan_id"]) == sorted(cache.manifest["scan_id"])
     assert set(predictions["fold"]) == set(range(config.folds))
-    for column in ("brain_age", "brain_age_corrected", "mean_age", "ridge_tabular", "ridge_voxels"):
+    for column in ("brain_age", "mean_age", "ridge_tabular", "ridge_voxels", "true_brain_age"):
         assert predictions[column].notna().all(), column
+    # 12 subjects: too few controls for a bias correction, so none is applied and none is made up.
+    assert "brain_age_corrected" in predictions and predictions["brain_age_corrected"].isna().all()
     # The mean baseline predicts each fold's mean training age: one value per fold.
     assert predictions.groupby("fold")["mean_age"].nunique().eq(1).all()
     summary = pd.read_csv(tiny_run / "summary.csv")
-    assert set(summary["level"]) == {"scan", "session"}
-    assert set(summary["model"]) == {config.model, "mean age", "ridge nWBV+eTIV+sex", "ridge voxels (PCA)"}
+    assert list(summary["level"].drop_duplicates()) == ["session", "scan"]  # the headline level first
+    assert set(summary["model"]) == {config.model, "mean age", "ridge nWBV+eTIV+sex", "ridge voxels (PCA)", TRUE_BRAIN_AGE_LABEL}
     network = summary[(summary["model"] == config.model) & (summary["level"] == "scan")]
-    assert list(network["correction"]) == ["none", "linear"]
-    assert network["n"].tolist() == [len(cache.manifest)] * 2
+    assert list(network["correction"]) == ["none"]
+    assert network["n"].tolist() == [len(cache.manifest)]
     sessions = summary[(summary["model"] == config.model) & (summary["level"] == "session")]
     assert sessions["n"].iloc[0] == cache.manifest["session_id"].nunique()
     assert network["mae"].iloc[0] == pytest.approx(np.abs(predictions["brain_age"] - predictions["age"]).mean())
+    truth = summary[(summary["model"] == TRUE_BRAIN_AGE_LABEL) & (summary["level"] == "scan")]
+    assert truth["mae"].iloc[0] == pytest.approx(np.abs(predictions["true_brain_age"] - predictions["age"]).mean())
+    assert truth["gap_fidelity"].iloc[0] == pytest.approx(1.0) and truth["mae_true"].iloc[0] == 0
+
+
+def test_no_fold_is_corrected_with_a_fit_on_its_own_people(tiny_run: Path, config: TrainConfig) -> None:
+    predictions = _csv(tiny_run / "predictions.csv")
+    record = yaml.safe_load((tiny_run / "bias_correction.yaml").read_text())
+    assert record["method"] == "residual" and [fit["fold"] for fit in record["folds"]] == list(range(config.folds))
+    for fit in record["folds"]:
+        tested = set(predictions.loc[predictions["fold"] == fit["fold"], "subject_id"])
+        assert fit["subjects"] and not set(fit["subjects"]) & tested
+        assert fit["refused"] and "at least 20" in fit["refused"]
+    stored = load_checkpoint(tiny_run / "fold_0" / "model.ckpt").corrector.to_dict()
+    assert yaml.safe_dump(stored) == yaml.safe_dump({key: record["final"][key] for key in stored})  # NaN-safe comparison
 
 
 def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
@@ -103,16 +129,24 @@ def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, c
     assert checkpoint.age_std == pytest.approx(train_ages.std())
     assert checkpoint.train_age_range == pytest.approx((train_ages.min(), train_ages.max()))
     assert checkpoint.preprocessing == cache.config.to_dict()
-    assert checkpoint.brainage_version and checkpoint.corrector is not None
+    assert checkpoint.brainage_version and checkpoint.corrector is not None and checkpoint.tta_flip
+    fitted = set(cache.manifest["content_hash"].iloc[np.concatenate([fold.train, fold.val])])
+    assert set(checkpoint.train_content_hashes) == fitted
 
-    data = BrainAgeDataModule(cache, fold, batch_size=config.batch_size, num_workers=0)
-    reloaded = predict_ages(checkpoint.model, data.loader(fold.test), checkpoint.age_mean, checkpoint.age_std)
-    saved = _csv(tiny_run / "fold_0" / "predictions.csv")
-    assert list(saved["scan_id"]) == list(cache.manifest["scan_id"].iloc[fold.test])
-    np.testing.assert_allclose(reloaded, saved["brain_age"], atol=1e-3)
-    np.testing.assert_allclose(checkpoint.corrector.transform(reloaded), saved["brain_age_corrected"], atol=1e-2)
-    images = torch.stack([data.dataset(fold.test)[i][0] for i in range(2)])
-    np.testing.assert_allclose(checkpoint.predict(images), reloaded[:2], atol=1e-4)
+
+def test_predict_on_a_folds_test_scans_reproduces_the_out_of_fold_predictions(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
+    saved = _csv(tiny_run / "predictions.csv")
+    for fold in range(config.folds):
+        expected = saved[saved["fold"] == fold].reset_index(drop=True)
+        rows = cache.manifest.set_index("scan_id").loc[expected["scan_id"]].reset_index()
+        model = BrainAgeModel.load(tiny_run / f"fold_{fold}" / "model.ckpt", device="cpu")
+        table = model.predict(rows[["path", "scan_id", "subject_id", "session_id", "age"]])
+        assert list(table["scan_id"]) == list(expected["scan_id"])
+        np.testing.assert_allclose(table["brain_age"], expected["brain_age"], atol=1e-4)
+        assert not table["warnings"].str.contains("training data").any()
+    # The whole run's ensemble has seen every scan in training: it says so.
+    ensemble = BrainAgeModel.load(tiny_run, device="cpu").predict(cache.manifest[["path", "scan_id", "age"]].head(3))
+    assert ensemble["warnings"].str.contains(f"training data of 1 of {config.folds} model").all()
 
 
 def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_what_validation_measured(
@@ -125,14 +159,15 @@ def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_
     first_conv, first_norm = checkpoint.model.features[0][:2]
     with torch.no_grad():
         batch_means = [first_conv(images).mean(dim=(0, 2, 3, 4)) for images, *_ in data.loader(fold.train)]
-    torch.testing.assert_close(first_norm.running_mean, torch.stack(batch_means).mean(dim=0), rtol=1e-4, atol=1e-5)
+    # Within 1 %: the statistics belong to these weights (running averages that lag them differ by tens of per cent).
+    torch.testing.assert_close(first_norm.running_mean, torch.stack(batch_means).mean(dim=0), rtol=1e-2, atol=1e-3)
     saved = {name: buffer.clone() for name, buffer in checkpoint.model.named_buffers() if "running" in name}
     recompute_batch_norm(checkpoint.model, data.loader(fold.train))
     for name, buffer in checkpoint.model.named_buffers():
         if "running" in name:
-            torch.testing.assert_close(buffer, saved[name], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(buffer, saved[name], rtol=1e-2, atol=1e-3)
     assert not checkpoint.model.training and {m.momentum for m in checkpoint.model.modules() if isinstance(m, torch.nn.BatchNorm3d)} == {0.1}
-    val_predicted = predict_ages(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
+    val_predicted = _plain_predictions(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
     val_mae = np.abs(val_predicted - cache.manifest["age"].to_numpy()[fold.val]).mean()
     assert val_mae == pytest.approx(checkpoint.extra["best_val_mae"], abs=1e-3)
 
@@ -140,7 +175,7 @@ def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_
 def test_same_seed_gives_the_same_split_and_metrics(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
     again = tmp_path / "again"
     shutil.copytree(tiny_run, again)
-    for name in ("model.ckpt", "predictions.csv", "metrics.csv", "training.png"):
+    for name in ("model.ckpt", "predictions.csv", "val_predictions.csv", "metrics.csv", "training.png"):
         (again / "fold_1" / name).unlink()
     rerun = train(cache, again, config)  # fold 0 is resumed, fold 1 trained again from its seed
     assert rerun is not None
@@ -157,7 +192,7 @@ def test_the_cli_resumes_a_finished_run_and_refuses_a_different_one(tiny_run: Pa
     settings.write_text(yaml.safe_dump(config.to_dict()))
     result = CliRunner().invoke(app, ["train", str(tiny_cache_seed), "--out", str(run), "--config", str(settings)])
     assert result.exit_code == 0, result.output
-    mean_mae = pd.read_csv(tiny_run / "summary.csv").query("model == 'mean age' and level == 'scan'")["mae"].iloc[0]
+    mean_mae = pd.read_csv(tiny_run / "summary.csv").query("model == 'mean age' and level == 'session'")["mae"].iloc[0]
     assert "ridge" in result.output and f"{mean_mae:.2f}" in result.output
     pd.testing.assert_frame_equal(_csv(run / "predictions.csv"), _csv(tiny_run / "predictions.csv"))
     refused = CliRunner().invoke(app, ["train", str(tiny_cache_seed), "--out", str(run), "--config", str(settings), "--epochs", "9"])

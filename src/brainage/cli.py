@@ -83,6 +83,10 @@ def train_command(
     folds: int | None = typer.Option(None, "--folds", min=2, help="K-fold by subject: out-of-fold predictions for every scan."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", min=0.01, max=0.99, help="Without --folds: hold out this fraction of the subjects."),
     train_groups: list[str] | None = typer.Option(None, "--train-groups", help="Train on these groups only (repeatable, e.g. Nondemented); every group is still predicted."),
+    control_group: list[str] | None = typer.Option(
+        None, "--control-group", help="Group value(s) that count as controls for the bias correction (repeatable); default: from the data (Nondemented, control, HC, CDR 0)."
+    ),
+    bias_correction: str | None = typer.Option(None, "--bias-correction", help="residual (default), cole, or none."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Scans per batch."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of AdamW."),
@@ -112,6 +116,7 @@ def train_command(
         "model": model, "folds": folds, "val_fraction": val_fraction, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "accelerator": accelerator, "precision": precision, "seed": seed, "deterministic": deterministic,
         "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
+        "control_group": tuple(control_group) if control_group else None, "bias_correction": bias_correction,
         "devices": (int(devices) if devices.isdigit() else devices) if devices else None, "num_nodes": num_nodes,
     }
     if model is not None and model != base.model:
@@ -123,8 +128,17 @@ def train_command(
     if result is None:  # a non-zero rank of multi-process training
         return
     print_table(result.folds, title="Folds by subject (scans / subjects)")
-    print_table(result.summary, title=f"Out-of-fold accuracy (years): {config.model} beside the baselines")
-    print_table(result.group_gaps, title="Brain-age gap by group (bias-corrected)")
+    sessions = result.summary[result.summary["level"] == "session"].drop(columns=["level", "r2", "gap_age_r"])
+    print_table(sessions, title=f"Out-of-fold accuracy per session (repeats averaged), years: {config.model} beside the baselines")
+    console.print(
+        "mae_true: MAE against the true brain age; gap_fidelity: partial r of predicted with true brain age given age (synthetic cohorts only); "
+        "dementia_gap: Demented − Nondemented mean gap per subject, p by Welch's t-test. Scan-level rows are in summary.csv.",
+        soft_wrap=True,
+    )
+    if result.corrector is not None:
+        console.print(f"Final {result.corrector.describe()}", soft_wrap=True)
+    corrected = result.group_test.get("column") == "brain_age_corrected"
+    print_table(result.group_gaps, title=f"Brain-age gap by group ({'bias-corrected' if corrected else 'uncorrected: no correction was fitted'}), per subject")
     test = result.group_test
     if test["test"] != "none":
         console.print(f"{test['test']}: statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}")
@@ -149,7 +163,7 @@ def predict_command(
     """Predict brain age (and the brain-age gap where the age is known) for new scans."""
     from brainage.console import console, print_problems, print_table
     from brainage.predict import BrainAgeModel, accuracy_table
-    from brainage.training import write_csv
+    from brainage.utils import write_csv
 
     brain_age_model = BrainAgeModel.load([model, *with_models], device=device)
     predictions = brain_age_model.predict(inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size)
@@ -200,10 +214,11 @@ def bids_command(
 def prepare_command(
     source: Path = typer.Argument(..., help="An OASIS-2 folder, a BIDS folder, or a CSV of path,subject_id,age."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder (created; an existing cache is reused)."),
-    pipeline: str = typer.Option("standard", "--pipeline", help="standard (skull strip + MNI registration) or seed (the tutorial's)."),
+    pipeline: str = typer.Option("standard", "--pipeline", help="standard (skull strip + MNI registration), standard-v1 (the earlier default, to reproduce its caches) or seed (the tutorial's)."),
     shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Output grid shape, e.g. --shape 64 64 64."),
     voxel_size: float | None = typer.Option(None, "--voxel-size", help="Output voxel size in mm."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes."),
+    device: str = typer.Option("cpu", "--device", help="Where skull stripping runs: cpu, cuda, mps or auto (CPU where the device is missing)."),
     demographics: Path | None = typer.Option(None, "--demographics", help="OASIS-2 demographics spreadsheet, if not beside the scans."),
     shard: str | None = typer.Option(None, "--shard", help="I/N: prepare only the I-th of N shares (1 ≤ I ≤ N), e.g. one per SLURM array task."),
 ) -> None:
@@ -218,7 +233,7 @@ def prepare_command(
     parts = tuple(int(part) for part in shard.split("/") if part.isdigit()) if shard else None
     if parts is not None and (len(parts) != 2 or shard.count("/") != 1 or not 1 <= parts[0] <= parts[1]):
         raise BrainAgeError(f"--shard {shard}: expected I/N with 1 ≤ I ≤ N, e.g. 3/8")
-    report = prepare(source, out, config, workers=workers, shard=parts, demographics=demographics)
+    report = prepare(source, out, config, workers=workers, shard=parts, demographics=demographics, device=device)
     print_table(report.summary(), title=f"brainage prepare ({config.name}) → {out}")
     flagged = report.flagged
     if len(flagged):

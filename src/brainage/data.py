@@ -23,10 +23,8 @@ from torchio.transforms import IntensityTransform
 from torchio.transforms.augmentation import RandomTransform
 
 from brainage.errors import BrainAgeError
+from brainage.inference import LEFT_RIGHT_AXIS
 from brainage.preprocess import PreparedCache
-
-#: The axis of a cached volume that runs left–right (the cache stores RAS-oriented volumes).
-LEFT_RIGHT_AXIS = 0
 
 
 class SubjectLeakError(BrainAgeError):

@@ -1,13 +1,16 @@
 """Brain-age metrics: accuracy, age-bias correction, session aggregation and group differences.
 
 A predictions frame has one row per scan with at least ``scan_id, subject_id, session_id, age,
-brain_age`` (ages in years) and optionally ``group, cdr, fold``. The brain-age gap is
-``brain_age - age``.
+brain_age`` (ages in years) and optionally ``group, cdr, fold, true_brain_age``. The brain-age gap
+is ``brain_age - age``. ``true_brain_age`` is known on synthetic cohorts only; where it is there,
+the metrics say how well a predicted gap follows the true gap (gap fidelity).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,15 +18,19 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
-METRIC_KEYS = ("n", "mae", "rmse", "r", "r2", "gap_age_r")
+METRIC_KEYS = ("n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity")
 SESSION_KEYS = ("subject_id", "session_id")
+#: Group labels read as healthy controls when no ``--control-group`` is given (case-insensitive).
+CONTROL_LABELS = ("nondemented", "control", "controls", "hc", "healthy", "healthy control", "cn", "normal")
+#: What the true brain age of a synthetic cohort is called in every table: it is a reference, not a floor.
+TRUE_BRAIN_AGE_LABEL = "true brain age (a perfect brain reader)"
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation, NaN when there are fewer than two points or either side is constant."""
+    """Pearson correlation (scipy), NaN when there are fewer than two points or either side is constant."""
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    return float(stats.pearsonr(a, b).statistic)
 
 
 def _as_pair(age: ArrayLike, predicted: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -34,20 +41,49 @@ def _as_pair(age: ArrayLike, predicted: ArrayLike) -> tuple[np.ndarray, np.ndarr
     return age, predicted
 
 
-def regression_metrics(age: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
+def _residual(values: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """What is left of ``values`` after a least-squares line on ``age``."""
+    slope, intercept = np.polyfit(age, values, deg=1)
+    return values - (slope * age + intercept)
+
+
+def gap_fidelity(age: ArrayLike, predicted: ArrayLike, true_brain_age: ArrayLike) -> float:
+    """Partial correlation of predicted with true brain age given chronological age: the Pearson r of
+    the two gaps after each is regressed on age. NaN where either has no variation left (a constant
+    prediction, such as the mean-age baseline, has none)."""
+    age, predicted = _as_pair(age, predicted)
+    _, true_brain_age = _as_pair(age, true_brain_age)
+    keep = np.isfinite(age) & np.isfinite(predicted) & np.isfinite(true_brain_age)
+    age, predicted, true_brain_age = age[keep], predicted[keep], true_brain_age[keep]
+    if age.size < 3 or np.ptp(age) == 0:
+        return float("nan")
+    a, b = _residual(predicted, age), _residual(true_brain_age, age)
+    tiny = 1e-9 * max(1.0, float(np.abs(predicted).max()))
+    if np.ptp(a) < tiny or np.ptp(b) < tiny:
+        return float("nan")
+    return _pearson(a, b)
+
+
+def regression_metrics(age: ArrayLike, predicted: ArrayLike, true_brain_age: ArrayLike | None = None) -> dict[str, float]:
     """Accuracy of predicted against true age, in years.
 
     Keys: ``n``; ``mae`` and ``rmse``; ``r`` (Pearson of predicted with true age); ``r2``
     (coefficient of determination, 1 − SS_res/SS_tot, negative when worse than the mean);
-    ``gap_age_r`` (Pearson of the gap predicted − age with age: the age bias). Undefined values
-    (no spread, fewer than two points) are NaN.
+    ``gap_age_r`` (Pearson of the gap predicted − age with age: the age bias); with
+    ``true_brain_age``, ``mae_true`` (MAE against the true brain age) and ``gap_fidelity`` (see
+    :func:`gap_fidelity`), else NaN. Rows with a NaN prediction are left out. Undefined values (no
+    spread, fewer than two points) are NaN.
     """
     age, predicted = _as_pair(age, predicted)
+    truth = np.full(age.shape, np.nan) if true_brain_age is None else _as_pair(age, true_brain_age)[1]
+    keep = np.isfinite(age) & np.isfinite(predicted)
+    age, predicted, truth = age[keep], predicted[keep], truth[keep]
     n = age.size
     if n == 0:
         return {"n": 0, **{key: float("nan") for key in METRIC_KEYS[1:]}}
     error = predicted - age
     ss_tot = float(np.sum((age - age.mean()) ** 2))
+    known = np.isfinite(truth)
     return {
         "n": int(n),
         "mae": float(np.mean(np.abs(error))),
@@ -55,56 +91,158 @@ def regression_metrics(age: ArrayLike, predicted: ArrayLike) -> dict[str, float]
         "r": _pearson(age, predicted),
         "r2": 1.0 - float(np.sum(error**2)) / ss_tot if ss_tot > 0 else float("nan"),
         "gap_age_r": _pearson(age, error),
+        "mae_true": float(np.mean(np.abs(predicted[known] - truth[known]))) if known.any() else float("nan"),
+        "gap_fidelity": gap_fidelity(age[known], predicted[known], truth[known]) if known.sum() >= 3 else float("nan"),
     }
 
 
-class AgeBiasCorrector:
-    """Linear age-bias correction of Cole et al. 2018 (Mol Psychiatry 23:1385).
+# --- age-bias correction -------------------------------------------------------------------------
 
-    ``fit`` regresses predicted on true age, ``predicted ≈ slope_ · age + intercept_`` (on
-    validation data only); ``transform`` inverts it, ``(predicted − intercept_) / slope_``, which
-    needs no true age and so also applies to new scans. A model with little age signal has a
-    slope near zero, where the inversion would explode; the slope is then held at ``min_slope``
-    (with the intercept refitted so the corrected mean stays the true mean) and a warning given.
+
+class AgeBiasCorrector:
+    """Age-bias correction of the brain-age gap, fitted on controls at session level.
+
+    ``method="residual"`` (default; Beheshti et al. 2019, Smith et al. 2019; de Lange & Cole 2020
+    show it equivalent to Cole's up to a scale): fit ``gap = α·age + β``, then
+    ``gap_corrected = gap − (α·age + β)``, ``brain_age_corrected = age + gap_corrected``. It never
+    divides, so a noisy fit cannot blow the values up. ``method="cole"`` (Cole et al. 2018): fit
+    ``predicted = a·age + b``, then ``brain_age_corrected = (predicted − b)/a``.
+
+    ``fit`` refuses (``refused_`` holds the one-line reason, ``transform`` gives NaN, a warning is
+    issued) when fewer than ``min_subjects`` distinct subjects are given or the fitted slope's
+    ``confidence`` interval covers zero: such a correction would add noise, not remove a bias.
+    ``transform`` needs the chronological age (NaN where it is unknown) for both methods, so a
+    corrected value exists only where the uncorrected gap does.
     """
 
-    def __init__(self, min_slope: float = 0.1) -> None:
-        self.min_slope = min_slope
+    METHODS = ("residual", "cole")
 
-    def fit(self, age: ArrayLike, predicted: ArrayLike) -> "AgeBiasCorrector":
+    def __init__(self, method: str = "residual", min_subjects: int = 20, confidence: float = 0.95) -> None:
+        if method not in self.METHODS:
+            raise ValueError(f"unknown bias-correction method {method!r}; choose from {', '.join(self.METHODS)}")
+        self.method = method
+        self.min_subjects = min_subjects
+        self.confidence = confidence
+
+    def fit(self, age: ArrayLike, predicted: ArrayLike, subjects: ArrayLike | None = None) -> "AgeBiasCorrector":
+        """Fit on session-level ``age`` and ``predicted`` brain age of controls; ``subjects`` (one id
+        per row) counts the people behind them (default: every row its own)."""
         age, predicted = _as_pair(age, predicted)
-        if age.size < 2 or np.ptp(age) == 0:
-            raise ValueError("age-bias correction needs at least two different true ages")
-        slope, intercept = np.polyfit(age, predicted, deg=1)
-        if slope < self.min_slope:
-            warnings.warn(
-                f"age-bias slope {slope:.3f} is below {self.min_slope}: the model has little age signal; "
-                f"holding the slope at {self.min_slope}",
-                stacklevel=2,
-            )
-            slope = self.min_slope
-            intercept = predicted.mean() - slope * age.mean()
-        self.slope_ = float(slope)
-        self.intercept_ = float(intercept)
+        keep = np.isfinite(age) & np.isfinite(predicted)
+        age, predicted = age[keep], predicted[keep]
+        ids = np.arange(age.size) if subjects is None else np.asarray(subjects, dtype=object).ravel()[keep]
+        self.n_sessions_ = int(age.size)
+        self.n_subjects_ = int(len(set(ids.tolist())))
+        self.slope_ = self.intercept_ = math.nan
+        self.slope_ci_ = (math.nan, math.nan)
+        self.refused_: str | None = None
+        if self.n_subjects_ < self.min_subjects or age.size < 3 or np.ptp(age) == 0:
+            self.refused_ = f"bias correction refused: {self.n_subjects_} control subjects, at least {self.min_subjects} needed"
+        else:
+            target = predicted - age if self.method == "residual" else predicted
+            fit = stats.linregress(age, target)
+            half = stats.t.ppf(0.5 + self.confidence / 2, age.size - 2) * fit.stderr
+            self.slope_, self.intercept_ = float(fit.slope), float(fit.intercept)
+            self.slope_ci_ = (self.slope_ - half, self.slope_ + half)
+            if self.slope_ci_[0] <= 0 <= self.slope_ci_[1]:
+                self.refused_ = (
+                    f"bias correction refused: the {'gap' if self.method == 'residual' else 'prediction'}'s slope on age, "
+                    f"{self.slope_:.3f} ({self.confidence:.0%} CI {self.slope_ci_[0]:.3f} to {self.slope_ci_[1]:.3f}), could be zero"
+                )
+        if self.refused_:
+            warnings.warn(self.refused_, stacklevel=2)
         return self
 
-    def transform(self, predicted: ArrayLike) -> np.ndarray:
-        """Bias-corrected brain age for the given predictions."""
-        if not hasattr(self, "slope_"):
-            raise RuntimeError("AgeBiasCorrector is not fitted; call fit(age, predicted) first")
-        return (np.asarray(predicted, dtype=float) - self.intercept_) / self.slope_
+    @property
+    def applicable(self) -> bool:
+        """Fitted and not refused."""
+        return hasattr(self, "refused_") and self.refused_ is None
 
-    def to_dict(self) -> dict[str, float]:
-        """Hyper-parameter and fitted coefficients as plain floats (for YAML and checkpoints)."""
-        return {"min_slope": self.min_slope, "slope": self.slope_, "intercept": self.intercept_}
+    def transform(self, predicted: ArrayLike, age: ArrayLike) -> np.ndarray:
+        """Bias-corrected brain age; NaN where ``age`` is unknown or the correction was refused."""
+        if not hasattr(self, "refused_"):
+            raise RuntimeError("AgeBiasCorrector is not fitted; call fit(age, predicted) first")
+        predicted, age = np.broadcast_arrays(np.asarray(predicted, dtype=float), np.asarray(age, dtype=float))
+        if not self.applicable:
+            return np.full(predicted.shape, np.nan)
+        if self.method == "residual":
+            return predicted - (self.slope_ * age + self.intercept_)
+        return np.where(np.isfinite(age), (predicted - self.intercept_) / self.slope_, np.nan)
+
+    def describe(self) -> str:
+        """One line: the method, the fit and its confidence interval, or why it was refused."""
+        if not hasattr(self, "refused_"):
+            return "bias correction not fitted"
+        if self.refused_:
+            return self.refused_
+        what = "gap = {:.3f}·age {:+.2f}" if self.method == "residual" else "predicted = {:.3f}·age {:+.2f}"
+        return (
+            f"{self.method} bias correction on {self.n_subjects_} control subjects ({self.n_sessions_} sessions): "
+            f"{what.format(self.slope_, self.intercept_)}, slope {self.confidence:.0%} CI {self.slope_ci_[0]:.3f} to {self.slope_ci_[1]:.3f}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings and fitted values as plain Python values (for YAML and checkpoints)."""
+        return {
+            "method": self.method, "min_subjects": self.min_subjects, "confidence": self.confidence,
+            "slope": self.slope_, "intercept": self.intercept_, "slope_ci": [float(v) for v in self.slope_ci_],
+            "n_subjects": self.n_subjects_, "n_sessions": self.n_sessions_, "refused": self.refused_,
+        }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, values: dict[str, float]) -> "AgeBiasCorrector":
+    def from_dict(cls, values: dict[str, Any]) -> "AgeBiasCorrector":
         """The fitted corrector that :meth:`to_dict` described."""
-        corrector = cls(min_slope=float(values.get("min_slope", 0.1)))
+        corrector = cls(str(values.get("method", "residual")), int(values.get("min_subjects", 20)), float(values.get("confidence", 0.95)))
         corrector.slope_ = float(values["slope"])
         corrector.intercept_ = float(values["intercept"])
+        corrector.slope_ci_ = tuple(float(v) for v in values.get("slope_ci", (math.nan, math.nan)))  # type: ignore[assignment]
+        corrector.n_subjects_ = int(values.get("n_subjects", 0))
+        corrector.n_sessions_ = int(values.get("n_sessions", 0))
+        corrector.refused_ = values.get("refused")
         return corrector
+
+
+def control_mask(frame: pd.DataFrame, control_group: Sequence[str] | None = None) -> tuple[np.ndarray, str]:
+    """Which rows are healthy controls, and a phrase saying how that was decided.
+
+    ``control_group`` names the group values that count (``--control-group``); without it, a
+    ``group`` value among :data:`CONTROL_LABELS` (``Nondemented``, ``control``, ``HC`` …), else
+    ``cdr == 0``, else everyone (a cohort with no clinical information).
+    """
+    groups = frame["group"].astype("string").str.strip() if "group" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
+    if control_group:
+        wanted = {str(g).strip().lower() for g in control_group}
+        mask = groups.str.lower().isin(wanted).fillna(False).to_numpy(dtype=bool)
+        if not mask.any():
+            present = ", ".join(sorted(groups.dropna().unique())) or "none"
+            raise ValueError(f"no scans in control group(s) {', '.join(control_group)}; groups present: {present}")
+        return mask, f"group {' or '.join(control_group)}"
+    lowered = groups.str.lower()
+    mask = lowered.isin(CONTROL_LABELS).fillna(False).to_numpy(dtype=bool)
+    if mask.any():
+        return mask, f"group {' or '.join(sorted(groups[mask].unique()))}"
+    if "cdr" in frame and pd.to_numeric(frame["cdr"], errors="coerce").notna().any():
+        return (pd.to_numeric(frame["cdr"], errors="coerce") == 0).to_numpy(), "CDR 0"
+    return np.ones(len(frame), dtype=bool), "everyone (no clinical group in the data)"
+
+
+def fit_bias_correction(
+    predictions: pd.DataFrame, control_group: Sequence[str] | None = None, method: str = "residual", column: str = "brain_age"
+) -> AgeBiasCorrector:
+    """An :class:`AgeBiasCorrector` fitted on the control sessions of ``predictions`` (repeat scans
+    averaged first); the caller passes only predictions of people the corrected scans do not include.
+    No predictions at all give a refused corrector."""
+    if predictions.empty:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AgeBiasCorrector(method).fit([], [])
+    sessions = aggregate_sessions(predictions[[*SESSION_KEYS, "age", column, *[c for c in ("group", "cdr") if c in predictions]]].rename(columns={column: "brain_age"}))
+    mask, _ = control_mask(sessions, control_group)
+    controls = sessions[mask]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        corrector = AgeBiasCorrector(method).fit(controls["age"], controls["brain_age"], controls["subject_id"])
+    return corrector
 
 
 def _native(value: Any) -> Any:
@@ -138,24 +276,17 @@ def aggregate_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
     return sessions.reset_index()
 
 
-def summarize_predictions(
-    predictions: pd.DataFrame, corrector: AgeBiasCorrector | None = None
-) -> pd.DataFrame:
-    """Metrics at scan and session level, uncorrected and (with a fitted ``corrector``) corrected.
-
-    Columns: ``level`` (scan/session), ``correction`` (none/linear), then ``n, mae, rmse, r, r2,
-    gap_age_r``.
-    """
-    _require(predictions, (*SESSION_KEYS, "age", "brain_age"))
-    frame = predictions[[*SESSION_KEYS, "age", "brain_age"]].copy()
-    variants = {"none": "brain_age"}
-    if corrector is not None:
-        frame["brain_age_corrected"] = corrector.transform(frame["brain_age"])
-        variants["linear"] = "brain_age_corrected"
+def summarize_predictions(predictions: pd.DataFrame, column: str = "brain_age") -> pd.DataFrame:
+    """Metrics of ``column`` at scan and session level (one row each: ``level``, then
+    :data:`METRIC_KEYS`); against ``true_brain_age`` too where the frame has it."""
+    _require(predictions, (*SESSION_KEYS, "age", column))
+    frame = predictions[[*SESSION_KEYS, "age"]].assign(brain_age=predictions[column])
+    if "true_brain_age" in predictions:
+        frame["true_brain_age"] = predictions["true_brain_age"]
     rows = []
     for level, table in (("scan", frame), ("session", aggregate_sessions(frame))):
-        for correction, column in variants.items():
-            rows.append({"level": level, "correction": correction, **regression_metrics(table["age"], table[column])})
+        truth = table["true_brain_age"] if "true_brain_age" in table else None
+        rows.append({"level": level, **regression_metrics(table["age"], table["brain_age"], truth)})
     return pd.DataFrame(rows)
 
 
@@ -167,11 +298,12 @@ def gap_by_group(
     Repeat scans and visits are not independent, so each subject's gaps are first averaged
     within each group level; ``n`` counts those subjects, ``n_scans`` the scans. Two groups get
     Welch's t-test, more get a one-way ANOVA; levels with fewer than two subjects and rows with no
-    group are left out of the test. Returns the per-group table (``by, n, n_scans, mean_gap,
-    sd_gap``) and ``{"test", "statistic", "p_value", "groups"}``.
+    group or no gap are left out of the test. Returns the per-group table (``by, n, n_scans,
+    mean_gap, sd_gap``) and ``{"test", "statistic", "p_value", "groups", "difference"}``;
+    ``difference`` is Demented minus Nondemented mean gap where both groups are there, else NaN.
     """
     _require(predictions, ("subject_id", "age", column, by))
-    frame = predictions.dropna(subset=[by]).assign(gap=lambda f: f[column] - f["age"])
+    frame = predictions.dropna(subset=[by]).assign(gap=lambda f: f[column] - f["age"]).dropna(subset=["gap"])
     per_subject = frame.groupby([by, "subject_id"], sort=True)["gap"].agg(["mean", "size"]).reset_index()
     table = (
         per_subject.groupby(by, sort=True)
@@ -179,7 +311,12 @@ def gap_by_group(
         .reset_index()
     )
     samples = {level: g["mean"].to_numpy() for level, g in per_subject.groupby(by, sort=True) if len(g) >= 2}
-    result: dict[str, Any] = {"test": "none", "statistic": float("nan"), "p_value": float("nan"), "groups": [_native(level) for level in samples]}
+    means = dict(zip(table[by].astype(str), table["mean_gap"]))
+    difference = means["Demented"] - means["Nondemented"] if {"Demented", "Nondemented"} <= set(means) else float("nan")
+    result: dict[str, Any] = {
+        "test": "none", "statistic": float("nan"), "p_value": float("nan"),
+        "groups": [_native(level) for level in samples], "difference": float(difference),
+    }  # fmt: skip
     if len(samples) == 2:
         statistic, p_value = stats.ttest_ind(*samples.values(), equal_var=False)
         result.update(test="Welch t-test", statistic=float(statistic), p_value=float(p_value))
@@ -187,3 +324,14 @@ def gap_by_group(
         statistic, p_value = stats.f_oneway(*samples.values())
         result.update(test="one-way ANOVA", statistic=float(statistic), p_value=float(p_value))
     return table, result
+
+
+def demented_vs_nondemented(predictions: pd.DataFrame, column: str = "brain_age") -> dict[str, float]:
+    """Demented minus Nondemented mean gap per subject and Welch's p value (NaN where either is missing)."""
+    if "group" not in predictions:
+        return {"difference": float("nan"), "p_value": float("nan")}
+    pair = predictions[predictions["group"].astype(str).isin(["Demented", "Nondemented"])]
+    if pair.empty:
+        return {"difference": float("nan"), "p_value": float("nan")}
+    _, test = gap_by_group(pair, by="group", column=column)
+    return {"difference": test["difference"], "p_value": test["p_value"]}

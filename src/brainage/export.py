@@ -1,9 +1,11 @@
 """Export a trained model (one checkpoint or an ensemble) to ONNX for deployment, checked against PyTorch.
 
-The ONNX graph is :class:`brainage.predict.BrainAgeEnsemble`: input ``volume`` ``(B, 1, X, Y, Z)``,
-a preprocessed scan on the model's grid (``preprocessing`` in the file's metadata says how to
-make one); outputs ``brain_age`` and ``brain_age_corrected`` ``(B,)`` in years, with the same
-left–right flip averaging as ``brainage predict``.
+The ONNX graph is :class:`brainage.inference.BrainAgeEnsemble`, the function behind ``brainage
+predict`` and the run's out-of-fold predictions: inputs ``volume`` ``(B, 1, X, Y, Z)``, a
+preprocessed scan on the model's grid (``preprocessing`` in the file's metadata says how to make
+one), and ``age`` ``(B,)`` in years (NaN where unknown); outputs ``brain_age`` and
+``brain_age_corrected`` ``(B,)`` in years (corrected NaN where the age is unknown or the model has
+no usable correction), with the same left–right flip averaging as ``brainage predict``.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ class _NamedOutputs(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ages = self.network(volume)
+    def forward(self, volume: torch.Tensor, age: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ages = self.network(volume, age)
         return ages[:, 0], ages[:, 1]
 
 
@@ -83,23 +85,24 @@ def export_onnx(
         template, _ = template_on_grid(model.config.affine, model.config.shape)
         volume, check_input = zscore(np.array(template, dtype=np.float32)), "MNI152 template on the model's grid"
     batch = torch.from_numpy(np.asarray(volume, dtype=np.float32)[None, None].copy())
+    age = torch.tensor([model.mean_training_age], dtype=torch.float32)  # a known age, so the correction is checked too
     with torch.inference_mode():
-        expected = np.stack([output.double().numpy() for output in network(batch)], axis=1)
+        expected = np.stack([output.double().numpy() for output in network(batch, age)], axis=1)
 
     with atomic_write(out) as tmp:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*feature will be removed.*")
             torch.onnx.export(
-                network, (batch,), str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=["volume"], output_names=list(OUTPUTS),
-                dynamic_axes={"volume": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}},
+                network, (batch, age), str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=["volume", "age"], output_names=list(OUTPUTS),
+                dynamic_axes={"volume": {0: "batch"}, "age": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}},
             )  # fmt: skip
         graph = onnx.load(str(tmp))
         _add_metadata(graph, model)
         onnx.save(graph, str(tmp))
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        actual = np.stack(session.run(list(OUTPUTS), {"volume": batch.numpy()}), axis=1).astype(np.float64)
+        actual = np.stack(session.run(list(OUTPUTS), {"volume": batch.numpy(), "age": age.numpy()}), axis=1).astype(np.float64)
         difference = _max_abs_difference(expected, actual)
         if not difference <= tolerance:
             raise ExportMismatchError(
@@ -118,7 +121,8 @@ def _add_metadata(graph: object, model: BrainAgeModel) -> None:
         "grid_affine": json.dumps(np.asarray(model.config.affine).tolist()),
         "train_age_range": json.dumps([low, high]),
         "models": json.dumps([checkpoint.model_name for checkpoint in model.checkpoints]),
-        "left_right_flip_averaging": "true",
+        "left_right_flip_averaging": json.dumps([checkpoint.tta_flip for checkpoint in model.checkpoints]),
+        "bias_correction": model.correction,
     }
     for key, value in values.items():
         entry = graph.metadata_props.add()  # type: ignore[attr-defined]

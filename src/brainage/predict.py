@@ -9,7 +9,11 @@ Example::
 A model is one checkpoint or an ensemble of several (the mean of their predictions). Each scan is
 preprocessed with the configuration stored in the checkpoints, or taken from a prepared cache
 that already holds it (matched by the content hash of the file), and predicted with left–right
-flip test-time averaging.
+flip test-time averaging where the model was trained so: the very function (:mod:`brainage.inference`)
+that made the run's out-of-fold predictions. The age-bias correction applies only where a row has
+an age, and the ``bias_correction`` column says which correction was applied, or why none was.
+
+This module does not import Lightning, torchmetrics or matplotlib.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from torch import nn
 
-from brainage.data import LEFT_RIGHT_AXIS
+from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.evaluation import aggregate_sessions, regression_metrics
+from brainage.inference import BrainAgeEnsemble, predict_batches, resolve_accelerator
 from brainage.io import IMAGE_SUFFIXES, discover, scan_stem
 from brainage.io.bids import looks_like_bids
 from brainage.io.dicom import dicom_rows, looks_like_dicom
@@ -38,7 +42,6 @@ from brainage.io.oasis import find_demographics, looks_like_oasis
 from brainage.io.oasis1 import find_cross_sectional, looks_like_oasis1
 from brainage.io.table import read_spreadsheet
 from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
-from brainage.training import BrainAgeCheckpoint, load_checkpoint, resolve_accelerator
 from brainage.utils import parallel_map
 
 CHECKPOINT_NAME = "model.ckpt"
@@ -47,42 +50,8 @@ TABLE_SUFFIXES = (".csv", ".tsv")
 CARRIED_COLUMNS = ("scan_id", "subject_id", "session_id", "path", "age", "sex", "group", "cdr")
 PREDICTION_COLUMNS = (
     "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_corrected",
-    "brain_age_gap", "brain_age_gap_corrected", "qc_score", "qc_flagged", "warnings",
+    "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings",
 )  # fmt: skip
-
-
-class BrainAgeEnsemble(nn.Module):
-    """Preprocessed volumes ``(B, 1, X, Y, Z)`` → ``(B, 2)``: brain age and bias-corrected brain age.
-
-    Each member predicts the volume and its left–right mirror image (axis 0 of the RAS volume);
-    the two are averaged, de-normalised with the member's training age statistics and
-    bias-corrected with its own correction; the members' results are averaged. A member without
-    a bias correction gives NaN corrected ages.
-    """
-
-    def __init__(self, checkpoints: Sequence[BrainAgeCheckpoint]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(checkpoint.model for checkpoint in checkpoints)
-
-        def column(values: Iterable[float]) -> torch.Tensor:
-            return torch.tensor(list(values), dtype=torch.float32)
-
-        fitted = [checkpoint.corrector for checkpoint in checkpoints]
-        self.register_buffer("age_mean", column(c.age_mean for c in checkpoints))
-        self.register_buffer("age_std", column(c.age_std for c in checkpoints))
-        self.register_buffer("slope", column(c.slope_ if c is not None else math.nan for c in fitted))
-        self.register_buffer("intercept", column(c.intercept_ if c is not None else math.nan for c in fitted))
-
-    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
-        both = torch.cat([volumes, torch.flip(volumes, dims=(2 + LEFT_RIGHT_AXIS,))])
-        size = volumes.shape[0]
-        ages = []
-        for k, member in enumerate(self.members):
-            z = member.predict_z(member(both))
-            ages.append((z[:size] + z[size:]) / 2 * self.age_std[k] + self.age_mean[k])
-        age = torch.stack(ages, dim=1)  # (B, members)
-        corrected = (age - self.intercept) / self.slope
-        return torch.stack([age.mean(dim=1), corrected.mean(dim=1)], dim=1)
 
 
 def resolve_checkpoints(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -315,10 +284,33 @@ class BrainAgeModel:
         return float(np.mean([checkpoint.age_mean for checkpoint in self.checkpoints]))
 
     @torch.inference_mode()
-    def predict_volumes(self, volumes: np.ndarray) -> np.ndarray:
-        """``(B, 2)`` brain age and bias-corrected brain age of preprocessed volumes ``(B, X, Y, Z)``."""
-        batch = torch.from_numpy(np.array(volumes, dtype=np.float32))[:, None].to(self.device)
-        return self.network(batch).double().cpu().numpy()
+    def predict_volumes(self, volumes: np.ndarray, ages: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+        """``(B, 3)`` brain age, bias-corrected brain age (NaN where ``ages`` is NaN or None) and the
+        members' SD, of preprocessed volumes ``(B, X, Y, Z)``."""
+        batch = torch.from_numpy(np.array(volumes, dtype=np.float32))[:, None]
+        return predict_batches(self.network, [batch], ages, self.device)
+
+    @property
+    def correction(self) -> str:
+        """What ``brain_age_corrected`` is: the members' correction in words, or why there is none."""
+        correctors = [checkpoint.corrector for checkpoint in self.checkpoints]
+        if any(corrector is None for corrector in correctors):
+            return "none: a model has no bias correction"
+        refused = [corrector.refused_ for corrector in correctors if not corrector.applicable]
+        if refused:
+            return f"none: {refused[0]}"
+        methods = sorted({corrector.method for corrector in correctors})
+        counts = sorted({corrector.n_subjects_ for corrector in correctors})
+        return f"{'/'.join(methods)}, fitted on {'/'.join(map(str, counts))} control subjects"
+
+    @property
+    def training_hashes(self) -> dict[str, int]:
+        """Content hash of every scan a member was fitted on → how many members were."""
+        counts: dict[str, int] = {}
+        for checkpoint in self.checkpoints:
+            for digest in set(checkpoint.train_content_hashes):
+                counts[digest] = counts.get(digest, 0) + 1
+        return counts
 
     def predict(
         self,
@@ -341,12 +333,14 @@ class BrainAgeModel:
         """
         rows, problems = find_inputs(inputs)
         caches = self._caches(cache)
+        hashes = [_content_hash(path) for path in rows["path"]]
+        known_ages = rows["age"].to_numpy(dtype=float)
         predicted: dict[int, tuple[float, float, float]] = {}
-        for indices, volumes, scores in _batches(self._volumes(rows, caches, workers, problems), batch_size):
-            for index, ages, score in zip(indices, self.predict_volumes(volumes), scores):
+        for indices, volumes, scores in _batches(self._volumes(rows, hashes, caches, workers, problems), batch_size):
+            for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores):
                 predicted[index] = (float(ages[0]), float(ages[1]), score)
         self.problems_ = sorted(problems, key=lambda problem: natural_key(problem.path))
-        table = self._table(rows, predicted)
+        table = self._table(rows, predicted, hashes)
         return summarise_sessions(table) if sessions else table
 
     def _caches(self, cache: str | Path | None) -> list[PreparedCache]:
@@ -358,7 +352,7 @@ class BrainAgeModel:
         return [found for found in caches if found.config.volume_digest() == self.config.volume_digest() and len(found)]
 
     def _volumes(
-        self, rows: pd.DataFrame, caches: Sequence[PreparedCache], workers: int, problems: list[Problem]
+        self, rows: pd.DataFrame, hashes: Sequence[str | None], caches: Sequence[PreparedCache], workers: int, problems: list[Problem]
     ) -> Iterator[tuple[int, np.ndarray, float]]:
         """``(row index, volume, QC score)`` for every usable row: cached ones first, then the others
         as their preprocessing finishes. Failures are appended to ``problems``."""
@@ -369,8 +363,8 @@ class BrainAgeModel:
             for i, content in enumerate(found.manifest["content_hash"].astype(str))
         }
         to_prepare: dict[str, list[int]] = {}
-        for index, path in enumerate(rows["path"]):
-            hit = lookup.get(_content_hash(path)) if lookup else None
+        for index, (path, digest) in enumerate(zip(rows["path"], hashes)):
+            hit = lookup.get(digest) if lookup and digest else None
             if hit is not None:
                 found, i = hit
                 yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iat[i])
@@ -388,20 +382,25 @@ class BrainAgeModel:
                 for index in to_prepare[job.path]:
                     yield index, result[0], result[1]
 
-    def _table(self, rows: pd.DataFrame, predicted: dict[int, tuple[float, float, float]]) -> pd.DataFrame:
+    def _table(self, rows: pd.DataFrame, predicted: dict[int, tuple[float, float, float]], hashes: Sequence[str | None]) -> pd.DataFrame:
         """The predictions frame of the rows that were predicted, in input order."""
         done = sorted(predicted)
+        trained = self.training_hashes
+        seen = [trained.get(hashes[index], 0) if hashes[index] else 0 for index in done]
         table = rows.iloc[done].reset_index(drop=True)
         values = np.array([predicted[index] for index in done], dtype=float).reshape(-1, 3)
         table["brain_age"], table["brain_age_corrected"], table["qc_score"] = values.T
         table["brain_age_gap"] = table["brain_age"] - table["age"]
         table["brain_age_gap_corrected"] = table["brain_age_corrected"] - table["age"]
+        correction = self.correction
+        table["bias_correction"] = np.where(table["age"].notna(), correction, "none: no age given")
         threshold = self.config.qc_threshold
         table["qc_flagged"] = (table["qc_score"].isna() | (table["qc_score"] < threshold)) if threshold is not None else False
         low, high = self.train_age_range
+        members = len(self.checkpoints)
         table["warnings"] = [
-            _warnings(age, score, flagged, low, high, threshold)
-            for age, score, flagged in zip(table["age"], table["qc_score"], table["qc_flagged"])
+            _warnings(age, score, flagged, low, high, threshold, trained_by, members)
+            for age, score, flagged, trained_by in zip(table["age"], table["qc_score"], table["qc_flagged"], seen)
         ]
         extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
         return table[[*PREDICTION_COLUMNS, *extra]]
@@ -426,9 +425,14 @@ def _batches(items: Iterable[tuple[int, np.ndarray, float]], size: int) -> Itera
         yield [i for i, _, _ in batch], np.stack([v for _, v, _ in batch]), [s for _, _, s in batch]
 
 
-def _warnings(age: float, score: float, flagged: bool, low: float, high: float, threshold: float | None) -> str:
+def _warnings(age: float, score: float, flagged: bool, low: float, high: float, threshold: float | None, trained_by: int = 0, members: int = 1) -> str:
     """Why a prediction deserves caution, ``"; "``-separated (empty if none)."""
     found = []
+    if trained_by:
+        found.append(
+            f"this scan was in the training data of {trained_by} of {members} model(s): its prediction is not out-of-sample"
+            + (" (its run's predictions.csv holds the out-of-fold one)" if members > 1 else "")
+        )
     if np.isfinite(age) and np.isfinite(low) and not low <= age <= high:
         found.append(f"age {age:g} is outside the training range {low:g}–{high:g}")
     if flagged:
@@ -441,13 +445,14 @@ def summarise_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
     ``qc_flagged`` if any scan is, the warnings of every scan, ``n_scans``."""
     if predictions.empty:
         return predictions.drop(columns=["path", "scan_id"]).assign(n_scans=pd.Series(dtype=int))
-    averaged = aggregate_sessions(predictions.drop(columns=["path", "qc_score", "qc_flagged", "warnings"]))
+    averaged = aggregate_sessions(predictions.drop(columns=["path", "qc_score", "qc_flagged", "warnings", "bias_correction"]))
     grouped = predictions.groupby(["subject_id", "session_id"], sort=True, dropna=False)
     quality = pd.DataFrame(
         {
             "qc_score": grouped["qc_score"].min(),
             "qc_flagged": grouped["qc_flagged"].any(),
             "warnings": grouped["warnings"].agg(lambda values: "; ".join(dict.fromkeys(v for v in values if v))),
+            "bias_correction": grouped["bias_correction"].first(),
         }
     ).reset_index()
     sessions = averaged.merge(quality, on=["subject_id", "session_id"], how="left")

@@ -1,0 +1,30 @@
+"""Training with Lightning, by concern:
+
+- :mod:`brainage.training.config`: :class:`TrainConfig`, the tutorial's recipe, hardware choices;
+- :mod:`brainage.training.module`: the LightningModule and the callbacks for what Lightning lacks;
+- :mod:`brainage.training.run`: the fold loop, bias correction, baselines, summary, the run folder.
+
+The checkpoint format is :mod:`brainage.checkpoint` and the inference path :mod:`brainage.inference`
+(neither needs Lightning); figures are in :mod:`brainage.figures`.
+"""
+
+from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, save_checkpoint
+from brainage.training.config import (
+    TUTORIAL_RECIPE, ConfigError, TrainConfig, cpu_supports_bf16, load_config, resolve_accelerator, resolve_channels_last, resolve_precision,
+)  # fmt: skip
+from brainage.training.module import (
+    HISTORY_COLUMNS, BrainAgeModule, EpochSeed, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, recompute_batch_norm,
+)  # fmt: skip
+from brainage.training.run import (
+    BASELINES, PREDICTION_COLUMNS, RunFolderError, TrainResult, baseline_predictions, correct_bias, fold_module, fold_trainer,
+    quiet_lightning, summarize_run, train,
+)  # fmt: skip
+from brainage.utils import write_csv
+
+__all__ = [
+    "BASELINES", "HISTORY_COLUMNS", "PREDICTION_COLUMNS", "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError",
+    "EpochSeed", "MaxGradientNorm", "PreciseBatchNorm", "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves",
+    "baseline_predictions", "correct_bias", "cpu_supports_bf16", "fold_module", "fold_trainer", "load_checkpoint", "load_config",
+    "quiet_lightning", "recompute_batch_norm", "resolve_accelerator", "resolve_channels_last", "resolve_precision",
+    "save_checkpoint", "summarize_run", "train", "write_csv",
+]  # fmt: skip

@@ -1,0 +1,192 @@
+"""Training configuration: :class:`TrainConfig` (every setting and its default), the tutorial's
+recipe, reading a configuration back, and the hardware choices (accelerator, precision, memory
+layout) that ``"auto"`` resolves to."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from brainage.data import AugmentConfig
+from brainage.errors import BrainAgeError, InputError
+from brainage.evaluation import AgeBiasCorrector
+from brainage.inference import resolve_accelerator
+
+__all__ = [
+    "ConfigError", "TrainConfig", "TUTORIAL_RECIPE", "load_config", "resolve_accelerator", "cpu_supports_bf16",
+    "resolve_precision", "resolve_channels_last",
+]  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars and tuples as plain Python values, for YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class ConfigError(BrainAgeError, ValueError):
+    """A training configuration with an unknown option or a value out of range."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; defaults live here and nowhere else.
+
+    Optimisation follows the tutorial: AdamW, linear warm-up over ``warmup_epochs``, then
+    reduce-on-plateau of the validation loss, gradient clipping, early stopping and the best
+    checkpoint on validation MAE. ``folds`` (K-fold) or ``val_fraction`` (one hold-out) choose the
+    subject-grouped test side; ``early_stopping_fraction`` of each training side's subjects form the
+    validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
+    hardware runs them fast. ``precise_bn`` re-estimates batch-norm statistics over the training
+    scans before every validation (see :class:`PreciseBatchNorm`); ``ema_decay`` validates, checkpoints and
+    predicts with an exponential moving average of the weights (Lightning's EMAWeightAveraging,
+    updated every step). The default model is the compact ResNet (``resnet``); the tutorial's
+    whole recipe is :data:`TUTORIAL_RECIPE`. ``precise_bn_batches`` bounds the batches that
+    re-estimation reads.
+
+    ``bias_correction`` (``residual``, ``cole`` or ``none``; see
+    :class:`~brainage.evaluation.AgeBiasCorrector`) is fitted on the out-of-fold predictions of
+    controls (``control_group``, else read from the data) of the other folds, never on the
+    corrected fold's people; with one hold-out, on the validation predictions. ``tta_flip``
+    averages every prediction (out-of-fold, ``predict``, export) with that of the left–right
+    mirror image.
+    """
+
+    model: str = "resnet"
+    model_hparams: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 3
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    min_lr: float = 1e-6
+    early_stopping_patience: int = 10
+    gradient_clip: float = 1.0
+    precise_bn: bool = True
+    precise_bn_batches: int = 64
+    ema_decay: float | None = 0.9
+    folds: int | None = None
+    val_fraction: float = 0.2
+    early_stopping_fraction: float = 0.15
+    train_groups: tuple[str, ...] | None = None
+    control_group: tuple[str, ...] | None = None
+    bias_correction: str = "residual"
+    tta_flip: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 42
+    deterministic: bool = False
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    num_workers: int | None = None
+    baselines: bool = True
+    voxel_components: int = 100
+    voxel_downsample: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Plain, YAML-ready values, so that a configuration read back compares equal.
+        object.__setattr__(self, "model_hparams", _plain(dict(self.model_hparams)))
+        object.__setattr__(self, "train_groups", tuple(str(g) for g in self.train_groups) if self.train_groups else None)
+        object.__setattr__(self, "control_group", tuple(str(g) for g in self.control_group) if self.control_group else None)
+        problems = [
+            message
+            for failed, message in (
+                (self.epochs < 1, f"epochs must be at least 1, got {self.epochs}"),
+                (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
+                (self.lr <= 0, f"lr must be positive, got {self.lr}"),
+                (self.ema_decay is not None and not 0 < self.ema_decay < 1, f"ema_decay must be between 0 and 1, got {self.ema_decay}"),
+                (self.folds is not None and self.folds < 2, f"folds must be at least 2, got {self.folds}"),
+                (not 0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
+                (not 0 < self.early_stopping_fraction < 1, f"early_stopping_fraction must be between 0 and 1, got {self.early_stopping_fraction}"),
+                (self.precise_bn_batches < 1, f"precise_bn_batches must be at least 1, got {self.precise_bn_batches}"),
+                (
+                    self.bias_correction not in (*AgeBiasCorrector.METHODS, "none"),
+                    f"bias_correction must be one of {', '.join((*AgeBiasCorrector.METHODS, 'none'))}, got {self.bias_correction!r}",
+                ),
+            )
+            if failed
+        ]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists for tuples) for YAML; :meth:`from_dict` reads them back equal."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """The configuration described by ``values``; unknown keys are an error."""
+        values = dict(values)
+        augmentation = dict(values.get("augmentation") or {})
+        for kind, given in ((cls, values), (AugmentConfig, augmentation)):
+            unknown = sorted(set(given) - {f.name for f in dataclasses.fields(kind)})
+            if unknown:
+                raise ConfigError(f"unknown {kind.__name__} option(s): {', '.join(unknown)}")
+        values["augmentation"] = AugmentConfig(**augmentation)
+        values["model_hparams"] = values.get("model_hparams") or {}
+        return cls(**values)
+
+
+#: The tutorial's training recipe (its network and optimisation, batch-norm running averages as
+#: they were), for side-by-side comparison.
+TUTORIAL_RECIPE = TrainConfig(
+    model="seed", tta_flip=False, epochs=50, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=3, plateau_factor=0.5,
+    plateau_patience=5, min_lr=1e-6, early_stopping_patience=10, gradient_clip=1.0, precise_bn=False, ema_decay=None,
+    augmentation=AugmentConfig(noise=True, intensity=True, flip=True, affine=False, bias_field=False, gamma=False),
+)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file: a bare configuration or a run's ``config.yaml``."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+        return TrainConfig.from_dict(values.get("train", values))
+    except OSError as error:
+        raise InputError(path, error.strerror or "cannot be read") from error
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as error:
+        raise InputError(path, f"not a valid training configuration: {error}".replace("\n", " ")) from error
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX); emulated bf16 is slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``"auto"`` → bf16-mixed on CUDA with native bf16 (else 16-mixed) and on a CPU with native bf16;
+    32-true otherwise (emulated bf16 is many times slower than fp32)."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("cuda", "gpu"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    if accelerator == "cpu" and cpu_supports_bf16():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resolve_channels_last(channels_last: bool | str, precision: str) -> bool:
+    """``"auto"`` → channels-last (NDHWC) memory for mixed precision, where oneDNN/cuDNN gain most."""
+    if channels_last == "auto":
+        return precision in ("bf16-mixed", "16-mixed")
+    return bool(channels_last)
+
+
