@@ -1,14 +1,19 @@
-"""Benchmark of `brainage prepare`: scans/s of both pipelines, per-stage times, cache loading, peak RAM.
+"""Benchmark of `brainage prepare`: the earlier and the current default side by side, per stage, and their agreement.
 
-    python bench/prepare.py                       # 4 synthetic scans of OASIS-2 geometry, 1368-scan cache
-    python bench/prepare.py --scans 8 --load-scans 1368 --workers 2
+    python bench/prepare.py --scans 16 --workers 2     # 16 synthetic scans of OASIS-2 geometry, 1368-scan cache
+    python bench/prepare.py --pipelines seed standard-v1 standard --scans 4
     python bench/prepare.py --source ~/data/oasis2 --scans 8
 
-Without ``--source`` it synthesizes a few subjects with the OASIS-2 preset's geometry
-(256 × 256 × 128 voxels of 1 × 1 × 1.25 mm). Cache loading is measured on a cache of
-``--load-scans`` volumes at 64³ (copies of prepared volumes, so the format is the real one),
-read cold from its files (page cache as the OS left it) and warm. Each measurement runs in a
-fresh process so that its peak resident memory is its own (Linux). Prints tables; not a test.
+Without ``--source`` it synthesizes subjects with the OASIS-2 preset's geometry (256 × 256 × 128
+voxels of 1 × 1 × 1.25 mm, one session of two repeats each). Each pipeline's ``prepare`` runs in a
+fresh process (so its peak memory and its CPU time are its own): CPU seconds per scan count that
+process and its workers from their start (imports, model and template loading included), which a
+loaded machine changes little, unlike scans/s. Per-stage CPU seconds come from the cache
+manifest's ``cpu_s_*`` columns. Agreement with the first pipeline (``standard-v1``, the earlier
+default): Dice of the native brain masks, mean displacement of the 8 corners of the output grid
+under the two registrations, and QC flags; the same pipeline with another registration seed gives
+the displacement that sampling alone causes. Cache loading is measured on ``--load-scans`` copies
+of prepared volumes. Prints tables; not a test.
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ import pandas as pd
 
 
 def _peak_mb() -> float:
-    """Peak resident memory of this process (VmHWM, reset by exec unlike ru_maxrss) and its workers."""
+    """Peak resident memory of this process (VmHWM, reset by exec unlike ru_maxrss)."""
     status = Path("/proc/self/status").read_text()
-    own_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-    return max(own_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished child processes."""
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 def _child(args: list[str]) -> dict:
@@ -42,62 +52,96 @@ def _child(args: list[str]) -> dict:
 
 
 def measure_prepare(manifest_csv: str, out: str, pipeline: str, workers: int) -> dict:
+    """One pipeline from a cold process: wall, CPU of this process and its workers, peak memory."""
     from brainage.io import read_manifest
     from brainage.preprocess import prepare
 
     manifest = read_manifest(manifest_csv)
     first = prepare(manifest, out, pipeline, workers=workers)
+    cpu = _cpu_seconds()
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     second = prepare(manifest, out, pipeline, workers=workers)
     return {
         "pipeline": pipeline,
         "scans": first.done,
         "failed": len(first.problems),
-        "s": round(first.seconds, 1),
+        "wall s": round(first.seconds, 1),
         "scans/s": round(first.scans_per_second, 3),
+        "CPU s/scan": round(cpu / max(first.done, 1), 2),
         "rerun scans/s": round(second.scans_per_second, 1),
-        "qc min": round(first.manifest["qc_score"].min(), 2),
-        "qc max": round(first.manifest["qc_score"].max(), 2),
-        "peak MB": round(_peak_mb()),
+        "qc min": round(first.manifest["qc_score"].min(), 3),
+        "qc max": round(first.manifest["qc_score"].max(), 3),
+        "flagged": int(first.manifest["qc_flagged"].sum()),
+        "peak MB per worker": round(workers_peak) if workers > 1 else round(_peak_mb()),
+        "peak MB main": round(_peak_mb()),
     }
 
 
-def measure_stages(path: str) -> dict:
-    """Seconds per stage of the standard pipeline on one scan (N4 included, though off by default)."""
+def stage_table(caches: dict[str, Path], totals: dict[str, float]) -> pd.DataFrame:
+    """Mean CPU seconds per scan of each stage (from the manifests), and the rest of each run's CPU
+    (process start, imports, loading models and templates, hashing, writing)."""
+    from brainage.preprocess import load_cache
+    from brainage.preprocess.cache import TIME_COLUMNS
+
+    rows = {}
+    for name, root in caches.items():
+        manifest = load_cache(root).manifest
+        means = {column.removeprefix("cpu_s_"): float(manifest[column].mean()) for column in TIME_COLUMNS}
+        means["other (start-up, imports, models, I/O)"] = totals[name] - sum(means.values())
+        means["total"] = totals[name]
+        rows[name] = means
+    return pd.DataFrame(rows).rename_axis("CPU s per scan").reset_index()
+
+
+def _corners(config) -> np.ndarray:  # type: ignore[no-untyped-def]
+    shape = np.asarray(config.shape) - 1
+    return np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])]) @ config.affine.T
+
+
+def agreement(reference: Path, other: Path, seed_floor: bool) -> dict:
+    """Mask Dice, mean output-grid corner displacement (mm) and QC flags of ``other`` against ``reference``."""
+    from brainage.preprocess import load_cache
+    from brainage.preprocess.cache import _key, _read_spatial
+
+    def spatial(cache, row):  # type: ignore[no-untyped-def]
+        fields = cache.config.digest(*cache.config.SPATIAL_FIELDS)
+        return _read_spatial(cache.root / "spatial" / f"{_key(row['content_hash'], fields)}.npz")
+
+    a, b = load_cache(reference), load_cache(other)
+    rows_b = b.manifest.set_index("scan_id")
+    corners = _corners(a.config)
+    dice, shift, floor = [], [], []
+    for _, row in a.manifest.iterrows():
+        first, second = spatial(a, row), spatial(b, rows_b.loc[row["scan_id"]])
+        dice.append(2 * (first.mask & second.mask).sum() / (first.mask.sum() + second.mask.sum()))
+        moved = (corners @ first.world_to_source.T - corners @ second.world_to_source.T)[:, :3]
+        shift.append(float(np.linalg.norm(moved, axis=1).mean()))
+        if seed_floor:
+            again = _register_with_seed(row["path"], first.mask, a.config, seed=2)
+            floor.append(float(np.linalg.norm((corners @ first.world_to_source.T - corners @ again.T)[:, :3], axis=1).mean()))
+    flags = a.manifest.set_index("scan_id")["qc_flagged"]
+    result = {
+        "scans": len(dice),
+        "mask Dice min": round(min(dice), 4), "mask Dice mean": round(float(np.mean(dice)), 4),
+        "corner shift mean mm": round(float(np.mean(shift)), 2), "corner shift max mm": round(max(shift), 2),
+        "QC flags identical": bool((flags == rows_b.loc[flags.index, "qc_flagged"]).all()),
+        "QC score max |diff|": round(float((a.manifest.set_index("scan_id")["qc_score"] - rows_b.loc[flags.index, "qc_score"]).abs().max()), 3),
+    }
+    if seed_floor:
+        result["same pipeline, seed 2: corner shift mean mm"] = round(float(np.mean(floor)), 2)
+    return result
+
+
+def _register_with_seed(path: str, mask: np.ndarray, config, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """``config``'s registration of the masked brain with another sampling seed (one ITK thread)."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     from brainage.io import load_scan
-    from brainage.preprocess import StandardConfig, stages
-    from brainage.preprocess.pipelines import register_to_template
-    from brainage.preprocess.qc import registration_score, save_qc_png
+    from brainage.preprocess import stages
+    from brainage.preprocess.pipelines import register_brain
 
-    config = StandardConfig()
-    times: dict[str, float] = {}
-
-    def timed(name, func, *args):
-        start = time.perf_counter()
-        result = func(*args)
-        times[name] = round(time.perf_counter() - start, 2)
-        return result
-
-    scan = timed("load", load_scan, path)
-    data, affine = timed("reorient", stages.reorient_ras, scan.data, scan.affine)
-    timed("n4 (optional)", stages.n4_bias_correct, data, affine, config.n4_shrink_factor)
-    stages.skull_strip(data[::4, ::4, ::4].copy(), 64)  # load deepbet's weights outside the timing
-    masks = {shape: timed(f"skull strip {shape}³", stages.skull_strip, data, shape) for shape in (128, 192, 256)}
-    mask = masks[config.strip_shape]
-    brain = np.where(mask, data, 0).astype(np.float32)
-    registration = (brain, affine, config.registration_voxel_size, config.registration)
-    timed("registration, every voxel", register_to_template, *registration, 1.0)
-    world_to_source = timed(f"registration, {config.registration_sampling:.0%} of voxels", register_to_template, *registration, config.registration_sampling)
-
-    def finish():
-        volume = stages.resample(brain, affine, config.affine, config.shape, world_to_source)
-        inside = stages.resample(mask.astype(np.float32), affine, config.affine, config.shape, world_to_source)
-        return stages.robust_zscore(volume, inside > 0.5, config.clip_percentiles)
-
-    volume = timed("resample + normalise", finish)
-    timed("qc score + png", lambda: (registration_score(volume, config.affine), save_qc_png(volume, Path(tempfile.mkdtemp()) / "qc.png")))
-    dice = {f"mask Dice {shape}³ vs 256³": round(2 * (masks[shape] & masks[256]).sum() / (masks[shape].sum() + masks[256].sum()), 3)
-            for shape in (128, 192)}
-    return {**times, **dice, "peak RAM MB": round(_peak_mb())}
+    scan = load_scan(path)
+    data, affine = stages.reorient_ras(scan.data, scan.affine)
+    return register_brain(np.where(mask, data, 0.0).astype(np.float32), affine, config, seed)
 
 
 def measure_load(cache: str) -> dict:
@@ -184,6 +228,9 @@ def main() -> None:
     parser.add_argument("--source", help="a cohort to take scans from (default: synthesize OASIS-2-sized scans)")
     parser.add_argument("--scans", type=int, default=4, help="scans per pipeline")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pipelines", nargs="+", default=["standard-v1", "standard"],
+                        help="named pipelines to run; the first is the reference of the agreement table")
+    parser.add_argument("--no-seed-floor", action="store_true", help="skip re-registering the reference with another seed")
     parser.add_argument("--load-scans", type=int, default=1368, help="size of the cache whose loading is timed")
     parser.add_argument("--skip-grid", action="store_true", help="skip the output-grid comparison")
     parser.add_argument("--only-grid", action="store_true", help="only the output-grid comparison")
@@ -192,7 +239,6 @@ def main() -> None:
     if args.stage:
         kind, *rest = args.stage
         result = {"prepare": lambda: measure_prepare(rest[0], rest[1], rest[2], int(rest[3])),
-                  "stages": lambda: measure_stages(rest[0]),
                   "load": lambda: measure_load(rest[0])}[kind]()
         print(json.dumps(result))
         return
@@ -215,13 +261,23 @@ def main() -> None:
             manifest = discover(work / "cohort").manifest
         manifest = manifest.head(args.scans)
         write_manifest(manifest, work / "manifest.csv")
-        rows = [_child(["--stage", "prepare", str(work / "manifest.csv"), str(work / pipeline), pipeline, str(args.workers)])
-                for pipeline in ("seed", "standard")]
-        print_table(pd.DataFrame(rows), title=f"prepare, {args.scans} scans of {manifest['path'].iloc[0]}'s geometry, {args.workers} worker(s)")
-        stage = _child(["--stage", "stages", str(manifest["path"].iloc[0])])
-        print_table([{"stage": key, "value": value} for key, value in stage.items()],
-                    title="standard pipeline, seconds per stage (one scan, one process)")
-        fake_large_cache(work / "seed", work / "large", args.load_scans)
+        caches = {pipeline: work / pipeline for pipeline in args.pipelines}
+        runs = [_child(["--stage", "prepare", str(work / "manifest.csv"), str(caches[pipeline]), pipeline, str(args.workers)])
+                for pipeline in args.pipelines]
+        table = pd.DataFrame(runs)
+        reference = table.iloc[0]
+        table["CPU ratio"] = (reference["CPU s/scan"] / table["CPU s/scan"]).round(2)
+        table["wall ratio"] = (table["scans/s"] / reference["scans/s"]).round(2)
+        load = os.getloadavg()
+        print_table(table, title=f"prepare, {len(manifest)} scans of {manifest['path'].iloc[0]}'s geometry, {args.workers} worker(s); "
+                                 f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs")
+        print_table(stage_table(caches, dict(zip(table["pipeline"], table["CPU s/scan"]))), title="CPU seconds per scan and stage")
+        standard = [name for name in args.pipelines[1:] if name != "seed"]
+        if args.pipelines[0] != "seed" and standard:
+            rows = [{"pipeline": name, **agreement(caches[args.pipelines[0]], caches[name], not args.no_seed_floor and i == 0)}
+                    for i, name in enumerate(standard)]
+            print_table(pd.DataFrame(rows), title=f"agreement with {args.pipelines[0]} on the same scans", floatfmt="{:.4g}")
+        fake_large_cache(caches[args.pipelines[-1]], work / "large", args.load_scans)
         load = _child(["--stage", "load", str(work / "large")])
         table = pd.DataFrame([{"read": key, **value} for key, value in load.items() if isinstance(value, dict)])
         print_table(table, title=f"load_cache + read every voxel; peak RAM {load['peak RAM MB']} MB (growth {load['peak RAM growth MB']} MB)")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainage.errors import InputError
+from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover, load_scan
 from brainage.preprocess import config_from_dict, load_cache, make_config, prepare, preprocess_scan
 from brainage.preprocess import stages
@@ -97,6 +97,17 @@ def test_a_missing_gpu_falls_back_to_the_cpu_with_a_warning(tiny_heads) -> None:
     np.testing.assert_array_equal(on_cuda, stages.skull_strip_coarse(data, device="cpu"))
     with pytest.raises(ValueError, match="unknown device"):
         stages.torch_device("tpu")
+
+
+def test_prepare_refuses_an_unknown_device_in_one_line(tiny_cohort, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from brainage.cli import app
+
+    with pytest.raises(BrainAgeError, match="unknown device 'tpu'"):
+        prepare(discover(tiny_cohort).manifest.head(1), tmp_path, "seed", device="tpu")
+    result = CliRunner().invoke(app, ["prepare", str(tiny_cohort), "--out", str(tmp_path), "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown device" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_standard_pipeline_records_the_cpu_seconds_of_every_stage(tiny_heads, tmp_path) -> None:

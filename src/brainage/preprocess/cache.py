@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainage.errors import InputError, Problem
+from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.io.images import pair_partner
 from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
 from brainage.preprocess.pipelines import (
@@ -51,6 +51,7 @@ from brainage.preprocess.pipelines import (
 )
 from brainage.preprocess.external_mask import external_mask_path, external_spatial
 from brainage.preprocess.qc import save_qc_png
+from brainage.preprocess.stages import torch_device
 from brainage.utils import atomic_write, parallel_map
 
 CACHE_FORMAT = 1
@@ -142,6 +143,10 @@ def prepare(
     """
     start = time.perf_counter()
     config = make_config(pipeline) if isinstance(pipeline, str) else pipeline
+    try:
+        device = torch_device(device)  # once here, so that a fallback warns once, not in every worker
+    except ValueError as error:
+        raise BrainAgeError(str(error)) from None
     root = Path(out)
     manifest, problems = _manifest(source, demographics)
     manifest = _shard(sort_manifest(manifest), shard)

@@ -49,7 +49,7 @@ def external_spatial(path: str | Path, config: object, mask_path: str | Path | N
     (or ``config`` is not the standard pipeline). Raises :class:`InputError` naming the mask when
     it cannot be used (unreadable, another grid than the scan, empty)."""
     from brainage.preprocess import stages
-    from brainage.preprocess.pipelines import Spatial, StandardConfig, register_to_template
+    from brainage.preprocess.pipelines import Spatial, StandardConfig, register_brain
 
     mask_file = external_mask_path(path, mask_path)
     if mask_file is None or not isinstance(config, StandardConfig):
@@ -63,9 +63,4 @@ def external_spatial(path: str | Path, config: object, mask_path: str | Path | N
     mask = mask_data > 0.5
     if not mask.any():
         raise InputError(mask_file, "empty brain mask")
-    brain = np.where(mask, data, 0.0).astype(np.float32)
-    margin = {"margin": config.registration_margin} if hasattr(config, "registration_margin") else {}
-    world_to_source = register_to_template(
-        brain, affine, config.registration_voxel_size, config.registration, config.registration_sampling, **margin
-    )
-    return Spatial(mask, world_to_source)
+    return Spatial(mask, register_brain(np.where(mask, data, 0.0).astype(np.float32), affine, config))

@@ -181,8 +181,10 @@ def register_affine(
     transform: str = "Affine",
     sampling: float = 0.25,
     seed: int = 1,
+    iterations: tuple[int, int, int] = (2100, 1200, 200),
 ) -> np.ndarray:
-    """Affine registration (ANTs, Mattes mutual information, centre-of-mass start) of moving onto fixed.
+    """Affine registration (ANTs, Mattes mutual information, centre-of-mass start) of moving onto fixed,
+    at shrink factors 4, 2, 1 with at most ``iterations`` per level.
 
     The metric uses a ``sampling`` fraction of the voxels, drawn with a fixed ``seed``: the result is
     bit-identical on one ITK thread (as in ``parallel_map`` workers), within 0.01 mm otherwise. ANTs' transform files go to a temporary folder that is removed afterwards.
@@ -200,7 +202,7 @@ def register_affine(
                 outprefix=f"{folder}/",
                 aff_metric="mattes",
                 aff_random_sampling_rate=sampling,
-                aff_iterations=(2100, 1200, 200),
+                aff_iterations=tuple(iterations),
                 aff_shrink_factors=(4, 2, 1),
                 aff_smoothing_sigmas=(2, 1, 0),
                 verbose=False,
