@@ -180,6 +180,24 @@ def test_shuffled_ages_give_a_slope_near_zero() -> None:
     assert longitudinal(predictions).table.set_index("group").loc["all", "slope_median"] == pytest.approx(1.0, abs=0.1)
 
 
+def test_visit_delays_replace_whole_year_ages() -> None:
+    # ages rounded to whole years (as in OASIS-2's spreadsheet) blur 1.4-year follow-ups; the delay in
+    # days since the first visit restores the exact slope
+    rows = []
+    for s in range(6):
+        start = 70.3 + s
+        for v, days in enumerate((0, 511, 1022)):
+            exact = start + days / 365.25
+            rows.append({"scan_id": "mpr-1", "subject_id": f"S{s}", "session_id": f"S{s}_{v}", "age": float(np.floor(exact)),
+                         "brain_age": exact + 3.0, "mr_delay": float(days)})  # fmt: skip
+    predictions = pd.DataFrame(rows)
+    rounded = longitudinal(predictions.drop(columns=["mr_delay"]))
+    assert abs(rounded.values["slope_median"] - 1.0) > 0.05 or rounded.values["slope_q3"] - rounded.values["slope_q1"] > 0.05
+    timed = longitudinal(predictions)
+    assert timed.values["slope_median"] == pytest.approx(1.0) and timed.values["gap_sd_median"] == pytest.approx(0.0, abs=1e-9)
+    assert (timed.details["ages_from"] == "mr_delay").all()
+
+
 def test_longitudinal_on_one_visit_says_so_and_works_without_groups() -> None:
     one_visit = _cohort(subjects=5, visits=1)
     result = longitudinal(one_visit)

@@ -28,7 +28,7 @@ def test_the_report_is_one_self_contained_file_with_every_section(tiny_run: Path
     for key, title in SECTIONS:
         assert f'<section id="{key}"><h2>{title}</h2>' in text
     images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', text)
-    assert len(images) == 6  # curves, predicted vs true, Bland–Altman, gap by group, QC montage, saliency
+    assert len(images) == 7  # curves, predicted vs true, Bland–Altman, gap by group, visits, QC montage, saliency
     for source in images:
         assert source.startswith("data:image/png;base64,")
         assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -38,6 +38,8 @@ def test_the_report_is_one_self_contained_file_with_every_section(tiny_run: Path
         assert name in text  # the baselines table beside the network
     assert "True brain age (a perfect brain reader) on this synthetic cohort" in text
     assert "averaged over 2 test scans" in text
+    assert "ICC(2,1) absolute agreement" in text and "within-session SD (years)" in text  # repeats in every tiny session
+    assert "Over each person&#x27;s visits" in text and "slope on age, median [IQR]" in text  # and two or more visits per person
 
 
 def test_a_run_whose_cache_is_gone_still_gets_a_report(tiny_run: Path, tmp_path: Path) -> None:

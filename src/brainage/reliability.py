@@ -232,6 +232,7 @@ def longitudinal(
     by: str = "group",
     true_column: str = "true_brain_age",
     min_years: float = 0.5,
+    delay_column: str = "mr_delay",
 ) -> ReliabilityResult:
     """Whether predicted brain age follows a person's ageing over their visits.
 
@@ -242,6 +243,10 @@ def longitudinal(
     ``gap_sd`` the SD over the visits of the gap ``column − age``. Where ``true_column`` is present
     (synthetic cohorts' hidden brain age) ``slope_true`` is the slope on it instead of on age (1 for
     a perfect model, also for people whose brain ages faster).
+
+    Ages in whole years (OASIS-2's spreadsheet) make a one-year follow-up anything from 0 to 2
+    years; where ``delay_column`` (days since the first visit, OASIS-2's ``MR Delay``) is known for
+    every visit of a subject, the ages used are the first visit's age plus the delay in years.
 
     ``table`` has one row per group (``by``; the control group first, then the others, then
     ``all``): subjects, visits, median years followed, median and IQR (``q1``, ``q3``) of the
@@ -257,7 +262,7 @@ def longitudinal(
     """
     figure = "longitudinal"
     _require(predictions, ("subject_id", "session_id", "age", column))
-    kept = [c for c in ("scan_id", "subject_id", "session_id", "age", column, by, true_column) if c in predictions.columns]
+    kept = [c for c in ("scan_id", "subject_id", "session_id", "age", column, by, true_column, delay_column) if c in predictions.columns]
     frame = predictions[kept].copy()
     if column != "brain_age":
         frame = frame.drop(columns=["brain_age"], errors="ignore")
@@ -271,12 +276,18 @@ def longitudinal(
     rows = []
     for subject, rows_of in sessions[visits >= 2].groupby("subject_id", sort=True):
         age = rows_of["age"].to_numpy(dtype=float)
+        delay = rows_of[delay_column].to_numpy(dtype=float) if delay_column in rows_of else np.full(len(age), np.nan)
+        timed = bool(np.isfinite(delay).all())
+        if timed:
+            first = int(np.argmin(delay))
+            age = age[first] + (delay - delay[first]) / 365.25
         brain = rows_of["brain_age"].to_numpy(dtype=float)
         span = float(np.ptp(age))
         record = {
             "subject_id": subject,
             "group": rows_of[by].iloc[0] if has_groups else "all",
             "n_visits": len(rows_of),
+            "ages_from": delay_column if timed else "age",
             "years": span,
             "slope": _slope(age, brain) if span >= min_years else math.nan,
             "gap_sd": float(np.std(brain - age, ddof=1)),

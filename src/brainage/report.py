@@ -1,7 +1,8 @@
 """One self-contained HTML report of a training run (figures embedded as base64 PNG).
 
 Sections: configuration, cohort, training curves, predicted against true age, Bland–Altman,
-brain-age gap by clinical group with its test, the network beside the baselines, a QC montage of a
+brain-age gap by clinical group with its test, test–retest and longitudinal consistency (with a
+spaghetti plot of each person's visits), the network beside the baselines, a QC montage of a
 few scans, and a saliency map averaged over test scans. Everything comes from the run folder
 written by :func:`brainage.training.train` and, for the scans themselves, the cache it was trained
 on (sections that need the cache say so when it is gone).
@@ -24,10 +25,11 @@ from matplotlib.figure import Figure
 
 from brainage import __version__
 from brainage.errors import BrainAgeError, InputError
-from brainage.evaluation import gap_by_group
+from brainage.evaluation import aggregate_sessions, gap_by_group
 from brainage.predict import BrainAgeEnsemble
 from brainage.preprocess import PreparedCache, StandardConfig, load_cache
 from brainage.preprocess.template import template_on_grid
+from brainage.reliability import longitudinal, test_retest
 from brainage.saliency import METHODS, saliency_map
 from brainage.training import load_checkpoint
 from brainage.utils import atomic_write
@@ -39,6 +41,7 @@ SECTIONS = (
     ("predicted-vs-true", "Predicted against true age"),
     ("bland-altman", "Bland–Altman"),
     ("groups", "Brain-age gap by group"),
+    ("reliability", "Test–retest and visits"),
     ("baselines", "Network beside the baselines"),
     ("qc", "Quality control"),
     ("saliency", "Saliency"),
@@ -87,6 +90,7 @@ def build_report(
         "predicted-vs-true": _image_file(run_dir / "predicted_vs_true.png", "out-of-fold predictions; the black line is the identity"),
         "bland-altman": _figure(bland_altman(predictions)),
         "groups": _groups(predictions),
+        "reliability": _reliability(predictions),
         "baselines": _baselines(run_dir, cohort),
         "qc": _qc(cache, qc_scans) if cache is not None else _note(cache_note),
         "saliency": _saliency(run_dir, predictions, cache, saliency, saliency_scans) if cache is not None else _note(cache_note),
@@ -161,6 +165,37 @@ def gap_figure(predictions: pd.DataFrame, column: str = "brain_age_corrected") -
     ax.axhline(0, color="black", lw=0.8)
     ax.set(ylabel="Brain-age gap (years, per subject)", title="Bias-corrected brain-age gap by group")
     ax.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def spaghetti_figure(predictions: pd.DataFrame, column: str = "brain_age") -> Figure:
+    """Each person's visits (repeat scans averaged), one line per person coloured by group: brain
+    age against age (left, with the identity brain age = age) and the change of both since the
+    first visit (right, with the identity slope: brain age moving exactly with age)."""
+    kept = [c for c in ("scan_id", "subject_id", "session_id", "age", column, "group") if c in predictions]
+    sessions = aggregate_sessions(predictions[kept].rename(columns={column: "brain_age"}))
+    sessions = sessions.dropna(subset=["age", "brain_age"]).sort_values(["subject_id", "age"])
+    groups = sessions["group"].fillna("unknown").astype(str) if "group" in sessions else pd.Series("all", index=sessions.index)
+    colours = {name: f"C{k}" for k, name in enumerate(sorted(groups.unique()))}
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    absolute, change = figure.subplots(1, 2)
+    for subject, rows in sessions.groupby("subject_id", sort=True):
+        colour = colours[groups[rows.index[0]]]
+        style = {"color": colour, "marker": "o", "ms": 3, "lw": 1, "alpha": 0.7}
+        absolute.plot(rows["age"], rows["brain_age"], **style)
+        if len(rows) >= 2:
+            change.plot(rows["age"] - rows["age"].iloc[0], rows["brain_age"] - rows["brain_age"].iloc[0], **style)
+    low, high = float(sessions[["age", "brain_age"]].min().min()) - 1, float(sessions[["age", "brain_age"]].max().max()) + 1
+    absolute.plot([low, high], [low, high], color="black", lw=1, ls="--", label="brain age = age")
+    span = float((sessions.groupby("subject_id")["age"].agg(np.ptp)).max()) if len(sessions) else 1.0
+    change.plot([0, span], [0, span], color="black", lw=1.5, ls="--", label="identity slope (Δ brain age = Δ age)")
+    for name, colour in colours.items():
+        absolute.plot([], [], color=colour, marker="o", ms=3, lw=1, label=name)
+    absolute.set(xlabel="Age (years)", ylabel=f"{column.replace('_', ' ').capitalize()} (years)", title="Each person's visits")
+    change.set(xlabel="Years since the first visit", ylabel="Change of brain age since the first visit (years)", title="Change since the first visit")
+    for ax in (absolute, change):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     return figure
 
 
@@ -272,6 +307,63 @@ def _groups(predictions: pd.DataFrame) -> str:
     else:
         line = f"{test['test']} on per-subject mean gaps ({', '.join(map(str, test['groups']))}): statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}."
     return _table(table, f"Gap = {column.replace('_', ' ')} − age, averaged per subject first") + f"<p>{html.escape(line)}</p>" + _figure(gap_figure(predictions, column))
+
+
+def _reliability(predictions: pd.DataFrame) -> str:
+    """Test–retest over the repeat scans of each session and consistency over each person's visits
+    (uncorrected brain age: a linear bias correction divides every difference by its slope)."""
+    try:
+        retest, visits = test_retest(predictions), longitudinal(predictions)
+    except ValueError as error:  # predictions without session ids or ages
+        return _note(f"Test–retest and visits: {error}.")
+    if retest.available:
+        values = retest.values
+        caption = (
+            f"Test–retest over the repeat scans of {values['n_sessions']} sessions ({values['n_scans']} scans), out-of-fold uncorrected brain age: "
+            f"within-session SD pooled over every scan; ICC from the first {values['k']} scans of the {values['n_icc_sessions']} sessions "
+            f"with at least {values['k']} (pingouin), 95 % intervals."
+        )
+        text = _table(_retest_display(retest.table), caption) + (_note(retest.reason) if retest.reason else "")
+    else:
+        text = _note(f"Test–retest: {retest.reason}.")
+    if visits.available:
+        caption = (
+            "Over each person's visits (repeat scans averaged), out-of-fold uncorrected brain age: per subject the slope of brain age "
+            "on age (1: it moves with age), median and quartiles per group, and the SD of the gap over the person's visits"
+            + ("; beside them the slope on the synthetic cohort's true brain age." if "slope_true_median" in visits.table else ".")
+        )
+        text += _table(_visits_display(visits.table), caption) + (_note(visits.reason) if visits.reason else "") + _figure(spaghetti_figure(predictions))
+    else:
+        text += _note(f"Longitudinal consistency: {visits.reason}.")
+    return text
+
+
+def _retest_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The test–retest table as text: SDs in years to 2 decimals, ICCs to 3, the interval in one column."""
+    digits = [3 if measure.startswith("ICC") else 2 for measure in table["measure"]]
+    return pd.DataFrame({
+        "measure": table["measure"],
+        "value": [f"{value:.{d}f}" for value, d in zip(table["value"], digits)],
+        "95 % interval": ["–" if math.isnan(low) else f"{low:.{d}f} to {high:.{d}f}" for low, high, d in zip(table["ci_low"], table["ci_high"], digits)],
+        "sessions": table["n_sessions"],
+        "scans": table["n_scans"],
+    })  # fmt: skip
+
+
+def _visits_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The longitudinal table as text: medians with their quartiles in brackets."""
+    def spread(prefix: str) -> list[str]:
+        return [f"{m:.2f} [{a:.2f}, {b:.2f}]" for m, a, b in zip(table[f"{prefix}_median"], table[f"{prefix}_q1"], table[f"{prefix}_q3"])]
+
+    shown = pd.DataFrame({
+        "group": table["group"], "subjects": table["n_subjects"], "visits": table["n_visits"],
+        "years followed (median)": [f"{value:.1f}" for value in table["years_median"]],
+        "slope on age, median [IQR]": spread("slope"),
+        "gap SD over visits (median, y)": [f"{value:.2f}" for value in table["gap_sd_median"]],
+    })  # fmt: skip
+    if "slope_true_median" in table:
+        shown["slope on true brain age, median [IQR]"] = spread("slope_true")
+    return shown
 
 
 def _baselines(run_dir: Path, cohort: dict[str, Any] | None) -> str:
