@@ -11,7 +11,10 @@ import pytest
 from brainage.evaluation import (
     AgeBiasCorrector,
     aggregate_sessions,
+    control_mask,
+    fit_bias_correction,
     gap_by_group,
+    gap_fidelity,
     regression_metrics,
     summarize_predictions,
 )
@@ -20,7 +23,7 @@ from brainage.evaluation import (
 def test_regression_metrics_match_hand_computed_values() -> None:
     metrics = regression_metrics([60, 70, 80], [62, 68, 83])
     # errors 2, -2, 3; age deviations -10, 0, 10; predicted deviations -9, -3, 12; gap deviations 1, -3, 2
-    assert metrics == {
+    assert {key: metrics[key] for key in ("n", "mae", "rmse", "r", "r2", "gap_age_r")} == {
         "n": 3,
         "mae": pytest.approx(7 / 3),
         "rmse": pytest.approx(math.sqrt(17 / 3)),
@@ -28,14 +31,16 @@ def test_regression_metrics_match_hand_computed_values() -> None:
         "r2": pytest.approx(1 - 17 / 200),
         "gap_age_r": pytest.approx(10 / math.sqrt(200 * 14)),
     }
+    assert math.isnan(metrics["mae_true"]) and math.isnan(metrics["gap_fidelity"])  # no true brain age given
 
 
 def test_mean_predictor_has_zero_r2_undefined_r_and_full_negative_gap_correlation() -> None:
     age = np.array([60.0, 65.0, 80.0, 95.0])
-    metrics = regression_metrics(age, np.full(4, age.mean()))
+    metrics = regression_metrics(age, np.full(4, age.mean()), true_brain_age=age + [3.0, -2.0, 1.0, 0.0])
     assert metrics["r2"] == pytest.approx(0.0)
     assert math.isnan(metrics["r"])
     assert metrics["gap_age_r"] == pytest.approx(-1.0)
+    assert math.isnan(metrics["gap_fidelity"])  # a constant prediction's gap is all age: nothing left to follow the true gap
 
 
 def test_regression_metrics_edge_cases() -> None:
@@ -43,48 +48,98 @@ def test_regression_metrics_edge_cases() -> None:
     assert empty["n"] == 0 and math.isnan(empty["mae"])
     with pytest.raises(ValueError, match="differ in length"):
         regression_metrics([1, 2, 3], [1, 2])
+    assert regression_metrics([60, 70, 80], [61, np.nan, 79])["n"] == 2  # a missing prediction is left out, not counted as 0
 
 
-def biased_predictions(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions regressed towards the mean: predicted = 0.6·age + 30 + noise."""
+def test_gap_fidelity_is_the_partial_correlation_given_age_not_the_raw_gap_correlation() -> None:
+    rng = np.random.default_rng(0)
+    age = rng.uniform(60, 95, 500)
+    own = rng.normal(0, 3, 500)  # each person's brain-age offset
+    truth = age - 0.3 * (age - 77.5) + own  # true gaps that also fall with age
+    shrunk = 0.5 * age + 38.75  # regression to the mean, no brain information
+    assert np.corrcoef(shrunk - age, truth - age)[0, 1] > 0.6  # the raw r of the gaps rewards it
+    assert math.isnan(gap_fidelity(age, shrunk, truth))  # the partial r does not
+    reader = shrunk + 0.8 * own + rng.normal(0, 2, 500)  # shrunk, but reading the offsets
+    assert 0.7 < gap_fidelity(age, reader, truth) < 0.85  # 2.4 / sqrt(2.4² + 2²) ≈ 0.77
+    metrics = regression_metrics(age, truth, truth)
+    assert metrics["mae_true"] == 0 and metrics["gap_fidelity"] == pytest.approx(1.0)
+
+
+def simulated_controls(n_subjects: int, seed: int, slope: float = 0.5, noise: float = 4.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One session per control subject: predicted = mean + slope·(age − mean) + noise (the network's
+    regression to the mean), ages 60–95."""
     rng = np.random.default_rng(seed)
-    age = rng.uniform(60, 95, n)
-    return age, 0.6 * age + 30 + rng.normal(0, 1.0, n)
+    age = rng.uniform(60, 95, n_subjects)
+    return age, 77.5 + slope * (age - 77.5) + rng.normal(0, noise, n_subjects), np.arange(n_subjects)
 
 
-def test_bias_corrector_learns_and_removes_a_planted_linear_bias() -> None:
-    age, predicted = biased_predictions()
-    corrector = AgeBiasCorrector().fit(age, predicted)
-    assert corrector.slope_ == pytest.approx(0.6, abs=0.02)
-    assert corrector.intercept_ == pytest.approx(30, abs=1.5)
-    before = regression_metrics(age, predicted)
-    after = regression_metrics(age, corrector.transform(predicted))
-    assert before["gap_age_r"] < -0.9
-    assert abs(after["gap_age_r"]) < 0.1
-    assert after["mae"] < before["mae"]
+@pytest.mark.parametrize("n_subjects", [7, 20, 200])
+def test_residual_correction_never_makes_the_gap_worse_and_refuses_too_few_controls(n_subjects: int) -> None:
+    age, predicted, subjects = simulated_controls(n_subjects, seed=n_subjects)
+    new_age, new_predicted, _ = simulated_controls(400, seed=1000 + n_subjects)  # other people, corrected with the fit
+    if n_subjects < 20:
+        with pytest.warns(UserWarning, match="refused: 7 control subjects, at least 20"):
+            corrector = AgeBiasCorrector().fit(age, predicted, subjects)
+        assert not corrector.applicable and np.isnan(corrector.transform(new_predicted, new_age)).all()
+        return
+    corrector = AgeBiasCorrector().fit(age, predicted, subjects)
+    assert corrector.applicable and corrector.slope_ci_[0] < corrector.slope_ < corrector.slope_ci_[1] < 0
+    corrected = corrector.transform(new_predicted, new_age)
+    before = np.abs(new_predicted - new_age).mean()
+    after = np.abs(corrected - new_age).mean()
+    assert after <= 1.2 * before
+    assert abs(regression_metrics(new_age, corrected)["gap_age_r"]) < abs(regression_metrics(new_age, new_predicted)["gap_age_r"])
 
 
-def test_bias_corrector_applies_to_new_predictions_and_round_trips_through_a_dict() -> None:
-    age, predicted = biased_predictions(seed=1)
-    corrector = AgeBiasCorrector().fit(age, predicted)
-    new_age, new_predicted = biased_predictions(n=50, seed=2)
-    values = corrector.to_dict()
-    assert all(type(v) is float for v in values.values())
-    restored = AgeBiasCorrector.from_dict(values)
-    assert np.array_equal(restored.transform(new_predicted), corrector.transform(new_predicted))
-    assert np.abs(corrector.transform(new_predicted) - new_age).mean() < 2.5
+def test_cole_inversion_stays_an_option_and_both_round_trip_through_a_dict() -> None:
+    age, predicted, subjects = simulated_controls(300, seed=3, noise=1.0)
+    for method in ("residual", "cole"):
+        corrector = AgeBiasCorrector(method).fit(age, predicted, subjects)
+        restored = AgeBiasCorrector.from_dict(corrector.to_dict())
+        np.testing.assert_array_equal(restored.transform(predicted, age), corrector.transform(predicted, age))
+        assert "CI" in corrector.describe() and method in corrector.describe()
+    cole = AgeBiasCorrector("cole").fit(age, predicted, subjects)
+    assert cole.slope_ == pytest.approx(0.5, abs=0.05)
+    np.testing.assert_allclose(cole.transform(predicted, age), (predicted - cole.intercept_) / cole.slope_)
+    assert np.isnan(cole.transform([80.0], [np.nan])).all()  # no age, no corrected value
 
 
-def test_bias_corrector_holds_a_vanishing_slope_and_refuses_bad_input() -> None:
-    age = np.array([60.0, 70.0, 80.0, 90.0])
-    with pytest.warns(UserWarning, match="little age signal"):
-        corrector = AgeBiasCorrector(min_slope=0.2).fit(age, np.full(4, 75.0))
-    assert corrector.slope_ == 0.2
-    assert corrector.transform([75.0]) == pytest.approx([age.mean()])
-    with pytest.raises(ValueError, match="two different true ages"):
-        AgeBiasCorrector().fit([70, 70], [71, 69])
+def test_a_slope_that_could_be_zero_is_refused() -> None:
+    rng = np.random.default_rng(5)
+    age = rng.uniform(60, 95, 100)
+    with pytest.warns(UserWarning, match="could be zero"):
+        corrector = AgeBiasCorrector().fit(age, age + rng.normal(0, 4, 100))  # no age bias to remove
+    assert not corrector.applicable
     with pytest.raises(RuntimeError, match="not fitted"):
-        AgeBiasCorrector().transform([70.0])
+        AgeBiasCorrector().transform([70.0], [70.0])
+    with pytest.raises(ValueError, match="unknown bias-correction method"):
+        AgeBiasCorrector("median")
+
+
+def test_controls_come_from_the_data_or_the_command_line() -> None:
+    frame = pd.DataFrame({"group": ["Nondemented", "Demented", "Converted", None], "cdr": [0.0, 1.0, 0.5, 0.0]})
+    assert control_mask(frame)[0].tolist() == [True, False, False, False]
+    bids = pd.DataFrame({"group": ["HC", "patient", "hc"]})
+    assert control_mask(bids)[0].tolist() == [True, False, True]
+    assert control_mask(pd.DataFrame({"cdr": [0.0, 0.5, np.nan]}))[0].tolist() == [True, False, False]
+    assert control_mask(pd.DataFrame({"age": [70.0, 80.0]}))[0].tolist() == [True, True]
+    assert control_mask(frame, ["Converted"])[0].tolist() == [False, False, True, False]
+    with pytest.raises(ValueError, match="no scans in control group.*Nondemented"):
+        control_mask(frame, ["healthy volunteers"])
+
+
+def test_the_correction_is_fitted_at_session_level_on_controls_only() -> None:
+    rows = []
+    rng = np.random.default_rng(2)
+    for subject in range(30):
+        age = 60 + subject
+        for group in ("Nondemented", "Demented"):
+            for scan in range(3):
+                rows.append({"subject_id": f"{group}{subject}", "session_id": f"{group}{subject}_MR1", "group": group, "age": float(age),
+                             "brain_age": 77.0 + 0.5 * (age - 77) + (8.0 if group == "Demented" else 0.0) + rng.normal(0, 1)})
+    corrector = fit_bias_correction(pd.DataFrame(rows))
+    assert corrector.n_subjects_ == 30 and corrector.n_sessions_ == 30  # three repeats are one session; patients left out
+    assert corrector.intercept_ + corrector.slope_ * 77 == pytest.approx(0.0, abs=0.5)  # the patients' +8 y did not pull it
 
 
 def predictions_frame() -> pd.DataFrame:
@@ -117,22 +172,18 @@ def test_aggregate_sessions_averages_repeat_scans() -> None:
     assert "scan_id" not in sessions.columns
 
 
-def test_summarize_predictions_reports_scan_and_session_levels_with_and_without_correction() -> None:
+def test_summarize_predictions_reports_scan_and_session_levels() -> None:
     frame = predictions_frame()
     plain = summarize_predictions(frame)
-    assert plain[["level", "correction"]].values.tolist() == [["scan", "none"], ["session", "none"]]
+    assert plain["level"].tolist() == ["scan", "session"]
     assert plain["n"].tolist() == [7, 3]
     assert plain.loc[1, "mae"] == pytest.approx((3 + 0 + 2) / 3)
-
-    corrector = AgeBiasCorrector.from_dict({"slope": 0.5, "intercept": 36.0})
-    summary = summarize_predictions(frame, corrector)
-    assert summary[["level", "correction"]].values.tolist() == [
-        ["scan", "none"], ["scan", "linear"], ["session", "none"], ["session", "linear"]
-    ]
-    corrected_sessions = (np.array([73.0, 72.0, 78.0]) - 36.0) / 0.5
-    expected = regression_metrics([70.0, 72.0, 80.0], corrected_sessions)
-    assert summary.iloc[3][list(expected)].to_dict() == pytest.approx(expected)
-    assert list(summary.columns) == ["level", "correction", "n", "mae", "rmse", "r", "r2", "gap_age_r"]
+    voxels = summarize_predictions(frame, "ridge_voxels")
+    expected = regression_metrics([70.0, 72.0, 80.0], [70.0, 75.0, 78.0])
+    assert voxels.iloc[1][list(expected)].to_dict() == pytest.approx(expected, nan_ok=True)
+    assert list(plain.columns) == ["level", "n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity"]
+    truth = summarize_predictions(frame.assign(true_brain_age=frame["brain_age"] + 1.0))
+    assert truth["mae_true"].tolist() == pytest.approx([1.0, 1.0])
 
 
 def group_frame(shift: float, seed: int) -> pd.DataFrame:
