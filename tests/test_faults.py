@@ -112,3 +112,16 @@ def test_killed_synth_leaves_no_worker_and_resumes_to_the_same_bytes(tiny_cohort
     again = subprocess.run([str(BRAINAGE), *args, "--workers", "2"], capture_output=True, text=True)
     assert again.returncode == 0, again.stdout + again.stderr
     assert file_hashes(out) == file_hashes(tiny_cohort)  # also: 2 workers give the bytes of 1
+
+
+def test_a_demo_killed_while_it_synthesizes_finishes_its_cohort(tiny_cohort: Path, tmp_path: Path) -> None:
+    from brainage.demo import DemoConfig, _cohort  # the demo's synthesis step, as its rerun calls it
+
+    out, seed = tmp_path / "demo", json.loads((tiny_cohort / "cohort.json").read_text())["seed"]
+    cohort = out / "cohort"
+    subjects_done = random_point().randint(1, TINY.n_subjects // 2)
+    args = ["demo", "--out", str(out), "--preset", "tiny", "--pipeline", "seed", "--seed", str(seed), "--workers", "2"]
+    workers = kill_when(args, lambda: len(list(cohort.glob(".synth/OAS2_*.json"))) >= subjects_done, tmp_path / "demo.log")
+    assert wait_gone(workers) == [], "worker processes outlived the killed demo"
+    assert _cohort(cohort, DemoConfig(preset="tiny", seed=seed, workers=2)) == cohort
+    assert file_hashes(cohort) == file_hashes(tiny_cohort)
