@@ -28,10 +28,12 @@ def test_onnx_runtime_predicts_what_pytorch_predicts(untrained_checkpoints: list
     cache = load_cache(tiny_cache_seed)
     volumes = np.stack([np.asarray(cache.volume(i), dtype=np.float32) for i in (0, 5, 17)])
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    brain_age, corrected = session.run(["brain_age", "brain_age_corrected"], {"volume": volumes[:, None]})
-    expected = BrainAgeModel.load(untrained_checkpoints, device="cpu").predict_volumes(volumes)
+    ages = np.array([70.0, np.nan, 85.0], dtype=np.float32)
+    brain_age, corrected = session.run(["brain_age", "brain_age_corrected"], {"volume": volumes[:, None], "age": ages})
+    expected = BrainAgeModel.load(untrained_checkpoints, device="cpu").predict_volumes(volumes, ages)
+    assert np.isnan(corrected[1]) and np.isnan(expected[1, 1]) and np.isfinite(corrected[[0, 2]]).all()  # no age, no correction
     np.testing.assert_allclose(brain_age, expected[:, 0], atol=1e-3)
-    np.testing.assert_allclose(corrected, expected[:, 1], atol=1e-3)
+    np.testing.assert_allclose(corrected[[0, 2]], expected[[0, 2], 1], atol=1e-3)
     assert np.ptp(expected[:, 0]) > 0.1  # the three scans differ, so agreeing is not trivial
 
     metadata = {entry.key: entry.value for entry in onnx.load(str(out)).metadata_props}

@@ -171,8 +171,18 @@ def test_warnings_flag_ages_outside_training_and_poor_registration(untrained_che
     assert table["qc_flagged"].all()  # the seed pipeline's scores are far below 0.99
     assert all(f"poor registration (QC score {score:.2f} < 0.99)" in text for score, text in zip(table["qc_score"], table["warnings"]))
     np.testing.assert_allclose(table["brain_age_gap"], table["brain_age"] - table["age"])
-    np.testing.assert_allclose(table["brain_age_corrected"], strict.corrector.transform(table["brain_age"]), atol=1e-3)
+    np.testing.assert_allclose(table["brain_age_corrected"], strict.corrector.transform(table["brain_age"], table["age"]), atol=1e-3)
     np.testing.assert_allclose(table["brain_age_gap_corrected"], table["brain_age_corrected"] - table["age"])
+    assert table["bias_correction"].str.startswith("residual, fitted on 40 control subjects").all()
+
+
+def test_the_correction_applies_only_where_an_age_is_given(untrained_checkpoints: list[Path], tiny_cohort: Path) -> None:
+    scans = [str(path) for path in _scans(tiny_cohort)[:2]]
+    table = BrainAgeModel.load(untrained_checkpoints[0]).predict(pd.DataFrame({"path": scans, "age": [np.nan, 75.0]}))
+    unknown, known = table.to_dict("records")
+    assert np.isnan(unknown["brain_age_corrected"]) and np.isfinite(unknown["brain_age"])
+    assert unknown["bias_correction"] == "none: no age given"
+    assert np.isfinite(known["brain_age_corrected"]) and np.isfinite(known["brain_age"])  # never the corrected value alone
 
 
 def test_inputs_are_found_in_cohorts_tables_files_and_folders(tiny_cohort: Path, tmp_path: Path) -> None:
