@@ -426,3 +426,17 @@ def test_every_public_name_has_an_example_in_api_md() -> None:
     code = "\n".join(re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "api.md").read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL))
     missing = [name for name in reliability.__all__ if not re.search(rf"\b{name}\b", code)]
     assert not missing, f"docs/api.md has no example of brainage.reliability.{', '.join(missing)}"
+
+
+def test_the_spaghetti_plot_draws_each_persons_change_on_the_identity_when_brain_age_follows_age() -> None:
+    from brainage.report import spaghetti_figure
+
+    predictions = _cohort(subjects=4, visits=3, repeats=2, scan_sd=0.0)
+    predictions["mr_delay"] = (predictions["session_id"].str[-1].astype(int) - 1) * 365.25 * 2.5  # visits 2.5 years apart
+    absolute, change = spaghetti_figure(predictions).axes
+    people = [line for line in change.get_lines() if len(line.get_xdata()) == 3]
+    assert len(people) == 4
+    for line in people:
+        np.testing.assert_allclose(line.get_xdata(), [0.0, 2.5, 5.0])  # the delays, not the 2-year age steps
+        np.testing.assert_allclose(line.get_ydata(), [0.0, 2.0, 4.0])  # brain age moved 2 years a visit
+    assert any("identity slope" in text.get_text() for text in change.get_legend().get_texts())

@@ -171,10 +171,18 @@ def gap_figure(predictions: pd.DataFrame, column: str = "brain_age_corrected") -
 def spaghetti_figure(predictions: pd.DataFrame, column: str = "brain_age") -> Figure:
     """Each person's visits (repeat scans averaged), one line per person coloured by group: brain
     age against age (left, with the identity brain age = age) and the change of both since the
-    first visit (right, with the identity slope: brain age moving exactly with age)."""
-    kept = [c for c in ("scan_id", "subject_id", "session_id", "age", column, "group") if c in predictions]
+    first visit (right, with the identity slope: brain age moving exactly with age). Where
+    ``mr_delay`` (days since the first visit) is known, ages are the first visit's plus the delay,
+    as in :func:`brainage.reliability.longitudinal` (OASIS-2's ages are whole years)."""
+    kept = [c for c in ("scan_id", "subject_id", "session_id", "age", column, "group", "mr_delay") if c in predictions]
     sessions = aggregate_sessions(predictions[kept].rename(columns={column: "brain_age"}))
     sessions = sessions.dropna(subset=["age", "brain_age"]).sort_values(["subject_id", "age"])
+    if "mr_delay" in sessions:
+        delay = sessions["mr_delay"].astype(float)
+        known = delay.notna().groupby(sessions["subject_id"]).transform("all")
+        first = sessions.assign(delay=delay).sort_values("delay").groupby("subject_id")[["age", "delay"]].transform("first")
+        sessions["age"] = np.where(known, first["age"] + (delay - first["delay"]) / 365.25, sessions["age"])
+        sessions = sessions.sort_values(["subject_id", "age"])
     groups = sessions["group"].fillna("unknown").astype(str) if "group" in sessions else pd.Series("all", index=sessions.index)
     colours = {name: f"C{k}" for k, name in enumerate(sorted(groups.unique()))}
     figure = Figure(figsize=(12, 4.8), layout="constrained")
