@@ -107,3 +107,40 @@ def test_inspect_and_predict_inputs(tmp_path: Path) -> None:
     assert "oasis1" in result.output and "Demented 1" in result.output
     rows, problems = find_inputs(root)
     assert len(rows) == 8 and rows["age"].notna().all() and len(problems) == 1
+
+
+def test_the_oasis1_preset_is_sized_like_oasis1() -> None:
+    from brainage.cohort import AGEING, get_preset, sample_cohort
+
+    preset = get_preset("oasis1")
+    people = sample_cohort(preset, 0)
+    first = np.array([person.sessions[0].age for person in people])
+    groups = np.array([person.group for person in people])
+    assert len(people) == 416 and preset.n_sessions == 436 and sum(len(p.sessions) == 2 for p in people) == 20
+    assert 18 <= first.min() < 25 and 90 < first.max() < 97 and (first < 60).sum() > 100
+    assert first[groups == "Demented"].min() >= 60 and (groups == "Demented").sum() == 100
+    delays = [person.sessions[1].mr_delay for person in people if len(person.sessions) == 2]
+    assert max(delays) < 120  # re-scans days later, as OASIS-1's reliability sessions
+    assert AGEING.atrophy(25) < AGEING.atrophy(40) < AGEING.atrophy(59)  # anatomy changes below 60 too
+
+
+@pytest.mark.slow
+def test_synth_writes_the_oasis1_layout_that_discovery_reads(tmp_path: Path, tiny_cohort: Path) -> None:
+    out = tmp_path / "oasis1"
+    result = CliRunner().invoke(app, ["synth", str(out), "--preset", "tiny", "--layout", "oasis1", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in out.iterdir()) == ["cohort.json", "disc1", "ground_truth.csv", "oasis_cross-sectional.csv"]
+    sheet = pd.read_csv(out / "oasis_cross-sectional.csv")
+    assert sheet.columns.tolist() == COLUMNS
+    found = discover(out)
+    assert found.kind == "oasis1" and found.problems == [] and len(found.manifest) == 48
+    assert found.manifest["subject_id"].str.match(r"OAS1_\d{4}$").all()
+    rescans = sheet[sheet["Delay"].notna()]
+    assert len(rescans) == 12 and rescans[["Educ", "SES", "MMSE", "CDR"]].isna().all().all()
+    # the same people and voxels as the OASIS-2 layout of the same seed
+    truth = pd.read_csv(out / "ground_truth.csv")
+    row = truth.iloc[0]
+    original = tiny_cohort / pd.read_csv(tiny_cohort / "ground_truth.csv").set_index(["MRI ID", "scan"]).loc[
+        (row["MRI ID"].replace("OAS1_", "OAS2_"), row["scan"]), "path"
+    ]
+    assert (out / row["path"]).with_suffix(".img").read_bytes() == Path(original).with_suffix(".img").read_bytes()

@@ -246,9 +246,10 @@ def prepare_command(
 @reports_errors
 def synth_command(
     out: Path = typer.Argument(..., help="New or empty folder to write the cohort into."),
-    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo, or oasis2 (full size: 150 subjects, 1368 scans)."),
+    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans) or oasis1 (416 people aged 18–96)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
+    layout: str = typer.Option("oasis2", "--layout", help="oasis2 (OAS2_RAW_PART*/ + demographics .xlsx) or oasis1 (disc*/ + oasis_cross-sectional.csv)."),
 ) -> None:
     """Generate a synthetic OASIS-2-shaped cohort from the MNI152 template, with known brain age."""
     import os
@@ -258,6 +259,10 @@ def synth_command(
     from brainage.console import console, print_problems, print_table
 
     chosen = get_preset(preset)
+    if layout not in ("oasis2", "oasis1"):
+        raise BrainAgeError(f"--layout {layout}: choose oasis2 or oasis1")
+    if layout == "oasis1":
+        from brainage.cohort.oasis1 import synthesize_oasis1 as synthesize  # the same cohort, OASIS-1's files
     start = time.perf_counter()
     result = synthesize(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
     elapsed = time.perf_counter() - start

@@ -30,6 +30,8 @@ class Demographics:
     baseline_age_sd: float = 7.5
     min_age: float = 60.0
     max_age: float = 97.0
+    #: Youngest first visit of a Demented or Converted subject (OASIS-1: dementia is rated from 60).
+    dementia_min_age: float = 60.0
     #: Days between visits: ``min_gap_days + Gamma(gap_shape, gap_scale_days)``.
     min_gap_days: int = 365
     gap_shape: float = 2.0
@@ -188,6 +190,7 @@ def sample_cohort(
     values, PART1/PART2) use the first spawned generator so their totals are exact; everything
     about one person uses that person's own spawned generator.
     """
+    demographics = replace(demographics, **dict(preset.demographics))  # the preset's own (oasis1: ages 18–96)
     n = preset.n_subjects
     cohort_seq, *subject_seqs = np.random.SeedSequence(seed).spawn(n + 1)
     rng = np.random.default_rng(cohort_seq)
@@ -262,7 +265,8 @@ def _sample_subject(
         visit_numbers.append(visit_numbers[-1] + step)
         delays.append(delays[-1] + round(sum(gaps)))
     span_years = delays[-1] / 365.25
-    baseline = _truncated_normal(rng, d.baseline_age_mean, d.baseline_age_sd, d.min_age, d.max_age - span_years)
+    youngest = d.min_age if group == "Nondemented" else max(d.min_age, d.dementia_min_age)
+    baseline = _truncated_normal(rng, d.baseline_age_mean, d.baseline_age_sd, youngest, d.max_age - span_years)
     offset = float(rng.normal(0.0, ageing.offset_sd))
     onset = _onset_days(rng, group, delays)
     educ_values, educ_shares = zip(*d.education)

@@ -26,6 +26,8 @@ class Preset:
     shape: tuple[int, int, int]
     zooms: tuple[float, float, float]
     resolution: float
+    #: Overrides of :class:`brainage.cohort.people.Demographics` (field, value), e.g. the ages of ``oasis1``.
+    demographics: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if sum(n for _, n in self.visits) != self.n_subjects:
@@ -93,7 +95,27 @@ TINY = Preset(
     resolution=3.0,
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEMO, OASIS2)}
+#: OASIS-1 itself: 416 people aged 18–96 (100 of those over 60 with CDR > 0), one session each and a
+#: second one days later for 20 of them (the reliability re-scans), 3–4 scans per session, the
+#: OASIS-2 scanner grid. Written in the OASIS-1 layout with ``--layout oasis1`` (brainage.cohort.oasis1).
+OASIS1 = Preset(
+    name="oasis1",
+    nondemented=316,
+    demented=100,
+    converted=0,
+    visits=((1, 396), (2, 20)),
+    repeats=((3, 100), (4, 336)),
+    shape=(256, 256, 128),
+    zooms=(1.0, 1.0, 1.25),
+    resolution=1.5,
+    demographics=(
+        ("baseline_age_mean", 45.0), ("baseline_age_sd", 27.0), ("min_age", 18.0), ("max_age", 97.0),
+        ("min_gap_days", 1), ("gap_shape", 1.5), ("gap_scale_days", 14.0), ("skipped_visit_share", 0.0),
+        ("id_span", 457 / 416),
+    ),
+)
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEMO, OASIS2, OASIS1)}
 
 
 def get_preset(name: str) -> Preset:
