@@ -205,6 +205,11 @@ def test_longitudinal_on_one_visit_says_so_and_works_without_groups() -> None:
     plain = longitudinal(_cohort(subjects=4, visits=2, scan_sd=0.0).drop(columns=["group", "true_brain_age"]))
     assert list(plain.table["group"]) == ["all"] and plain.values["slope_median"] == pytest.approx(1.0)
     assert "slope_true_median" not in plain.values
+    quick = _cohort(subjects=4, visits=2, scan_sd=0.0)
+    quick.loc[quick["group"] == "Demented", "age"] = 70.0  # their visits on one birthday: no slope
+    partial = longitudinal(quick)
+    assert list(partial.table["group"]) == ["Nondemented"] and "Demented" in partial.reason
+    assert not partial.table.isna().any().any()
     same_day = _cohort(subjects=3, visits=2).assign(age=70.0)
     assert not longitudinal(same_day).available and "span" in longitudinal(same_day).reason
 

@@ -306,11 +306,16 @@ def longitudinal(
     if control in groups:
         groups.remove(control)
         groups.insert(0, control)
+    short = [g for g in groups if subjects.loc[subjects["group"] == g, "slope"].isna().all()]
+    groups = [g for g in groups if g not in short]  # no subject of theirs followed long enough
     order = groups + (["all"] if has_groups and len(groups) > 1 else [])
     table = pd.DataFrame([_longitudinal_row(name, subjects if name == "all" else subjects[subjects["group"] == name], has_truth) for name in order])
     headline = table.iloc[0] if control in groups or not has_groups or len(groups) == 1 else table.iloc[-1]
     values = {key: _native(value) for key, value in headline.items()}
-    reason = "" if control in groups or not has_groups else "no control group: values are those of all subjects"
+    notes = [] if control in groups or not has_groups else ["no control group: values are those of all subjects"]
+    if short:
+        notes.append(f"left out, no subject followed {min_years:g} years or more: {', '.join(short)}")
+    reason = "; ".join(notes)
     return ReliabilityResult(figure, True, reason, values, table, subjects)
 
 
