@@ -272,7 +272,7 @@ def _run_standard(
     if spatial is None or spatial.mask.shape != data.shape:
         spatial = find_spatial(data, affine, config, timer, device)
     with timer("resample"):
-        brain = np.where(spatial.mask, data, 0.0).astype(np.float32)
+        brain = np.where(spatial.mask, data, np.float32(0))
         volume = stages.resample(brain, affine, config.affine, config.shape, spatial.world_to_source)
         mask = stages.resample(spatial.mask.astype(np.float32), affine, config.affine, config.shape, spatial.world_to_source)
     with timer("normalise"):
@@ -290,7 +290,7 @@ def find_spatial(
         else:
             mask = stages.skull_strip(data, config.strip_shape, config.strip_threshold, device)
     with timer("register"):
-        world_to_source = register_brain(np.where(mask, data, 0.0).astype(np.float32), affine, config)
+        world_to_source = register_brain(np.where(mask, data, np.float32(0)), affine, config)
     return Spatial(mask, world_to_source)
 
 
