@@ -113,3 +113,25 @@ def test_fmriprep_input_takes_the_images_with_a_brain_mask(tmp_path: Path) -> No
     assert scans["scan_id"].tolist() == ["sub-01_ses-1_desc-preproc_T1w", "sub-01_ses-2_desc-preproc_T1w", "sub-02_desc-preproc_T1w"]
     assert scans["age"].tolist() == [70.0, 72.5, 64.5]
     assert [problem.cause for problem in problems] == ["no brain mask beside it (expected sub-03_desc-brain_mask.nii.gz)"]
+
+
+def test_columns_a_model_adds_are_written_and_averaged(tmp_path: Path, untrained_checkpoints: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interval (or any brain_age_* column) that predict returns reaches both TSVs."""
+    from brainage.predict import BrainAgeModel
+
+    original = BrainAgeModel.predict
+
+    def with_interval(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        table = original(self, *args, **kwargs)
+        return table.assign(brain_age_lower=table["brain_age"] - 5, brain_age_upper=table["brain_age"] + 5, brain_age_q90=1.0)
+
+    monkeypatch.setattr(BrainAgeModel, "predict", with_interval)
+    root = make_dataset(tmp_path / "bids")
+    out = tmp_path / "out"
+    run_bids_app(root, out, "participant", untrained_checkpoints[0], ["01"])
+    run_bids_app(root, out, "group")
+    session = pd.read_csv(out / "sub-01/ses-1/sub-01_ses-1_scans.tsv", sep="\t")
+    assert np.allclose(session["brain_age_upper"] - session["brain_age_lower"], 10, atol=1e-3) and "brain_age_q90" in session
+    group = pd.read_csv(out / "phenotype/brainage.tsv", sep="\t")
+    assert {"brain_age_lower", "brain_age_upper", "brain_age_q90"} <= set(group)
+    assert validate_derivatives(out) == []

@@ -176,7 +176,9 @@ def run_participants(
     for (participant, session), rows in merged.groupby(["participant", merged["session"].fillna("")], sort=True):
         folder = output_dir / participant / session if session else output_dir / participant
         stem = f"{participant}_{session}" if session else participant
-        columns = ["filename", *(column for column in RESULT_COLUMNS if column in rows)]
+        known = [column for column in RESULT_COLUMNS if column in rows]
+        extra = [column for column in rows if column.startswith("brain_age") and column not in known]  # e.g. a new interval's columns
+        columns = ["filename", *known, *extra]
         table = rows.sort_values("filename", key=lambda values: values.map(natural_key))[columns]
         result.files.append(_write_tsv(table, folder / f"{stem}_scans.tsv"))
         result.files.append(_write_json({**_column_descriptions(columns), **sidecar}, folder / f"{stem}_scans.json"))
@@ -211,7 +213,8 @@ def run_group(bids_dir: Path, output_dir: Path, labels: Sequence[str] = ()) -> B
     scans = pd.concat(frames, ignore_index=True)
     keys = ["participant_id", "session_id"]
     grouped = scans.groupby(keys, sort=False, dropna=False)
-    table = grouped[[column for column in AVERAGED if column in scans]].mean(numeric_only=True)
+    averaged = [*(c for c in AVERAGED if c in scans), *(c for c in scans if c.startswith("brain_age") and c not in AVERAGED)]
+    table = grouped[averaged].mean(numeric_only=True)
     if "qc_score" in scans:
         table["qc_score"] = grouped["qc_score"].min()
     if "qc_flagged" in scans:
