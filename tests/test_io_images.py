@@ -1,4 +1,5 @@
-"""brainage.io.images on real files written by nibabel: every format, every bad case."""
+"""brainage.io.images on real files written by nibabel: every format it reads (the bad files are in
+tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainage.errors import InputError
 from brainage.io import check_scan_file, load_scan, scan_stem
 
 SHAPE = (8, 8, 6)
@@ -99,134 +99,3 @@ def test_multi_member_gzip_passes_the_size_check(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(plain[:500]) + gzip.compress(plain[500:]))
     check_scan_file(path)
     assert load_scan(path).data.shape == SHAPE
-
-
-def _truncate(path: Path, keep: int) -> None:
-    path.write_bytes(path.read_bytes()[:keep])
-
-
-def _append(path: Path, extra: int) -> None:
-    with path.open("ab") as handle:
-        handle.write(b"\0" * extra)
-
-
-def _missing_img(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "mpr-1.nifti.hdr", volume())
-    (tmp / "mpr-1.nifti.img").unlink()
-    return path, path
-
-
-def _missing_hdr(tmp: Path) -> tuple[Path, Path]:
-    write(tmp / "mpr-1.nifti.hdr", volume())
-    (tmp / "mpr-1.nifti.hdr").unlink()
-    return tmp / "mpr-1.nifti.img", tmp / "mpr-1.nifti.img"
-
-
-def _truncated_nii(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "t1.nii", volume())
-    _truncate(path, path.stat().st_size - 100)
-    return path, path
-
-
-def _truncated_img(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "mpr-1.nifti.hdr", volume())
-    _truncate(tmp / "mpr-1.nifti.img", 200)
-    return path, tmp / "mpr-1.nifti.img"
-
-
-def _truncated_gz(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "t1.nii.gz", volume())
-    _truncate(path, path.stat().st_size // 2)
-    return path, path
-
-
-def _oversized_nii(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "t1.nii", volume())
-    _append(path, 64)
-    return path, path
-
-
-def _oversized_img(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "mpr-1.nifti.hdr", volume())
-    _append(tmp / "mpr-1.nifti.img", 4)
-    return path, tmp / "mpr-1.nifti.img"
-
-
-def _four_d(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "bold.nii.gz", volume((*SHAPE, 3)))
-    return path, path
-
-
-def _two_d(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "slice.nii", volume((8, 8)))
-    return path, path
-
-
-def _single_slice(tmp: Path) -> tuple[Path, Path]:
-    path = write(tmp / "slice.nii", volume((8, 8, 1)))
-    return path, path
-
-
-def _unsupported(tmp: Path) -> tuple[Path, Path]:
-    path = tmp / "scan.png"
-    path.write_bytes(b"\x89PNG")
-    return path, path
-
-
-def _absent(tmp: Path) -> tuple[Path, Path]:
-    return tmp / "nowhere.nii.gz", tmp / "nowhere.nii.gz"
-
-
-def _garbage(tmp: Path) -> tuple[Path, Path]:
-    path = tmp / "noise.nii"
-    path.write_bytes(b"not an image at all" * 30)
-    return path, path
-
-
-#: bad file → (what it is, words the cause must contain); all detectable from the header alone.
-HEADER_CASES = {
-    "missing .img": (_missing_img, "missing image file mpr-1.nifti.img"),
-    "missing .hdr": (_missing_hdr, "missing header mpr-1.nifti.hdr"),
-    "truncated .nii": (_truncated_nii, "truncated"),
-    "truncated .img": (_truncated_img, "truncated"),
-    "truncated .nii.gz": (_truncated_gz, "truncated"),
-    "longer .nii": (_oversized_nii, "size mismatch"),
-    "longer .img": (_oversized_img, "size mismatch"),
-    "4-D": (_four_d, "3 volumes"),
-    "2-D": (_two_d, "2-D"),
-    "one slice": (_single_slice, "2-D"),
-    "unsupported": (_unsupported, "unsupported file type"),
-    "absent": (_absent, "file not found"),
-    "garbage": (_garbage, "unreadable image header"),
-}
-
-
-@pytest.mark.parametrize("case", HEADER_CASES)
-@pytest.mark.parametrize("reader", [check_scan_file, load_scan])
-def test_bad_files_raise_one_line_naming_file_and_cause(tmp_path: Path, case: str, reader) -> None:
-    make, cause = HEADER_CASES[case]
-    given, named = make(tmp_path)
-    with pytest.raises(InputError) as info:
-        reader(given)
-    error = info.value
-    assert error.path == str(named)
-    assert cause in error.cause
-    message = str(error)
-    assert message.startswith(f"{named}: ") and "\n" not in message
-
-
-@pytest.mark.parametrize(
-    ("data", "cause"),
-    [
-        (np.full(SHAPE, np.nan, np.float32), "no finite voxel"),
-        (np.full(SHAPE, 7.0, np.float32), "constant image (every voxel is 7)"),
-    ],
-    ids=["all-nan", "constant"],
-)
-def test_content_checks_happen_on_load_only(tmp_path: Path, data: np.ndarray, cause: str) -> None:
-    path = write(tmp_path / "t1.nii.gz", data)
-    check_scan_file(path)  # the cheap check reads the header only
-    with pytest.raises(InputError) as info:
-        load_scan(path)
-    assert info.value.path == str(path)
-    assert cause in info.value.cause

@@ -17,7 +17,7 @@ import pandas as pd
 
 from brainage.errors import InputError, Problem
 from brainage.io.images import image_suffix, scan_stem
-from brainage.io.manifest import Discovery, finish, is_missing, natural_key, parse_age, snake_case
+from brainage.io.manifest import Discovery, finish, is_missing, natural_key, parse_age, rename_sex_alias, snake_case
 from brainage.io.table import read_spreadsheet
 
 T1W_PATTERNS = ("sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*")
@@ -122,6 +122,7 @@ def _read_tsv(path: Path, id_column: str, prefix: str) -> pd.DataFrame:
     """A BIDS table with snake_case columns and ids carrying their ``sub-``/``ses-`` prefix."""
     frame = read_spreadsheet(path)
     frame.columns = [snake_case(column) for column in frame.columns]
+    frame = rename_sex_alias(frame, path)
     if id_column not in frame.columns:
         raise InputError(path, f"missing column(s): {id_column}")
     ids = [None if is_missing(value) else str(value).strip() for value in frame[id_column]]

@@ -95,6 +95,8 @@ def _open_header(path: Path) -> tuple[SpatialImage, tuple[int, int, int]]:
     suffix = image_suffix(path)
     if suffix is None:
         raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    if path.is_dir():
+        raise InputError(path, "a folder, not an image file")
     if not path.is_file():
         raise InputError(path, "file not found")
     if suffix in (".hdr", ".img"):
@@ -102,6 +104,10 @@ def _open_header(path: Path) -> tuple[SpatialImage, tuple[int, int, int]]:
         if not partner.is_file():
             role = "image file" if suffix == ".hdr" else "header"
             raise InputError(path, f"missing {role} {partner.name} beside it")
+    try:
+        path.open("rb").close()  # nibabel reports an unreadable file as one of unknown type
+    except OSError as error:
+        raise InputError(path, f"cannot read the file ({error.strerror})") from None
     try:
         image = nib.load(path, mmap=False)
     except Exception as error:  # noqa: BLE001 - nibabel raises many types for a bad header

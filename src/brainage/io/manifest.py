@@ -47,6 +47,8 @@ NON_MISSING = ("scan_id", "subject_id", "session_id", "path", "age")
 AGE_RANGE = (0.0, 130.0)
 
 _SEX = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
+#: Other snake_case headings of the sex column (OASIS's ``M/F`` is ``m_f``), renamed to ``sex``.
+SEX_ALIASES = ("gender", "m_f")
 _MISSING_TEXT = {"", "n/a", "na", "nan", "none", "null"}
 
 
@@ -81,6 +83,7 @@ def validate_manifest(frame: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     for column, dtype in COLUMN_DTYPES.items():
         if column in frame.columns:
             frame[column] = _coerce(frame[column], dtype, column, source)
+    check_sex_column(frame["sex"], source, "sex")
     frame["sex"] = frame["sex"].map(normalise_sex, na_action="ignore").astype("str")
     for column in NON_MISSING:
         if frame[column].isna().any():
@@ -116,10 +119,13 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write ``frame`` (validated first) to a CSV file atomically."""
+    """Write ``frame`` (validated first) to a CSV file atomically; a failed write leaves no file."""
     frame = validate_manifest(frame, path)
-    with atomic_write(path) as tmp:
-        frame.to_csv(tmp, index=False)
+    try:
+        with atomic_write(path) as tmp:
+            frame.to_csv(tmp, index=False)
+    except OSError as error:
+        raise InputError(path, f"cannot write the manifest ({error.strerror or error})") from None
 
 
 def parse_age(value: object) -> tuple[float | None, str | None]:
@@ -151,6 +157,24 @@ def normalise_sex(value: object) -> str | float:
     if is_missing(value):
         return math.nan
     return _SEX.get(str(value).strip().lower(), math.nan)
+
+
+def check_sex_column(values: pd.Series, source: str | Path, column: str) -> None:
+    """Raise :class:`InputError` when ``values`` has entries but none that :func:`normalise_sex` reads:
+    the column would silently become missing."""
+    given = [str(value).strip() for value in values if not is_missing(value)]
+    if given and all(value.lower() not in _SEX for value in given):
+        found = ", ".join(repr(value) for value in dict.fromkeys(given[:50]).keys())
+        raise InputError(source, f"column {column}: no value reads as M or F (found {found}); recode it as M/F")
+
+
+def rename_sex_alias(frame: pd.DataFrame, source: str | Path) -> pd.DataFrame:
+    """``frame`` (snake_case columns) with a ``gender`` or ``m_f`` column renamed to ``sex``; several
+    sex columns are refused."""
+    present = [column for column in ("sex", *SEX_ALIASES) if column in frame.columns]
+    if len(present) > 1:
+        raise InputError(source, f"several sex columns ({', '.join(present)}): keep one")
+    return frame.rename(columns={present[0]: "sex"}) if present else frame
 
 
 def snake_case(name: str) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from brainage.errors import InputError, Problem
 from brainage.io.images import image_suffix, pair_partner, scan_stem
-from brainage.io.manifest import Discovery, finish, is_missing, natural_key, parse_age
+from brainage.io.manifest import Discovery, check_sex_column, finish, is_missing, natural_key, parse_age
 from brainage.io.table import read_spreadsheet
 
 #: The spreadsheet's columns as OASIS publishes them, in order.
@@ -28,6 +28,8 @@ MANIFEST_NAMES = {
     "MR Delay": "mr_delay", "M/F": "sex", "Hand": "hand", "Age": "age", "EDUC": "educ", "SES": "ses",
     "MMSE": "mmse", "CDR": "cdr", "eTIV": "etiv", "nWBV": "nwbv", "ASF": "asf",
 }  # fmt: skip
+#: Other headings of a column, as exports of the table spell them (matched like the names above).
+COLUMN_ALIASES = {"sex": "M/F", "gender": "M/F"}
 SCAN_FOLDER = "RAW"
 #: How deep below the root a session folder may sit: ``<root>/<MRI ID>``, ``<root>/<part>/<MRI ID>``,
 #: or all of it one level down (``<root>/<untarred>/<part>/<MRI ID>``).
@@ -122,11 +124,19 @@ def _read_text(path: Path) -> pd.DataFrame:
     if path.suffix.lower() not in (".xlsx", ".csv"):
         raise InputError(path, "the demographics spreadsheet must be an .xlsx or .csv file")
     frame = read_spreadsheet(path)
-    canonical = {_squash(name): name for name in DEMOGRAPHICS_COLUMNS}
-    frame = frame.rename(columns=lambda column: canonical.get(_squash(column), column))
+    canonical = {_squash(name): name for name in DEMOGRAPHICS_COLUMNS} | COLUMN_ALIASES
+    headings: dict[str, list[str]] = defaultdict(list)
+    for column in frame.columns:
+        headings[canonical.get(_squash(column), column)].append(column)
+    for name, given in headings.items():
+        if len(given) > 1:
+            raise InputError(path, f"columns {', '.join(given)} all hold {name}: keep one")
+    frame.columns = [canonical.get(_squash(column), column) for column in frame.columns]
     missing = [column for column in REQUIRED_DEMOGRAPHICS if column not in frame.columns]
     if missing:
         raise InputError(path, f"missing column(s): {', '.join(missing)}")
+    if "M/F" in frame.columns:
+        check_sex_column(frame["M/F"], path, headings["M/F"][0])
     for column in DEMOGRAPHICS_COLUMNS:
         if column not in frame.columns:
             frame[column] = pd.Series(pd.NA, index=frame.index, dtype="str")

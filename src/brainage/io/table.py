@@ -10,7 +10,7 @@ import pandas as pd
 
 from brainage.errors import InputError, Problem
 from brainage.io.images import scan_stem
-from brainage.io.manifest import Discovery, finish, is_missing, parse_age, snake_case
+from brainage.io.manifest import Discovery, finish, is_missing, parse_age, rename_sex_alias, snake_case
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx")
 REQUIRED_TABLE_COLUMNS = ("path", "subject_id", "age")
@@ -34,7 +34,9 @@ def read_spreadsheet(path: str | Path) -> pd.DataFrame:
             frame = pd.read_excel(path, dtype=str)
         else:
             frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str)
-    except (OSError, ValueError, zipfile.BadZipFile, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+    except OSError as error:
+        raise InputError(path, f"cannot read the table ({error.strerror or error})") from None
+    except (ValueError, zipfile.BadZipFile, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise InputError(path, f"cannot read the table ({' '.join(str(error).split())})") from None
     frame = frame.dropna(how="all")
     if frame.empty:
@@ -47,6 +49,7 @@ def discover_table(path: Path) -> Discovery:
     """Build the manifest from a table of scans; relative paths are resolved against its folder."""
     frame = read_spreadsheet(path)
     frame.columns = [snake_case(column) for column in frame.columns]
+    frame = rename_sex_alias(frame, path)
     missing = [column for column in REQUIRED_TABLE_COLUMNS if column not in frame.columns]
     if missing:
         raise InputError(path, f"missing column(s): {', '.join(missing)} (a scan table needs path, subject_id, age)")
@@ -58,7 +61,7 @@ def discover_table(path: Path) -> Discovery:
         if empty:
             problems.append(Problem(str(path), f"row {number}: missing {', '.join(empty)}"))
         elif cause:
-            problems.append(Problem(str(path), f"row {number} ({row['path']}): {cause}"))
+            problems.append(Problem(str(path), f"row {number} ({' '.join(str(row['path']).split())}): {cause}"))
         keep.append(not empty and age is not None)
     rows = frame.loc[keep].copy()
     rows["path"] = [str(_resolve(path.parent, value)) for value in rows["path"]]
