@@ -8,7 +8,6 @@ fields of :class:`DemoConfig`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -22,11 +21,12 @@ from brainage.cohort import SUMMARY, get_preset, synthesize, unfinished
 from brainage.data import subject_holdout
 from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover
-from brainage.predict import BrainAgeModel, accuracy_table
+from brainage.predict import BrainAgeModel, accuracy_table, summarise_sessions
 from brainage.preprocess import make_config, prepare
 from brainage.preprocess.pipelines import PIPELINES, PipelineConfig
 from brainage.report import build_report
-from brainage.training import BASELINES, TrainConfig, train, write_csv
+from brainage.training import BASELINES, TrainConfig, train
+from brainage.utils import write_csv
 
 
 def _cores() -> int:
@@ -36,7 +36,9 @@ def _cores() -> int:
 #: Training settings (:class:`TrainConfig` fields) per cohort preset; the others keep their defaults.
 #: One device: the demo is one process, never a multi-GPU launch.
 TRAINING: dict[str, dict[str, Any]] = {
-    "demo": {"model": "resnet", "epochs": 40, "batch_size": 8, "devices": 1},
+    # 5 folds by subject: every scan gets an out-of-fold prediction and each fold's bias correction
+    # is fitted on the other folds' controls (about 22 people), never on its own.
+    "demo": {"model": "resnet", "epochs": 40, "batch_size": 8, "folds": 5, "devices": 1},
     "tiny": {"model": "sfcn", "model_hparams": {"width": 0.125}, "epochs": 2, "batch_size": 8, "voxel_components": 5, "devices": 1},
 }
 
@@ -102,12 +104,14 @@ class DemoResult:
     predictions: Path
     report: Path
     seconds: dict[str, float]
+    group_test: dict[str, Any] = field(default_factory=dict)
+    correction: str = ""
 
 
 def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None) -> DemoResult:
     """Run the whole demo into ``out`` (``cohort/``, ``cache/``, ``run/``, ``heldout_predictions.csv``,
-    ``report.html``) and return the comparison of the network, the baselines and the cohort's best
-    possible MAE."""
+    ``report.html``) and return the session-level comparison of the network, the baselines and the
+    cohort's true brain age."""
     config = config or DemoConfig()
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -136,10 +140,8 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     lap("predict held-out subjects")
     report = build_report(out / "run", out / "report.html", saliency=config.saliency)
     lap("report")
-    made = json.loads((cohort / SUMMARY).read_text())
-    best = ((made.get("true_brain_age_mae") or made["best_possible_mae"])["scan"], made["counts"]["scans"])
-    table = comparison_table(result.summary, train_config.model, accuracy_table(heldout, model.mean_training_age), best)
-    return DemoResult(table, out, result.run_dir, predictions, report, seconds)
+    table = comparison_table(result.summary, train_config.model, accuracy_table(summarise_sessions(heldout), model.mean_training_age))
+    return DemoResult(table, out, result.run_dir, predictions, report, seconds, result.group_test, result.corrector.describe() if result.corrector else "none")
 
 
 def _cohort(root: Path, config: DemoConfig) -> Path:
@@ -155,27 +157,32 @@ def _cohort(root: Path, config: DemoConfig) -> Path:
     return root
 
 
-def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame, best_possible: tuple[float, int]) -> pd.DataFrame:
-    """Scan-level n, MAE, RMSE and r: the network on its test split (uncorrected, bias-corrected),
-    the baselines on the same split, the network on the held-out people, and the best possible MAE
-    (``(mae, scans)`` of the whole cohort)."""
-    scans = summary[summary["level"] == "scan"]
-    names = {(model, "none"): f"{model} (network)", (model, "linear"): f"{model}, bias-corrected"}
-    names.update({(name, "none"): f"baseline: {name}" for name in BASELINES.values()})
-    rows = [
-        {"model": names[(row.model, row.correction)], "scans": "test split", "n": row.n, "mae": row.mae, "rmse": row.rmse, "r": row.r}
-        for row in scans.itertuples()
-        if (row.model, row.correction) in names
-    ]
+def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame) -> pd.DataFrame:
+    """Session-level (repeat scans averaged) n, MAE against age, MAE against the true brain age, gap
+    fidelity and the Demented-minus-Nondemented gap per subject with its p value: the network's
+    out-of-fold predictions (uncorrected, bias-corrected), the baselines on the same folds, the true
+    brain age itself, and the network on the held-out people (MAE only)."""
+    sessions = summary[summary["level"] == "session"]
+    rows = []
+    for row in sessions.itertuples():
+        if row.model == model:
+            name = f"{model} (network)" if row.correction == "none" else f"{model}, bias-corrected ({row.correction})"
+        elif row.model in BASELINES.values():
+            name = f"baseline: {row.model}"
+        else:
+            name = row.model
+        rows.append({
+            "model": name, "sessions": "out-of-fold", "n": row.n, "mae": row.mae, "mae_true": row.mae_true,
+            "gap_fidelity": row.gap_fidelity, "dementia_gap": row.dementia_gap, "dementia_p": row.dementia_p,
+        })  # fmt: skip
     labels = {
         "brain age": f"{model} (network)",
         "brain age, bias-corrected": f"{model}, bias-corrected",
         "mean training age": f"baseline: {BASELINES['mean_age']}",
     }
     rows += [
-        {"model": labels[row.prediction], "scans": "held-out people", "n": row.n, "mae": row.mae, "rmse": row.rmse, "r": row.r}
+        {"model": labels[row.prediction], "sessions": "held-out people", "n": row.n, "mae": row.mae}
         for row in heldout.itertuples()
+        if row.n
     ]
-    mae, count = best_possible
-    rows.append({"model": "best possible (hidden brain-age offsets)", "scans": "whole cohort", "n": count, "mae": mae, "rmse": math.nan, "r": math.nan})
     return pd.DataFrame(rows).astype({"n": int})

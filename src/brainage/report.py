@@ -24,14 +24,14 @@ import yaml
 from matplotlib.figure import Figure
 
 from brainage import __version__
+from brainage.checkpoint import load_checkpoint
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import aggregate_sessions, gap_by_group
-from brainage.predict import BrainAgeEnsemble
+from brainage.inference import BrainAgeEnsemble
 from brainage.preprocess import PreparedCache, StandardConfig, load_cache
 from brainage.preprocess.template import template_on_grid
 from brainage.reliability import longitudinal, test_retest
 from brainage.saliency import METHODS, saliency_map
-from brainage.training import load_checkpoint
 from brainage.utils import atomic_write
 
 SECTIONS = (
@@ -308,13 +308,15 @@ def _cohort(manifest: pd.DataFrame, cohort: dict[str, Any] | None, cache_note: s
 def _groups(predictions: pd.DataFrame) -> str:
     if "group" not in predictions or predictions["group"].notna().sum() == 0:
         return _note("The scans have no clinical group.")
-    column = "brain_age_corrected" if "brain_age_corrected" in predictions else "brain_age"
+    corrected = "brain_age_corrected" in predictions and predictions["brain_age_corrected"].notna().any()
+    column = "brain_age_corrected" if corrected else "brain_age"
     table, test = gap_by_group(predictions, by="group", column=column)
     if test["test"] == "none":
         line = "Too few subjects per group for a test."
     else:
         line = f"{test['test']} on per-subject mean gaps ({', '.join(map(str, test['groups']))}): statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}."
-    return _table(table, f"Gap = {column.replace('_', ' ')} − age, averaged per subject first") + f"<p>{html.escape(line)}</p>" + _figure(gap_figure(predictions, column))
+    caption = f"Gap = {column.replace('_', ' ')} − age, averaged per subject first" + ("" if corrected else " (no bias correction was fitted: see bias_correction.yaml)")
+    return _table(table, caption) + f"<p>{html.escape(line)}</p>" + _figure(gap_figure(predictions, column))
 
 
 def _reliability(predictions: pd.DataFrame) -> str:
