@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from brainage.cohort import TINY
+from brainage.demo import DemoConfig, _cohort
+from brainage.utils import stale_temporaries
 
 BRAINAGE = Path(sys.executable).with_name("brainage")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process state from /proc")
@@ -99,6 +101,10 @@ def test_killed_synth_leaves_no_worker_and_resumes_to_the_same_bytes(tiny_cohort
     assert len(workers) >= 2, workers  # the pool's workers (and possibly multiprocessing's resource tracker)
     assert wait_gone(workers) == [], "worker processes outlived the killed command"
     assert not (out / "cohort.json").exists()
+    for raw in out.glob("OAS2_RAW_PART*/*/RAW"):  # what a reader sees: whole pairs, nothing else
+        headers = {path.name.removesuffix(".hdr") for path in raw.glob("*.hdr")}
+        assert headers and headers == {path.name.removesuffix(".img") for path in raw.glob("*.img")}
+        assert len(list(raw.iterdir())) == 2 * len(headers), sorted(raw.iterdir())
 
     # a subject kept from the killed run is checked, not trusted: damage one of its files
     markers = sorted(out.glob(".synth/OAS2_*.json"))
@@ -115,13 +121,24 @@ def test_killed_synth_leaves_no_worker_and_resumes_to_the_same_bytes(tiny_cohort
 
 
 def test_a_demo_killed_while_it_synthesizes_finishes_its_cohort(tiny_cohort: Path, tmp_path: Path) -> None:
-    from brainage.demo import DemoConfig, _cohort  # the demo's synthesis step, as its rerun calls it
-
     out, seed = tmp_path / "demo", json.loads((tiny_cohort / "cohort.json").read_text())["seed"]
     cohort = out / "cohort"
     subjects_done = random_point().randint(1, TINY.n_subjects // 2)
     args = ["demo", "--out", str(out), "--preset", "tiny", "--pipeline", "seed", "--seed", str(seed), "--workers", "2"]
     workers = kill_when(args, lambda: len(list(cohort.glob(".synth/OAS2_*.json"))) >= subjects_done, tmp_path / "demo.log")
     assert wait_gone(workers) == [], "worker processes outlived the killed demo"
-    assert _cohort(cohort, DemoConfig(preset="tiny", seed=seed, workers=2)) == cohort
+    assert _cohort(cohort, DemoConfig(preset="tiny", seed=seed, workers=2)) == cohort  # the demo's synthesis step
     assert file_hashes(cohort) == file_hashes(tiny_cohort)
+
+
+def test_a_write_killed_midway_leaves_only_a_temporary_that_is_found(tmp_path: Path) -> None:
+    target = tmp_path / "table.csv"
+    script = (
+        "import os, sys\nfrom brainage.utils import atomic_write\n"
+        "with atomic_write(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n    os.kill(os.getpid(), 9)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(target)])
+    assert killed.returncode == -signal.SIGKILL and not target.exists()
+    (tmp_path / "other.csv").write_text("kept")
+    stale = stale_temporaries(target)
+    assert [path.read_text() for path in stale] == ["half"] and stale[0].name.startswith(".table.")
