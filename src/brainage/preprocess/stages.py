@@ -96,7 +96,9 @@ def _coarse_network(device: str = "cpu"):  # type: ignore[no-untyped-def]
 
     network = deepbet_model(device).bbox_model.eval()
     target = next(network.parameters()).device
-    return torch.jit.optimize_for_inference(torch.jit.freeze(network)), target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's, like deepbet's own torch.jit.load
+        return torch.jit.optimize_for_inference(torch.jit.freeze(network)), target
 
 
 def _largest_filled(mask: np.ndarray) -> np.ndarray:
