@@ -336,13 +336,21 @@ def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]],
 def _running(root: Path) -> Iterator[None]:
     """Hold a shared lock on ``root/.lock`` while a ``prepare`` runs. A run that finds no other
     holder (an exclusive lock succeeds) first removes the temporary files that killed writers left."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".lock", "a")  # noqa: SIM115 - closed by the with below
+    except OSError as error:
+        raise InputError(root, f"cannot write the cache folder ({error.strerror or error})") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
         except BlockingIOError:
-            pass  # another prepare of this cache is running: its temporary files are live
-        else:
+            alone = False  # another prepare of this cache is running: its temporary files are live
+        except OSError:  # a file system without locks: nothing is removed
+            yield
+            return
+        if alone:
             for folder in _WRITTEN_FOLDERS:
                 for leftover in (root / folder).glob(".*.tmp*"):
                     leftover.unlink(missing_ok=True)

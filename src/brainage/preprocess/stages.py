@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 import nibabel as nib
 import numpy as np
@@ -206,7 +207,7 @@ def register_affine(
     import ants
 
     ants.config._random_seed = seed  # what ants.set_ants_deterministic sets, without reseeding numpy
-    with tempfile.TemporaryDirectory(prefix="brainage-ants-") as folder, _itk_messages() as messages:
+    with tempfile.TemporaryDirectory(prefix="brainage-ants-") as folder, _captured_stderr() as messages:
         try:
             result = ants.registration(
                 fixed=to_ants(fixed, fixed_affine),
@@ -221,7 +222,8 @@ def register_affine(
                 verbose=False,
             )
         except RuntimeError as error:
-            raise RuntimeError(_itk_cause(messages(), str(error))) from None
+            messages.seek(0)
+            raise RuntimeError(_itk_cause(messages.read().decode(errors="replace"), str(error))) from None
         itk = ants.read_transform(result["fwdtransforms"][0])
     params = np.asarray(itk.parameters, dtype=float)
     center = np.asarray(itk.fixed_parameters, dtype=float)
@@ -233,26 +235,18 @@ def register_affine(
 
 
 @contextmanager
-def _itk_messages() -> Iterator[functools.partial[str]]:
-    """Send what ITK/ANTs write to the process's stderr (file descriptor 2) to a temporary file.
-
-    Yields a function that returns the text so far. ITK prints its exceptions there from C++
-    before ANTs raises, which would put many lines before brainage's one-line error.
-    """
-    with tempfile.TemporaryFile(mode="w+b") as capture:
+def _captured_stderr() -> Iterator[IO[bytes]]:
+    """Send what C/C++ code writes to the process's stderr (file descriptor 2) to a temporary file,
+    yielded for reading; it is discarded afterwards. ITK prints its exceptions there before ANTs
+    raises, which would put many lines before brainage's one-line error."""
+    with tempfile.TemporaryFile() as capture:
         saved = os.dup(2)
         os.dup2(capture.fileno(), 2)
         try:
-            yield functools.partial(_read_all, capture)
+            yield capture
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def _read_all(handle) -> str:  # type: ignore[no-untyped-def]
-    handle.flush()
-    handle.seek(0)
-    return handle.read().decode(errors="replace")
 
 
 def _itk_cause(messages: str, error: str) -> str:
