@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` (so ``torch.load(weights_only=True)`` reads
 it): weights, the model's registry name and hyper-parameters, the preprocessing configuration,
-the training age statistics, the age-bias correction, whether predictions average the left–right
-flip, the content hashes of the scans it was fitted on, and provenance in ``extra``.
+the training age statistics, the age-bias correction, the split-conformal interval calibrated on
+out-of-fold residuals, whether predictions average the left–right flip, the content hashes of the
+scans it was fitted on, and provenance in ``extra``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from brainage import __version__
 from brainage.errors import InputError
 from brainage.evaluation import AgeBiasCorrector
 from brainage.models import AgeRegressor, build_model
+from brainage.reliability import ConformalInterval
 from brainage.utils import atomic_write
 
 CHECKPOINT_FORMAT = "brainage-model"
@@ -39,6 +41,7 @@ class BrainAgeCheckpoint:
     train_age_range: tuple[float, float] = (math.nan, math.nan)
     tta_flip: bool = True
     train_content_hashes: tuple[str, ...] = ()
+    interval: ConformalInterval | None = None
     brainage_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +61,7 @@ class BrainAgeCheckpoint:
             "train_age_range": [float(v) for v in self.train_age_range],
             "tta_flip": bool(self.tta_flip),
             "train_content_hashes": [str(h) for h in self.train_content_hashes],
+            "interval": self.interval.to_dict() if self.interval is not None else None,
             "extra": dict(self.extra),
         }
 
@@ -103,6 +107,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         train_age_range=tuple(values.get("train_age_range", (math.nan, math.nan))),
         tta_flip=bool(values.get("tta_flip", True)),
         train_content_hashes=tuple(values.get("train_content_hashes", ())),
+        interval=ConformalInterval.from_dict(values["interval"]) if values.get("interval") else None,
         brainage_version=values.get("brainage_version", "unknown"),
         extra=values.get("extra", {}),
     )

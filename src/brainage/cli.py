@@ -128,7 +128,8 @@ def train_command(
     if result is None:  # a non-zero rank of multi-process training
         return
     print_table(result.folds, title="Folds by subject (scans / subjects)")
-    sessions = result.summary[result.summary["level"] == "session"].drop(columns=["level", "r2", "gap_age_r"])
+    headline = ["model", "correction", "n", "mae", "mae_true", "gap_fidelity", "dementia_gap", "dementia_p"]
+    sessions = result.summary.loc[result.summary["level"] == "session", headline]
     print_table(sessions, title=f"Out-of-fold accuracy per session (repeats averaged), years: {config.model} beside the baselines")
     console.print(
         "mae_true: MAE against the true brain age; gap_fidelity: partial r of predicted with true brain age given age (synthetic cohorts only); "
@@ -137,6 +138,8 @@ def train_command(
     )
     if result.corrector is not None:
         console.print(f"Final {result.corrector.describe()}", soft_wrap=True)
+    for note in result.reliability:
+        console.print(note, soft_wrap=True)
     corrected = result.group_test.get("column") == "brain_age_corrected"
     print_table(result.group_gaps, title=f"Brain-age gap by group ({'bias-corrected' if corrected else 'uncorrected: no correction was fitted'}), per subject")
     test = result.group_test
@@ -159,6 +162,9 @@ def predict_command(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for preprocessing."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Scans per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    interval: float | None = typer.Option(
+        None, "--interval", min=0.01, max=0.99, help="Coverage of brain_age_lower/upper (default: the model's, 0.9); split-conformal on out-of-fold residuals."
+    ),
 ) -> None:
     """Predict brain age (and the brain-age gap where the age is known) for new scans."""
     from brainage.console import console, print_problems, print_table
@@ -166,7 +172,7 @@ def predict_command(
     from brainage.utils import write_csv
 
     brain_age_model = BrainAgeModel.load([model, *with_models], device=device)
-    predictions = brain_age_model.predict(inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size)
+    predictions = brain_age_model.predict(inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size, interval=interval)
     print_problems(brain_age_model.problems_)
     if predictions.empty:
         raise BrainAgeError(f"no scan could be predicted; {out} was not written")
@@ -342,6 +348,14 @@ def demo_command(
         config = dataclasses.replace(config, train=training_for(config.preset, model, epochs))
     result = run_demo(out, config)
     print_table([{"step": step, "seconds": seconds} for step, seconds in result.seconds.items()], title="Demo steps", floatfmt="{:.0f}")
-    print_table(result.table, title="Scan-level accuracy (years): network, baselines, and the best possible on this cohort")
+    print_table(result.table, title="Per session (repeats averaged), years: network, baselines and the true brain age on the same sessions")
+    console.print(
+        "mae_true: MAE against the true brain age; gap_fidelity: partial r of predicted with true brain age given age; "
+        "dementia_gap: Demented − Nondemented mean gap per subject, p by Welch's t-test.",
+        soft_wrap=True,
+    )
+    console.print(f"Bias correction: {result.correction}", soft_wrap=True)
+    for note in result.reliability:
+        console.print(note, soft_wrap=True)
     console.print(f"Held-out predictions: {result.predictions}", soft_wrap=True)
     console.print(f"Report: {result.report}", soft_wrap=True)

@@ -24,6 +24,7 @@ from brainage.io import discover
 from brainage.predict import BrainAgeModel, accuracy_table, summarise_sessions
 from brainage.preprocess import make_config, prepare
 from brainage.preprocess.pipelines import PIPELINES, PipelineConfig
+from brainage.reliability import coverage
 from brainage.report import build_report
 from brainage.training import BASELINES, TrainConfig, train
 from brainage.utils import write_csv
@@ -106,6 +107,7 @@ class DemoResult:
     seconds: dict[str, float]
     group_test: dict[str, Any] = field(default_factory=dict)
     correction: str = ""
+    reliability: list[str] = field(default_factory=list)
 
 
 def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None) -> DemoResult:
@@ -141,7 +143,9 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     report = build_report(out / "run", out / "report.html", saliency=config.saliency)
     lap("report")
     table = comparison_table(result.summary, train_config.model, accuracy_table(summarise_sessions(heldout), model.mean_training_age))
-    return DemoResult(table, out, result.run_dir, predictions, report, seconds, result.group_test, result.corrector.describe() if result.corrector else "none")
+    correction = result.corrector.describe() if result.corrector else "none"
+    notes = [*result.reliability, _heldout_coverage(heldout)]
+    return DemoResult(table, out, result.run_dir, predictions, report, seconds, result.group_test, correction, notes)
 
 
 def _cohort(root: Path, config: DemoConfig) -> Path:
@@ -155,6 +159,15 @@ def _cohort(root: Path, config: DemoConfig) -> Path:
         raise InputError(root, f"holds another cohort (preset {made.get('preset', {}).get('name')}, seed {made.get('seed')}); choose another --out")
     synthesize(root, get_preset(config.preset), seed=config.seed, workers=config.workers)
     return root
+
+
+def _heldout_coverage(heldout: pd.DataFrame) -> str:
+    """How many held-out people's ages the predicted intervals hold."""
+    known = heldout.dropna(subset=["age", "brain_age_lower"])
+    if known.empty:
+        return "held-out people: no interval (the model has no calibration)"
+    inside = coverage(known["brain_age_lower"], known["brain_age_upper"], known["age"])
+    return f"held-out people: {inside:.1%} of {len(known)} scans' ages inside their intervals"
 
 
 def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame) -> pd.DataFrame:

@@ -49,7 +49,7 @@ TABLE_SUFFIXES = (".csv", ".tsv")
 #: Input columns carried into the predictions when the source has them.
 CARRIED_COLUMNS = ("scan_id", "subject_id", "session_id", "path", "age", "sex", "group", "cdr")
 PREDICTION_COLUMNS = (
-    "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_corrected",
+    "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected",
     "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings",
 )  # fmt: skip
 
@@ -319,8 +319,14 @@ class BrainAgeModel:
         cache: str | Path | None = "auto",
         workers: int = 1,
         batch_size: int = 8,
+        interval: float | None = None,
     ) -> pd.DataFrame:
         """Brain age of every scan of ``inputs`` (see :func:`find_inputs`), one row per scan.
+
+        ``brain_age_lower``/``brain_age_upper`` bound the brain age at coverage ``interval`` (default:
+        the one the model was calibrated for, 0.9) by split-conformal calibration on the run's
+        out-of-fold residuals, widened by the disagreement of ensemble members; NaN for a model
+        without a calibration.
 
         Columns: ``PREDICTION_COLUMNS`` then ``sex``, ``group``, ``cdr`` where the inputs give
         them. Gaps are brain age − age, NaN where the age is unknown. ``warnings`` names an age
@@ -335,12 +341,12 @@ class BrainAgeModel:
         caches = self._caches(cache)
         hashes = [_content_hash(path) for path in rows["path"]]
         known_ages = rows["age"].to_numpy(dtype=float)
-        predicted: dict[int, tuple[float, float, float]] = {}
+        predicted: dict[int, tuple[float, float, float, float]] = {}
         for indices, volumes, scores in _batches(self._volumes(rows, hashes, caches, workers, problems), batch_size):
             for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores):
-                predicted[index] = (float(ages[0]), float(ages[1]), score)
+                predicted[index] = (float(ages[0]), float(ages[1]), float(ages[2]), score)
         self.problems_ = sorted(problems, key=lambda problem: natural_key(problem.path))
-        table = self._table(rows, predicted, hashes)
+        table = self._table(rows, predicted, hashes, interval)
         return summarise_sessions(table) if sessions else table
 
     def _caches(self, cache: str | Path | None) -> list[PreparedCache]:
@@ -382,14 +388,21 @@ class BrainAgeModel:
                 for index in to_prepare[job.path]:
                     yield index, result[0], result[1]
 
-    def _table(self, rows: pd.DataFrame, predicted: dict[int, tuple[float, float, float]], hashes: Sequence[str | None]) -> pd.DataFrame:
+    def _table(
+        self, rows: pd.DataFrame, predicted: dict[int, tuple[float, float, float, float]], hashes: Sequence[str | None], interval: float | None
+    ) -> pd.DataFrame:
         """The predictions frame of the rows that were predicted, in input order."""
         done = sorted(predicted)
         trained = self.training_hashes
         seen = [trained.get(hashes[index], 0) if hashes[index] else 0 for index in done]
         table = rows.iloc[done].reset_index(drop=True)
-        values = np.array([predicted[index] for index in done], dtype=float).reshape(-1, 3)
-        table["brain_age"], table["brain_age_corrected"], table["qc_score"] = values.T
+        values = np.array([predicted[index] for index in done], dtype=float).reshape(-1, 4)
+        table["brain_age"], table["brain_age_corrected"], member_sd, table["qc_score"] = values.T
+        calibration = self.checkpoints[0].interval
+        if calibration is not None and len(table):
+            table["brain_age_lower"], table["brain_age_upper"] = calibration.interval(table["brain_age"], member_sd, interval)
+        else:
+            table["brain_age_lower"] = table["brain_age_upper"] = np.nan
         table["brain_age_gap"] = table["brain_age"] - table["age"]
         table["brain_age_gap_corrected"] = table["brain_age_corrected"] - table["age"]
         correction = self.correction

@@ -59,7 +59,8 @@ class TrainConfig:
     controls (``control_group``, else read from the data) of the other folds, never on the
     corrected fold's people; with one hold-out, on the validation predictions. ``tta_flip``
     averages every prediction (out-of-fold, ``predict``, export) with that of the left–right
-    mirror image.
+    mirror image. ``interval`` is the coverage of the split-conformal intervals calibrated, like the
+    correction, on other people's out-of-fold residuals (one per session).
     """
 
     model: str = "resnet"
@@ -84,6 +85,7 @@ class TrainConfig:
     control_group: tuple[str, ...] | None = None
     bias_correction: str = "residual"
     tta_flip: bool = True
+    interval: float = 0.9
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 42
     deterministic: bool = False
@@ -114,6 +116,7 @@ class TrainConfig:
                 (not 0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
                 (not 0 < self.early_stopping_fraction < 1, f"early_stopping_fraction must be between 0 and 1, got {self.early_stopping_fraction}"),
                 (self.precise_bn_batches < 1, f"precise_bn_batches must be at least 1, got {self.precise_bn_batches}"),
+                (not 0 < self.interval < 1, f"interval must be between 0 and 1, got {self.interval}"),
                 (
                     self.bias_correction not in (*AgeBiasCorrector.METHODS, "none"),
                     f"bias_correction must be one of {', '.join((*AgeBiasCorrector.METHODS, 'none'))}, got {self.bias_correction!r}",

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,12 @@ from brainage.figures import plot_predictions, plot_training_curves
 from brainage.inference import BrainAgeEnsemble, predict_batches
 from brainage.models import build_model
 from brainage.preprocess import PreparedCache, load_cache
+from brainage.reliability import ConformalInterval, ReliabilityResult, coverage, longitudinal, session_residuals, test_retest
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
 from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, EpochSeed, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
 from brainage.utils import atomic_write, write_csv
 
-PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "qc_flagged")
+PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
 #: Columns of the baselines in predictions.csv, and their names in the summary.
 BASELINES = {"mean_age": "mean age", "ridge_tabular": "ridge nWBV+eTIV+sex", "ridge_voxels": "ridge voxels (PCA)"}
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -64,8 +65,8 @@ IDS = {"scan_id": str, "subject_id": str, "session_id": str}
 
 @dataclass
 class TrainResult:
-    """What a run produced; the same is on disk in ``run_dir``. ``corrector`` is the final age-bias
-    correction (stored in every fold's checkpoint)."""
+    """What a run produced; the same is on disk in ``run_dir``. ``corrector`` and ``interval`` are the
+    final age-bias correction and conformal interval (stored in every fold's checkpoint)."""
 
     run_dir: Path
     predictions: pd.DataFrame
@@ -78,6 +79,8 @@ class TrainResult:
     precision: str
     accelerator: str
     corrector: AgeBiasCorrector | None = None
+    interval: ConformalInterval | None = None
+    reliability: list[str] = field(default_factory=list)
 
 
 class RunFolderError(BrainAgeError):
@@ -121,7 +124,9 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     truth = true_brain_ages(cache.manifest["path"])
     if truth is not None:
         predictions["true_brain_age"] = pd.Series(truth, index=cache.manifest["scan_id"].astype(str)).reindex(predictions["scan_id"]).to_numpy()
-    predictions, corrector = correct_bias(predictions, pd.concat(validation, ignore_index=True), config, run_dir, checkpoints)
+    validation = pd.concat(validation, ignore_index=True)
+    predictions, corrector = correct_bias(predictions, validation, config, run_dir, checkpoints)
+    predictions, interval = calibrate_intervals(predictions, validation, config, checkpoints)
     if config.baselines:
         predictions = predictions.merge(baseline_predictions(cache, folds, config), on="scan_id", how="left")
     history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", *HISTORY_COLUMNS])
@@ -134,7 +139,14 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     write_csv(history, run_dir / "metrics.csv")
     plot_training_curves(history, run_dir / "training.png")
     plot_predictions(predictions, run_dir / "predicted_vs_true.png")
-    return TrainResult(run_dir, predictions, summary, history, fold_table, checkpoints, group_gaps, group_test, precision, accelerator, corrector)
+    retest, visits = reliability(predictions)
+    notes = [str(retest), str(visits)]
+    if interval is not None:
+        inside = coverage(predictions["brain_age_lower"], predictions["brain_age_upper"], predictions["age"])
+        notes.append(f"conformal intervals: {inside:.1%} of out-of-fold ages inside the {config.interval:.0%} intervals (each fold calibrated on other people)")
+    return TrainResult(
+        run_dir, predictions, summary, history, fold_table, checkpoints, group_gaps, group_test, precision, accelerator, corrector, interval, notes
+    )
 
 
 def correct_bias(
@@ -176,6 +188,34 @@ def correct_bias(
         checkpoint.corrector = final
         save_checkpoint(checkpoint, path)
     _write_yaml(_plain(record), run_dir / "bias_correction.yaml")
+    return predictions, final
+
+
+def calibrate_intervals(
+    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, checkpoints: Sequence[Path]
+) -> tuple[pd.DataFrame, ConformalInterval | None]:
+    """Add ``brain_age_lower``/``brain_age_upper`` (coverage ``config.interval``) to out-of-fold
+    ``predictions``, each fold's from a split-conformal calibration on the other folds' residuals
+    (one per session; one hold-out: on the validation predictions), and store the final calibration
+    (on every out-of-fold residual) in every checkpoint."""
+    predictions = predictions.copy()
+    k_fold = predictions["fold"].nunique() > 1
+
+    def fitted(frame: pd.DataFrame) -> ConformalInterval | None:
+        residuals = session_residuals(frame, level="scan")["residual"] if len(frame) else []
+        return ConformalInterval(config.interval).fit(residuals) if len(residuals) else None
+
+    predictions["brain_age_lower"] = predictions["brain_age_upper"] = np.nan
+    for fold, rows in predictions.groupby("fold", sort=True):
+        interval = fitted(predictions[predictions["fold"] != fold] if k_fold else validation[validation.get("fold", pd.Series(dtype=int)) == fold])
+        if interval is not None:
+            lower, upper = interval.interval(rows["brain_age"])
+            predictions.loc[rows.index, "brain_age_lower"], predictions.loc[rows.index, "brain_age_upper"] = lower, upper
+    final = fitted(predictions if k_fold else validation)
+    for path in checkpoints:
+        checkpoint = load_checkpoint(path)
+        checkpoint.interval = final
+        save_checkpoint(checkpoint, path)
     return predictions, final
 
 
@@ -411,13 +451,20 @@ def baseline_predictions(cache: PreparedCache, folds: Sequence[Fold], config: Tr
     return pd.concat(frames, ignore_index=True)
 
 
-SUMMARY_COLUMNS = ("model", "level", "correction", "n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity", "dementia_gap", "dementia_p")
+SUMMARY_COLUMNS = (
+    "model", "level", "correction", "n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity", "dementia_gap", "dementia_p",
+    "retest_sd", "icc2", "icc2_low", "icc2_high", "visit_slope", "visit_slope_true", "coverage",
+)  # fmt: skip
 
 
 def summarize_run(predictions: pd.DataFrame, model_name: str, correction: str = "residual") -> pd.DataFrame:
     """Session- and scan-level metrics of the network (uncorrected, and corrected where a correction
     was fitted), of every baseline and, on synthetic cohorts, of the true brain age used as a
-    prediction; each row with the Demented-minus-Nondemented gap per subject and its p value."""
+    prediction; each row with the Demented-minus-Nondemented gap per subject and its p value, the
+    test–retest SD and ICC(2,1) over repeat scans, the median per-subject slope of brain age on age
+    over visits of controls (and on the true brain age), and, for the network, the share of ages
+    inside the out-of-fold conformal intervals. A figure the data cannot give is NaN here; the
+    printed summary says why."""
     candidates: list[tuple[str, str, str]] = [(model_name, "none", "brain_age")]
     if "brain_age_corrected" in predictions and predictions["brain_age_corrected"].notna().any():
         candidates.append((model_name, correction, "brain_age_corrected"))
@@ -428,11 +475,41 @@ def summarize_run(predictions: pd.DataFrame, model_name: str, correction: str = 
     for name, how, column in candidates:
         dementia = demented_vs_nondemented(predictions, column)
         table = summarize_predictions(predictions, column)
-        rows.append(table.assign(model=name, correction=how, dementia_gap=dementia["difference"], dementia_p=dementia["p_value"]))
+        retest, visits = reliability(predictions, column)
+        inside = (
+            coverage(predictions["brain_age_lower"], predictions["brain_age_upper"], predictions["age"])
+            if column == "brain_age" and "brain_age_lower" in predictions and predictions["brain_age_lower"].notna().any()
+            else np.nan
+        )
+        rows.append(
+            table.assign(
+                model=name, correction=how, dementia_gap=dementia["difference"], dementia_p=dementia["p_value"],
+                retest_sd=retest.values.get("within_sd", np.nan), icc2=retest.values.get("icc2", np.nan),
+                icc2_low=retest.values.get("icc2_low", np.nan), icc2_high=retest.values.get("icc2_high", np.nan),
+                visit_slope=visits.values.get("slope_median", np.nan), visit_slope_true=visits.values.get("slope_true_median", np.nan),
+                coverage=inside,
+            )  # fmt: skip
+        )
     summary = pd.concat(rows, ignore_index=True)
     order = {"session": 0, "scan": 1}
     summary = summary.sort_values("level", key=lambda s: s.map(order), kind="stable")
     return summary[list(SUMMARY_COLUMNS)].reset_index(drop=True)
+
+
+def reliability(predictions: pd.DataFrame, column: str = "brain_age") -> tuple[ReliabilityResult, ReliabilityResult]:
+    """Test–retest over repeat scans and consistency over visits of ``column``; each says why when
+    the data cannot give it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            retest = test_retest(predictions, column)
+        except ValueError as error:
+            retest = ReliabilityResult.unavailable("test–retest", f"not available: {error}")
+        try:
+            visits = longitudinal(predictions, column, true_column="true_brain_age" if column != "true_brain_age" else "")
+        except ValueError as error:
+            visits = ReliabilityResult.unavailable("longitudinal", f"not available: {error}")
+    return retest, visits
 
 
 def _write_yaml(values: Mapping[str, Any], path: Path) -> None:
