@@ -36,7 +36,8 @@ PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 PUBLIC_MODULES = (
     "brainage.cohort", "brainage.io", "brainage.preprocess", "brainage.models", "brainage.data", "brainage.training",
     "brainage.evaluation", "brainage.baselines", "brainage.predict", "brainage.saliency", "brainage.report",
-    "brainage.export", "brainage.demo", "brainage.errors", "brainage.console", "brainage.utils",
+    "brainage.export", "brainage.demo", "brainage.errors", "brainage.console", "brainage.utils", "brainage.checkpoint",
+    "brainage.inference", "brainage.figures", "brainage.reliability",
 )  # fmt: skip
 
 

@@ -22,9 +22,8 @@ from brainage.training.run import (
 from brainage.utils import write_csv
 
 __all__ = [
-    "BASELINES", "HISTORY_COLUMNS", "PREDICTION_COLUMNS", "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError",
-    "EpochSeed", "MaxGradientNorm", "PreciseBatchNorm", "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves",
-    "baseline_predictions", "correct_bias", "cpu_supports_bf16", "fold_module", "fold_trainer", "load_checkpoint", "load_config",
-    "quiet_lightning", "recompute_batch_norm", "resolve_accelerator", "resolve_channels_last", "resolve_precision",
-    "save_checkpoint", "summarize_run", "train", "write_csv",
+    "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError", "MaxGradientNorm", "PreciseBatchNorm",
+    "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "baseline_predictions", "cpu_supports_bf16",
+    "fold_module", "fold_trainer", "load_checkpoint", "load_config", "quiet_lightning", "recompute_batch_norm",
+    "resolve_accelerator", "resolve_channels_last", "resolve_precision", "save_checkpoint", "summarize_run", "train", "write_csv",
 ]  # fmt: skip
