@@ -6,6 +6,7 @@ subject, 1 epoch each, on the ``seed``-pipeline cache of the tiny cohort.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 from brainage.predict import BrainAgeModel
 from brainage.training import (
-    BrainAgeModule, RunFolderError, TrainConfig, load_checkpoint, load_config, recompute_batch_norm, train,
+    BrainAgeModule, ConfigError, RunFolderError, TrainConfig, load_checkpoint, load_config, recompute_batch_norm, train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -218,3 +219,17 @@ def test_an_unreadable_checkpoint_is_a_one_line_error_naming_the_file(tmp_path: 
     with pytest.raises(InputError, match="model.ckpt") as error:
         load_checkpoint(bad)
     assert "\n" not in str(error.value)
+
+
+def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+    tuned = train(cache, tmp_path / "tuned", dataclasses.replace(config, init=str(tiny_run), lr=1e-9, ema_decay=None, baselines=False))
+    assert tuned is not None
+    for fold in range(config.folds):
+        start = load_checkpoint(tiny_run / f"fold_{fold}" / "model.ckpt").model.state_dict()
+        tuned_checkpoint = load_checkpoint(tmp_path / "tuned" / f"fold_{fold}" / "model.ckpt")
+        assert tuned_checkpoint.extra["fine_tuned_from"] == str(tiny_run.resolve())
+        weights = [name for name in start if "running" not in name and "num_batches" not in name]
+        for name in weights:  # a learning rate of 1e-9: the weights are those it started from
+            torch.testing.assert_close(tuned_checkpoint.model.state_dict()[name], start[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="its model is sfcn"):
+        train(cache, tmp_path / "other", dataclasses.replace(config, model="resnet", model_hparams={}, init=str(tiny_run)))

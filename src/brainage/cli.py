@@ -87,6 +87,7 @@ def train_command(
         None, "--control-group", help="Group value(s) that count as controls for the bias correction (repeatable); default: from the data (Nondemented, control, HC, CDR 0)."
     ),
     bias_correction: str | None = typer.Option(None, "--bias-correction", help="residual (default), cole, or none."),
+    init: Path | None = typer.Option(None, "--init", help="Fine-tune: start every fold from this checkpoint or run folder (same model)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Scans per batch."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of AdamW."),
@@ -117,6 +118,7 @@ def train_command(
         "lr": lr, "accelerator": accelerator, "precision": precision, "seed": seed, "deterministic": deterministic,
         "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
         "control_group": tuple(control_group) if control_group else None, "bias_correction": bias_correction,
+        "init": str(init) if init else None,
         "devices": (int(devices) if devices.isdigit() else devices) if devices else None, "num_nodes": num_nodes,
     }
     if model is not None and model != base.model:

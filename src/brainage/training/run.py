@@ -291,13 +291,34 @@ def quiet_lightning() -> Iterator[None]:
 
 
 def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerator: str, precision: str) -> tuple[BrainAgeModule, BrainAgeDataModule]:
-    """The fold's data module (age statistics of its training scans) and a fresh model around it."""
+    """The fold's data module (age statistics of its training scans) and a fresh model around it,
+    starting from ``config.init``'s weights when given."""
     data = BrainAgeDataModule(cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda")
     hparams = dict(config.model_hparams)
     if accelerator == "mps" and config.model == "seed":
         hparams.setdefault("strided_pool", True)  # the tutorial's MaxPool3d replacement on Apple GPUs
+    model = build_model(config.model, **hparams)
+    if config.init:
+        source = initial_checkpoint(config.init, fold.index)
+        if source.model_name != config.model or dict(source.model.hparams) != dict(model.hparams):
+            raise ConfigError(
+                f"--init {config.init}: its model is {source.model_name} {dict(source.model.hparams)}, "
+                f"not {config.model} {dict(model.hparams)}; pass the same --model (and hyper-parameters)"
+            )
+        model.load_state_dict(source.model.state_dict())
     channels_last = resolve_channels_last(config.channels_last, precision)
-    return BrainAgeModule(build_model(config.model, **hparams), data.age_mean, data.age_std, config, channels_last), data
+    return BrainAgeModule(model, data.age_mean, data.age_std, config, channels_last), data
+
+
+def initial_checkpoint(init: str | Path, fold: int) -> BrainAgeCheckpoint:
+    """The checkpoint a fold is fine-tuned from: ``init`` itself, or fold ``fold``'s (else the
+    first) of a run folder."""
+    path = Path(init)
+    if path.is_dir():
+        members = sorted(path.glob("fold_*/model.ckpt")) or [path / "model.ckpt"]
+        chosen = path / f"fold_{fold}" / "model.ckpt"
+        path = chosen if chosen in members else members[0]
+    return load_checkpoint(path)
 
 
 def fold_trainer(
@@ -325,6 +346,7 @@ def fold_trainer(
         callbacks.append(ProgressBar())
     trainer = L.Trainer(
         max_epochs=config.epochs,
+        min_epochs=min(config.min_epochs, config.epochs),
         accelerator=accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
@@ -395,6 +417,7 @@ def _fit_fold(
             "fold": fold.index,
             "best_epoch": int(curves.history["val_mae"].idxmin()) + 1 if curves.rows else None,
             "best_val_mae": float(best.best_model_score) if best.best_model_score is not None else None,
+            "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None,
             "train_config": config.to_dict(),
         },
     )
