@@ -142,3 +142,44 @@ def test_a_write_killed_midway_leaves_only_a_temporary_that_is_found(tmp_path: P
     (tmp_path / "other.csv").write_text("kept")
     stale = stale_temporaries(target)
     assert [path.read_text() for path in stale] == ["half"] and stale[0].name.startswith(".table.")
+
+
+def _train_args(cache: Path, run: Path, settings: Path) -> list[str]:
+    return ["train", str(cache), "--out", str(run), "--config", str(settings)]
+
+
+def test_a_training_killed_mid_fold_resumes_from_its_last_epoch(tiny_cache_seed: Path, tmp_path: Path) -> None:
+    import pandas as pd
+    import yaml
+
+    from brainage.training import TrainConfig
+
+    config = TrainConfig(
+        model="sfcn", model_hparams={"width": 0.125}, epochs=4, min_epochs=4, folds=2, batch_size=8, seed=0,
+        progress=False, baselines=False, num_workers=0, precision="32-true",
+    )  # fmt: skip
+    settings = tmp_path / "train.yaml"
+    settings.write_text(yaml.safe_dump(config.to_dict()))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([str(BRAINAGE), *_train_args(tiny_cache_seed, whole, settings)], check=True, capture_output=True)
+    rng = random_point()
+    epochs = rng.randint(1, 3)  # kill after this many epochs of fold 0 were saved
+    metrics = killed / "fold_0" / "metrics.csv"
+
+    def trained() -> bool:
+        try:
+            return (killed / "fold_0" / "last.ckpt").is_file() and len(metrics.read_text().splitlines()) > epochs
+        except OSError:
+            return False
+
+    kill_when(_train_args(tiny_cache_seed, killed, settings), trained, tmp_path / "killed.log")
+    assert (killed / "fold_0" / "last.ckpt").is_file() and not (killed / "fold_0" / "model.ckpt").exists()
+    rerun = subprocess.run([str(BRAINAGE), *_train_args(tiny_cache_seed, killed, settings)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    history = pd.read_csv(killed / "metrics.csv")
+    assert history.groupby("fold")["epoch"].apply(list).tolist() == [[1, 2, 3, 4]] * 2  # no epoch lost, none repeated
+    assert not list(killed.glob("fold_*/last.ckpt")) and not list(killed.glob("fold_*/best.ckpt"))
+    expected, resumed = pd.read_csv(whole / "predictions.csv"), pd.read_csv(killed / "predictions.csv")
+    assert list(resumed["scan_id"]) == list(expected["scan_id"])
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / "metrics.csv"), check_exact=False, rtol=1e-4)
+    pd.testing.assert_series_equal(resumed["brain_age"], expected["brain_age"], check_exact=False, rtol=1e-5)

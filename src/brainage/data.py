@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torchio as tio
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchio.transforms import IntensityTransform
 from torchio.transforms.augmentation import RandomTransform
 
@@ -273,6 +273,33 @@ def make_folds(
 # --- Lightning data module -----------------------------------------------------------------------
 
 
+class EpochShuffle(Sampler[int]):
+    """A random order of ``size`` items that depends on ``seed`` and the epoch only (Lightning calls
+    :meth:`set_epoch` before every epoch), so a run resumed from a checkpoint sees the batches and
+    augmentations an uninterrupted one would. Each epoch also seeds torch's global generator (which
+    TorchIO's augmentations draw from in the main process) and the loader's ``generator`` (which
+    seeds its worker processes)."""
+
+    def __init__(self, size: int, seed: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.seed = seed
+        self.generator = generator
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        epoch_seed = self.seed * 100_003 + self.epoch
+        torch.manual_seed(epoch_seed)
+        self.generator.manual_seed(epoch_seed)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed))
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class BrainAgeDataModule(L.LightningDataModule):
     """Loaders of one fold: augmented shuffled training batches, plain validation batches
     (``pin_memory`` for faster copies to a CUDA device).
@@ -288,9 +315,11 @@ class BrainAgeDataModule(L.LightningDataModule):
         augmentation: AugmentConfig | None = None,
         num_workers: int | None = None,
         pin_memory: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.cache = cache
+        self.seed = seed
         self.pin_memory = pin_memory
         self.fold = fold
         self.batch_size = batch_size
@@ -304,11 +333,14 @@ class BrainAgeDataModule(L.LightningDataModule):
         return ScanDataset(self.cache, indices, self.age_mean, self.age_std, transform)
 
     def loader(self, indices: Sequence[int], train: bool = False) -> DataLoader:
-        """Shuffled, augmented batches (dropping a last batch of one for batch norm) if ``train``."""
+        """Shuffled, augmented batches (dropping a last batch of one for batch norm) if ``train``:
+        shuffling and augmentation follow from ``seed`` and the epoch alone (:class:`EpochShuffle`)."""
+        generator = torch.Generator()
         return DataLoader(
             self.dataset(indices, augment=train),
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochShuffle(len(indices), self.seed, generator) if train else None,
+            generator=generator,
             drop_last=train and len(indices) % self.batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

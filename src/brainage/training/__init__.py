@@ -13,7 +13,7 @@ from brainage.training.config import (
     TUTORIAL_RECIPE, ConfigError, TrainConfig, cpu_supports_bf16, load_config, resolve_accelerator, resolve_channels_last, resolve_precision,
 )  # fmt: skip
 from brainage.training.module import (
-    HISTORY_COLUMNS, BrainAgeModule, EpochSeed, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, recompute_batch_norm,
+    HISTORY_COLUMNS, BrainAgeModule, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, recompute_batch_norm,
 )  # fmt: skip
 from brainage.training.run import (
     BASELINES, PREDICTION_COLUMNS, RunFolderError, TrainResult, baseline_predictions, correct_bias, fold_module, fold_trainer,

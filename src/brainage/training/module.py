@@ -145,17 +145,6 @@ class PreciseBatchNorm(Callback):
                 recompute_batch_norm(pl_module.model, self.loader, pl_module.device, getattr(pl_module, "channels_last", False), self.max_batches)
 
 
-class EpochSeed(Callback):
-    """Seeds torch's generator with ``seed`` and the epoch at the start of every epoch, so that the
-    shuffling and augmentation of an epoch are the same whether or not the run was resumed."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed * 1000 + trainer.current_epoch, workers=True, verbose=False)
-
-
 class ProgressBar(RichProgressBar):
     """Rich progress bar without Lightning's logger version number."""
 

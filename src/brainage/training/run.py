@@ -54,7 +54,7 @@ from brainage.models import build_model
 from brainage.preprocess import PreparedCache, load_cache
 from brainage.reliability import ConformalInterval, ReliabilityResult, coverage, longitudinal, session_residuals, test_retest
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
-from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, EpochSeed, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
+from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
 from brainage.utils import atomic_write, write_csv
 
 PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
@@ -293,7 +293,9 @@ def quiet_lightning() -> Iterator[None]:
 def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerator: str, precision: str) -> tuple[BrainAgeModule, BrainAgeDataModule]:
     """The fold's data module (age statistics of its training scans) and a fresh model around it,
     starting from ``config.init``'s weights when given."""
-    data = BrainAgeDataModule(cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda")
+    data = BrainAgeDataModule(
+        cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda", seed=config.seed + fold.index
+    )
     hparams = dict(config.model_hparams)
     if accelerator == "mps" and config.model == "seed":
         hparams.setdefault("strided_pool", True)  # the tutorial's MaxPool3d replacement on Apple GPUs
@@ -331,7 +333,6 @@ def fold_trainer(
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", save_last=True, enable_version_counter=False)
     curves = TrainingCurves(folder)
     callbacks: list[Callback] = [
-        EpochSeed(config.seed),
         # Order matters: the averaged weights are swapped in before their batch-norm statistics are recomputed.
         *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
         *([PreciseBatchNorm(data.loader(data.fold.train), config.precise_bn_batches)] if config.precise_bn else []),
