@@ -183,3 +183,21 @@ def test_a_training_killed_mid_fold_resumes_from_its_last_epoch(tiny_cache_seed:
     assert list(resumed["scan_id"]) == list(expected["scan_id"])
     pd.testing.assert_frame_equal(history, pd.read_csv(whole / "metrics.csv"), check_exact=False, rtol=1e-4)
     pd.testing.assert_series_equal(resumed["brain_age"], expected["brain_age"], check_exact=False, rtol=1e-5)
+
+
+def test_a_killed_prepare_resumes_to_the_bytes_of_an_uninterrupted_one(tiny_cohort: Path, tmp_path: Path) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = ["--pipeline", "seed", "--workers", "2"]
+    subprocess.run([str(BRAINAGE), "prepare", str(tiny_cohort), "--out", str(whole), *args], check=True, capture_output=True)
+    done = random_point().randint(1, 30)  # kill once this many of the 48 volumes are written
+
+    def ready() -> bool:
+        return len(list(killed.rglob("*.npy"))) >= done
+
+    workers = kill_when(["prepare", str(tiny_cohort), "--out", str(killed), *args], ready, tmp_path / "killed.log")
+    assert wait_gone(workers) == [], "worker processes outlived the killed prepare"
+    again = subprocess.run([str(BRAINAGE), "prepare", str(tiny_cohort), "--out", str(killed), *args], capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    volumes = {name: digest for name, digest in file_hashes(killed).items() if name.endswith(".npy")}
+    assert volumes == {name: digest for name, digest in file_hashes(whole).items() if name.endswith(".npy")}
+    assert len(volumes) == 48 and not list(killed.rglob(".*.tmp*"))  # no temporary of a killed writer is left

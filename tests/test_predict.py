@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -215,3 +217,16 @@ def test_a_model_that_cannot_be_found_is_one_clear_error(bad: str, tmp_path: Pat
     result = runner.invoke(app, ["predict", str(target), str(tmp_path), "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 2
     assert str(target) in result.output and ("no such checkpoint" in result.output or "no model.ckpt" in result.output)
+
+
+def test_prediction_loads_a_checkpoint_without_lightning_torchmetrics_or_matplotlib(untrained_checkpoints: list[Path], tiny_cache_seed: Path) -> None:
+    script = (
+        "import sys\nimport numpy as np\nfrom brainage.predict import BrainAgeModel\nfrom brainage.preprocess import load_cache\n"
+        f"model = BrainAgeModel.load({str(untrained_checkpoints[0])!r}, device='cpu')\n"
+        f"ages = model.predict_volumes(np.stack([load_cache({str(tiny_cache_seed)!r}).volume(0)]), [70.0])\n"
+        "assert np.isfinite(ages[:, :2]).all(), ages\n"
+        "print(sorted(name for name in ('lightning', 'torchmetrics', 'matplotlib') if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -48,11 +48,12 @@ def find_t1w(root: Path) -> list[Path]:
     return sorted(found, key=lambda path: natural_key(str(path)))
 
 
-def discover_bids(root: Path) -> Discovery:
-    """One manifest row per T1w image; see :func:`brainage.io.discover`."""
-    participants_file = root / "participants.tsv"
+def read_participants_and_sessions(root: Path) -> tuple[dict[str, Row], dict[str, dict[str, Row | None] | None], list[Problem]]:
+    """``participants.tsv`` by participant and every ``sub-*/sub-*_sessions.tsv`` by subject folder
+    (None for one that cannot be read), with the problems found; the participants' ages are
+    required only when no sessions file gives them."""
     session_files = sorted(root.glob("sub-*/sub-*_sessions.tsv"))
-    participants, problems = _participants(participants_file, needs_age=not session_files)
+    participants, problems = _participants(root / "participants.tsv", needs_age=not session_files)
     sessions: dict[str, dict[str, Row | None] | None] = {}
     for path in session_files:
         try:
@@ -60,6 +61,13 @@ def discover_bids(root: Path) -> Discovery:
         except InputError as error:
             sessions[path.parent.name], found = None, [Problem.from_error(error)]
         problems += found
+    return participants, sessions, problems
+
+
+def discover_bids(root: Path) -> Discovery:
+    """One manifest row per T1w image; see :func:`brainage.io.discover`."""
+    participants_file = root / "participants.tsv"
+    participants, sessions, problems = read_participants_and_sessions(root)
     records: list[Row] = []
     scans_without_rows: list[str] = []
     seen_subjects: set[str] = set()

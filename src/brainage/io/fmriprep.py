@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainage.errors import InputError, Problem
-from brainage.io.bids import _by_id, _entities, _entry_age, _participants, _read_tsv
+from brainage.io.bids import _entities, _entry_age, read_participants_and_sessions
 from brainage.io.images import check_scan_file, scan_stem
 from brainage.io.manifest import Discovery, finish, is_missing, natural_key, parse_age
 
@@ -70,15 +70,7 @@ def discover_fmriprep(root: Path) -> Discovery:
     """One manifest row per native preprocessed T1w with its brain mask; see :func:`brainage.io.discover`."""
     raw = ages_root(root)
     participants_file = raw / "participants.tsv"
-    session_files = sorted(raw.glob("sub-*/sub-*_sessions.tsv"))
-    participants, problems = _participants(participants_file, needs_age=not session_files)
-    sessions: dict[str, dict | None] = {}
-    for path in session_files:
-        try:
-            sessions[path.parent.name], found = _by_id(_read_tsv(path, "session_id", "ses-"), path, "session_id")
-        except InputError as error:
-            sessions[path.parent.name], found = None, [Problem.from_error(error)]
-        problems += found
+    participants, sessions, problems = read_participants_and_sessions(raw)
     records: list[dict[str, object]] = []
     scans_without_rows: list[str] = []
     seen: set[str] = set()
