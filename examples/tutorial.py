@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -218,8 +220,9 @@ display(Image(filename=str(cache.root / lowest.qc_file)))
 # `train` fits the network with K-fold cross-validation **by subject**: each fold trains on some
 # people and predicts others it has never seen, so every scan of the study gets one *out-of-fold*
 # prediction. Inside each fold's training side, a share of the subjects is set apart for early
-# stopping, for picking the best epoch and for fitting the age-bias correction (below); the test
-# side is used for nothing but the reported numbers.
+# stopping and for picking the best epoch; the test side is used for nothing but the reported
+# numbers. The age-bias correction (below) of each fold is fitted on the *other* folds'
+# out-of-fold predictions, never on the people it corrects.
 #
 # The optimisation follows the original tutorial: AdamW, mean squared error on z-scored ages, a
 # learning-rate warm-up, reduce-on-plateau, gradient clipping, early stopping, the best checkpoint,
@@ -254,26 +257,30 @@ result.history.groupby("fold").tail(1)
 # - **ridge voxels (PCA)**: a linear model on down-sampled preprocessed volumes.
 #
 # Predicted brain age is biased towards the mean age (regression dilution: the young look older,
-# the old younger). The *bias-corrected* rows apply the linear correction of Cole et al. (2018),
-# fitted on each fold's validation subjects only, so it uses no test age.
+# the old younger). The *bias-corrected* rows subtract the gap's own age trend (`gap = α·age + β`,
+# Beheshti et al. 2019), fitted on the controls of the other folds at session level; with fewer
+# than 20 control subjects, or a trend that could be zero, it is refused and says why. Rows are per
+# session (repeats averaged). On a synthetic cohort the true brain age is known, so `mae_true` and
+# `gap_fidelity` (the partial correlation of predicted with true brain age given age) say how well
+# the network reads brain age, not only age.
 
 # %%
-scans = result.summary[result.summary["level"] == "scan"]
-display(scans[["model", "correction", "n", "mae", "rmse", "r", "gap_age_r"]])
-network = scans[(scans["model"] == config.model) & (scans["correction"] == "none")].iloc[0]
-mean_age = scans[scans["model"] == "mean age"].iloc[0]
+sessions_summary = result.summary[result.summary["level"] == "session"]
+display(sessions_summary[["model", "correction", "n", "mae", "mae_true", "gap_fidelity", "gap_age_r"]])
+network = sessions_summary[(sessions_summary["model"] == config.model) & (sessions_summary["correction"] == "none")].iloc[0]
+mean_age = sessions_summary[sessions_summary["model"] == "mean age"].iloc[0]
 print(f"network MAE {network.mae:.2f} y against {mean_age.mae:.2f} y for the mean age "
-      f"and {best['scan']:.2f} y for a perfect model")
+      f"and {best['session']:.2f} y for the true brain age (a perfect brain reader; not a floor)")
+print(result.corrector.describe())
 
 # %%
 display(Image(filename=str(result.run_dir / "predicted_vs_true.png"), width=700))
 
 # %% [markdown]
 # `gap_age_r` is the correlation of the gap with age: the age bias, negative when predictions are
-# pulled towards the mean. The correction removes it in proportion to the age signal the model has;
-# a model with almost none (a couple of epochs on `tiny`) keeps it, because the correction's slope is
-# held at a floor (the checkpoint records why) rather than blowing noise up. Report both, as the
-# field does.
+# pulled towards the mean. The correction removes that trend without dividing by anything, so a
+# noisy fit cannot blow the values up; on `tiny` (a dozen people) it is refused, and the corrected
+# columns stay empty rather than made up. Report both, as the field does.
 #
 # ## 6. Brain age of new people
 #
@@ -304,20 +311,22 @@ model.predict(newcomers, sessions=True, workers=WORKERS)[["session_id", "n_scans
 # The question most studies ask: do people with dementia have older-looking brains? Repeat scans
 # and visits of one person are not independent, so `gap_by_group` first averages each subject's
 # gaps, then compares the groups (Welch's t-test for two groups, a one-way ANOVA for more). We use
-# the bias-corrected out-of-fold predictions, so that groups of different mean age are comparable.
+# the bias-corrected out-of-fold predictions where a correction was fitted (else the uncorrected
+# ones, as on `tiny`), so that groups of different mean age are comparable.
 #
 # In this synthetic cohort we know the answer: the planted gap (true brain age minus spreadsheet
 # age) is printed beside the estimate.
 
 # %%
-gaps, test = gap_by_group(result.predictions, by="group", column="brain_age_corrected")
+column = "brain_age_corrected" if result.predictions["brain_age_corrected"].notna().any() else "brain_age"
+gaps, test = gap_by_group(result.predictions, by="group", column=column)
 truth = pd.read_csv(cohort / GROUND_TRUTH).drop_duplicates("MRI ID")  # brain age is per session
 truth = truth.assign(session_id=truth["MRI ID"], true_gap=truth["brain_age"] - truth["Age"])
 sessions = study.drop_duplicates("session_id").merge(truth[["session_id", "true_gap"]], on="session_id")
 planted = sessions.groupby(["group", "subject_id"])["true_gap"].mean().groupby("group").mean()
 display(gaps.assign(planted_gap=gaps["group"].map(planted)))
 print(f"{test['test']}: statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}" if test["test"] != "none" else "too few subjects per group for a test")
-display(gap_figure(result.predictions))
+display(gap_figure(result.predictions, column))
 
 # %% [markdown]
 # On `tiny` there are too few people for the gaps to mean anything; on `demo` (or OASIS-2 itself)

@@ -377,6 +377,8 @@ def _mmse(rng: np.random.Generator, cdr: float, d: Demographics) -> float:
 
 
 def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: float, high: float) -> float:
+    """Rejection sampling from N(mean, sd²) on [low, high); kept instead of ``scipy.stats.truncnorm``,
+    which draws other numbers from the same generator and so would change every synthetic cohort."""
     for _ in range(1000):
         value = rng.normal(mean, sd)
         if low <= value < high:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from brainage.cohort.ageing import AGEING, AgeingModel
 from brainage.cohort.anatomy import HEAD_CENTRE_MM, Anatomy
@@ -265,21 +266,14 @@ def acquire(
 
 def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest index along each axis where ``mask`` is true."""
-    bounds = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        bounds.append((hits[0], hits[-1]))
-    lower, upper = zip(*bounds)
-    return np.array(lower), np.array(upper)
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))
+    return np.array([side.start for side in box]), np.array([side.stop - 1 for side in box])
 
 
 def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
-    """Rotation about the world x (left–right), y (anterior–posterior) and z (inferior–superior) axes."""
-    ax, ay, az = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    """Rotation about the world x (left–right), then y (anterior–posterior), then z
+    (inferior–superior) axes: ``Rz @ Ry @ Rx``."""
+    return Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
 
 
 def _sample(array: np.ndarray, positions: np.ndarray, mode: str = "constant") -> np.ndarray:

@@ -25,7 +25,8 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def squeeze_trailing(data: np.ndarray) -> np.ndarray:
-    """Drop trailing singleton axes beyond the third (e.g. OASIS' ``256×256×128×1``)."""
+    """Drop trailing singleton axes beyond the third (e.g. OASIS' ``256×256×128×1``); what
+    ``nib.squeeze_image`` does to an image, for the stages' plain arrays, refusing what is not 3-D."""
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -37,7 +38,8 @@ def reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.n
     """Flip/permute the voxel axes to the closest canonical (RAS+) orientation.
 
     Only axis permutations and flips are applied (no interpolation); the returned affine
-    describes the same world positions for the reordered array.
+    describes the same world positions for the reordered array. ``nib.as_closest_canonical`` does
+    the same to an image object; the stages take and give arrays and affines.
     """
     current = nib.io_orientation(affine)
     transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("RAS"))
