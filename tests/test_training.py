@@ -163,7 +163,10 @@ def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_
     # Within 1 %: the statistics belong to these weights (running averages that lag them differ by tens of per cent).
     torch.testing.assert_close(first_norm.running_mean, torch.stack(batch_means).mean(dim=0), rtol=1e-2, atol=1e-3)
     saved = {name: buffer.clone() for name, buffer in checkpoint.model.named_buffers() if "running" in name}
-    recompute_batch_norm(checkpoint.model, data.loader(fold.train))
+    # Training re-estimated them inside its precision context (bf16 autocast where the CPU has native bf16): so here.
+    precision = yaml.safe_load((tiny_run / "config.yaml").read_text())["resolved"]["precision"]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        recompute_batch_norm(checkpoint.model, data.loader(fold.train))
     for name, buffer in checkpoint.model.named_buffers():
         if "running" in name:
             torch.testing.assert_close(buffer, saved[name], rtol=1e-2, atol=1e-3)
