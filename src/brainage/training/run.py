@@ -51,6 +51,7 @@ from brainage.evaluation import (
 from brainage.figures import plot_predictions, plot_training_curves
 from brainage.inference import BrainAgeEnsemble, predict_batches
 from brainage.models import build_model
+from brainage.predict import resolve_checkpoints
 from brainage.preprocess import PreparedCache, load_cache
 from brainage.reliability import ConformalInterval, ReliabilityResult, coverage, longitudinal, session_residuals, test_retest
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
@@ -125,8 +126,12 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     if truth is not None:
         predictions["true_brain_age"] = pd.Series(truth, index=cache.manifest["scan_id"].astype(str)).reindex(predictions["scan_id"]).to_numpy()
     validation = pd.concat(validation, ignore_index=True)
-    predictions, corrector = correct_bias(predictions, validation, config, run_dir, checkpoints)
-    predictions, interval = calibrate_intervals(predictions, validation, config, checkpoints)
+    predictions, corrector = correct_bias(predictions, validation, config, run_dir)
+    predictions, interval = calibrate_intervals(predictions, validation, config)
+    for path in checkpoints:  # the final correction and interval, in every fold's checkpoint
+        checkpoint = load_checkpoint(path)
+        checkpoint.corrector, checkpoint.interval = corrector, interval
+        save_checkpoint(checkpoint, path)
     if config.baselines:
         predictions = predictions.merge(baseline_predictions(cache, folds, config), on="scan_id", how="left")
     history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", *HISTORY_COLUMNS])
@@ -150,10 +155,10 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
 
 
 def correct_bias(
-    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, run_dir: Path, checkpoints: Sequence[Path]
+    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, run_dir: Path
 ) -> tuple[pd.DataFrame, AgeBiasCorrector | None]:
-    """Add ``brain_age_corrected`` to out-of-fold ``predictions`` and store the final correction in
-    every checkpoint and in ``bias_correction.yaml``.
+    """Add ``brain_age_corrected`` to out-of-fold ``predictions``, record every fit in
+    ``bias_correction.yaml`` and return the final correction (for the checkpoints).
 
     K folds: fold k's scans are corrected with a fit on the out-of-fold predictions of the other
     folds' controls (never fold k's people); the final correction is fitted on all of them. One
@@ -183,21 +188,17 @@ def correct_bias(
     record["final"] = {"description": final.describe(), **final.to_dict()}
     if config.progress:
         console.print(f"final: {final.describe()}", style=None if final.applicable else "yellow")
-    for path in checkpoints:
-        checkpoint = load_checkpoint(path)
-        checkpoint.corrector = final
-        save_checkpoint(checkpoint, path)
     _write_yaml(_plain(record), run_dir / "bias_correction.yaml")
     return predictions, final
 
 
 def calibrate_intervals(
-    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, checkpoints: Sequence[Path]
+    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig
 ) -> tuple[pd.DataFrame, ConformalInterval | None]:
     """Add ``brain_age_lower``/``brain_age_upper`` (coverage ``config.interval``) to out-of-fold
     ``predictions``, each fold's from a split-conformal calibration on the other folds' residuals
-    (one per session; one hold-out: on the validation predictions), and store the final calibration
-    (on every out-of-fold residual) in every checkpoint."""
+    (one per session; one hold-out: on the validation predictions); return the final calibration
+    (on every out-of-fold residual, for the checkpoints)."""
     predictions = predictions.copy()
     k_fold = predictions["fold"].nunique() > 1
 
@@ -211,12 +212,7 @@ def calibrate_intervals(
         if interval is not None:
             lower, upper = interval.interval(rows["brain_age"])
             predictions.loc[rows.index, "brain_age_lower"], predictions.loc[rows.index, "brain_age_upper"] = lower, upper
-    final = fitted(predictions if k_fold else validation)
-    for path in checkpoints:
-        checkpoint = load_checkpoint(path)
-        checkpoint.interval = final
-        save_checkpoint(checkpoint, path)
-    return predictions, final
+    return predictions, fitted(predictions if k_fold else validation)
 
 
 def _controls(frame: pd.DataFrame, config: TrainConfig) -> pd.Series:
@@ -315,12 +311,9 @@ def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerat
 def initial_checkpoint(init: str | Path, fold: int) -> BrainAgeCheckpoint:
     """The checkpoint a fold is fine-tuned from: ``init`` itself, or fold ``fold``'s (else the
     first) of a run folder."""
-    path = Path(init)
-    if path.is_dir():
-        members = sorted(path.glob("fold_*/model.ckpt")) or [path / "model.ckpt"]
-        chosen = path / f"fold_{fold}" / "model.ckpt"
-        path = chosen if chosen in members else members[0]
-    return load_checkpoint(path)
+    members = resolve_checkpoints(init)
+    chosen = Path(init) / f"fold_{fold}" / "model.ckpt"
+    return load_checkpoint(chosen if chosen in members else members[0])
 
 
 def fold_trainer(
