@@ -10,7 +10,7 @@ import yaml
 from sklearn.model_selection import GroupShuffleSplit
 
 from brainage.errors import InputError
-from brainage.data import AugmentConfig, SplitError, SubjectLeakError, check_subject_leak, make_folds, subject_holdout
+from brainage.data import AugmentConfig, EpochShuffle, SplitError, SubjectLeakError, check_subject_leak, make_folds, subject_holdout
 from brainage.training import ConfigError, TrainConfig, load_config
 
 
@@ -145,3 +145,26 @@ def test_train_config_round_trips_through_yaml(tmp_path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig(batch_size=1)
+
+
+def test_one_repeat_per_session_per_epoch_visits_every_session_once_and_varies_the_repeat() -> None:
+    manifest = _manifest(n_subjects=6, sessions=2, repeats=3)
+    sessions = manifest["session_id"].tolist()
+    sampler = EpochShuffle(len(manifest), seed=0, generator=torch.Generator(), groups=sessions, per_group=1)
+    assert len(sampler) == 12
+    drawn = []
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler) and sorted(manifest["session_id"].iloc[order]) == sorted(set(sessions))
+        drawn.append(tuple(sorted(order)))
+    assert len(set(drawn)) > 1  # another repeat is drawn in another epoch
+    sampler.set_epoch(3)
+    assert tuple(sorted(sampler)) == drawn[3]  # the epoch alone decides (exact resume)
+    everything = EpochShuffle(len(manifest), seed=0, generator=torch.Generator())
+    assert sorted(everything) == list(range(len(manifest)))
+
+
+def test_repeats_per_session_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="repeats_per_session"):
+        TrainConfig(repeats_per_session=0)

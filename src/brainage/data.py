@@ -278,13 +278,26 @@ class EpochShuffle(Sampler[int]):
     :meth:`set_epoch` before every epoch), so a run resumed from a checkpoint sees the batches and
     augmentations an uninterrupted one would. Each epoch also seeds torch's global generator (which
     TorchIO's augmentations draw from in the main process) and the loader's ``generator`` (which
-    seeds its worker processes)."""
+    seeds its worker processes).
 
-    def __init__(self, size: int, seed: int, generator: torch.Generator) -> None:
+    With ``groups`` (one label per item, such as each scan's session) and ``per_group``, every
+    epoch draws afresh at most ``per_group`` items of each group: one repeat per session per epoch
+    visits every session as often as plain shuffling at a fraction of the cost."""
+
+    def __init__(
+        self, size: int, seed: int, generator: torch.Generator, groups: Sequence[object] | None = None, per_group: int | None = None
+    ) -> None:
         self.size = size
         self.seed = seed
         self.generator = generator
         self.epoch = 0
+        self.members: list[torch.Tensor] | None = None
+        self.per_group = per_group
+        if groups is not None and per_group is not None:
+            if len(groups) != size:
+                raise ValueError(f"groups has {len(groups)} labels for {size} items")
+            labels = pd.Series(list(groups)).astype(str)
+            self.members = [torch.as_tensor(rows, dtype=torch.long) for rows in labels.groupby(labels, sort=True).indices.values()]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -293,11 +306,16 @@ class EpochShuffle(Sampler[int]):
         epoch_seed = self.seed * 100_003 + self.epoch
         torch.manual_seed(epoch_seed)
         self.generator.manual_seed(epoch_seed)
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed))
-        return iter(order.tolist())
+        draw = torch.Generator().manual_seed(epoch_seed)
+        if self.members is None:
+            return iter(torch.randperm(self.size, generator=draw).tolist())
+        chosen = torch.cat([rows[torch.randperm(len(rows), generator=draw)[: self.per_group]] for rows in self.members])
+        return iter(chosen[torch.randperm(len(chosen), generator=draw)].tolist())
 
     def __len__(self) -> int:
-        return self.size
+        if self.members is None:
+            return self.size
+        return sum(min(len(rows), self.per_group) for rows in self.members)  # type: ignore[type-var]
 
 
 class BrainAgeDataModule(L.LightningDataModule):
@@ -305,6 +323,8 @@ class BrainAgeDataModule(L.LightningDataModule):
     (``pin_memory`` for faster copies to a CUDA device).
 
     Age statistics (``age_mean``, ``age_std``) come from the fold's training scans only.
+    ``repeats_per_session`` draws at most that many of each session's scans per training epoch
+    (:class:`EpochShuffle`); None: every scan every epoch.
     """
 
     def __init__(
@@ -316,9 +336,11 @@ class BrainAgeDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool = False,
         seed: int = 0,
+        repeats_per_session: int | None = None,
     ) -> None:
         super().__init__()
         self.cache = cache
+        self.repeats_per_session = repeats_per_session
         self.seed = seed
         self.pin_memory = pin_memory
         self.fold = fold
@@ -336,12 +358,17 @@ class BrainAgeDataModule(L.LightningDataModule):
         """Shuffled, augmented batches (dropping a last batch of one for batch norm) if ``train``:
         shuffling and augmentation follow from ``seed`` and the epoch alone (:class:`EpochShuffle`)."""
         generator = torch.Generator()
+        sampler = None
+        if train:
+            sessions = self.cache.manifest.iloc[np.asarray(indices, dtype=int)]
+            groups = (sessions["subject_id"].astype(str) + "\0" + sessions["session_id"].astype(str)).tolist() if self.repeats_per_session else None
+            sampler = EpochShuffle(len(indices), self.seed, generator, groups, self.repeats_per_session)
         return DataLoader(
             self.dataset(indices, augment=train),
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(indices), self.seed, generator) if train else None,
+            sampler=sampler,
             generator=generator,
-            drop_last=train and len(indices) % self.batch_size == 1,
+            drop_last=sampler is not None and len(sampler) % self.batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,

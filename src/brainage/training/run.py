@@ -290,7 +290,8 @@ def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerat
     """The fold's data module (age statistics of its training scans) and a fresh model around it,
     starting from ``config.init``'s weights when given."""
     data = BrainAgeDataModule(
-        cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda", seed=config.seed + fold.index
+        cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda", seed=config.seed + fold.index,
+        repeats_per_session=config.repeats_per_session,
     )
     hparams = dict(config.model_hparams)
     if accelerator == "mps" and config.model == "seed":
