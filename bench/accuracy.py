@@ -5,6 +5,7 @@ brain age. One table, per session (repeats averaged): MAE against age and agains
 age, gap fidelity, the bias-corrected MAE and the Demented-minus-Nondemented gap per subject.
 
     .venv/bin/python bench/accuracy.py --out bench-out/accuracy [--preset demo|oasis2] [--folds 5] [--epochs 50] [--seed-epochs 8] [--side 64]
+    .venv/bin/python bench/accuracy.py --out bench-out/oasis2 --preset oasis2 --repeats-per-session 1 --seed-side 32   # full size on a CPU
 
 Every step is resumable: the cohort, both caches and both runs are reused when they are already in
 ``--out`` with the same settings (a killed synthesis, preparation or fold continues where it
@@ -16,8 +17,10 @@ some 9 minutes per epoch of one fold of the demo cohort), so its recipe runs ``-
 (default 8, of the tutorial's 50) and the table says how many epochs each network ran; with
 ``--folds 5`` that is five times as long as with ``--folds 0`` (one 20 % hold-out).
 ``--seed-epochs 0`` leaves the recipe out. ``--side`` resamples both pipelines to another grid
-over the same field of view (32 is 8× cheaper to train than the default 64). Prints a table;
-asserts nothing.
+over the same field of view (32 is 8× cheaper to train than the default 64); ``--seed-side``
+resamples the recipe's alone (the table names each grid). ``--repeats-per-session 1`` trains the
+default model on one random repeat of each session per epoch (``TrainConfig.repeats_per_session``;
+OASIS-2 has 3–4). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=default.epochs, help="maximum epochs of the default model")
     parser.add_argument("--seed-epochs", type=int, default=8, help="maximum epochs of the tutorial's recipe (it had 50)")
     parser.add_argument("--side", type=int, default=64, help="grid side of both pipelines (same field of view)")
+    parser.add_argument("--seed-side", type=int, help="grid side of the tutorial's recipe alone (default: --side)")
+    parser.add_argument("--repeats-per-session", type=int, help="repeats of a session in each epoch of the default model (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
     args = parser.parse_args()
 
@@ -92,34 +97,37 @@ def main() -> None:
     console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
     folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
     runs = {
+        "standard": ("default", dataclasses.replace(default, model=args.model, epochs=args.epochs, repeats_per_session=args.repeats_per_session, **folds)
+                     if args.model == default.model else TrainConfig(model=args.model, epochs=args.epochs, repeats_per_session=args.repeats_per_session, **folds)),
         "seed": ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds)),
-        "standard": ("default", dataclasses.replace(default, model=args.model, epochs=args.epochs, **folds)
-                     if args.model == default.model else TrainConfig(model=args.model, epochs=args.epochs, **folds)),
     }
     if args.seed_epochs == 0:
         del runs["seed"]
     # The voxel ridge depends on the pipeline; the mean and tabular baselines do not (same folds).
     baselines = {"seed": [BASELINES["ridge_voxels"]], "standard": list(BASELINES.values())}
-    rows, seconds, truth = [], {}, None
+    rows, seconds, truth = [], {}, None  # the default model first: on a CPU the recipe takes longest
     for pipeline, (role, config) in runs.items():
+        side = args.seed_side if pipeline == "seed" and args.seed_side else args.side
         grid = make_config(pipeline)
-        grid = make_config(pipeline, shape=(args.side,) * 3, voxel_size=grid.voxel_size * grid.shape[0] / args.side)
-        cache = args.out / f"cache-{pipeline}-{args.side}"
+        grid = make_config(pipeline, shape=(side,) * 3, voxel_size=grid.voxel_size * grid.shape[0] / side)
+        cache = args.out / f"cache-{pipeline}-{side}"
         start = time.perf_counter()
         report = prepare(args.out / "cohort", cache, grid, workers=args.workers)
         seconds[f"prepare {pipeline}"] = time.perf_counter() - start
         start = time.perf_counter()
-        result = train(cache, args.out / f"run-{pipeline}-{args.side}-{config.model}", config)
+        repeats = f"-r{config.repeats_per_session}" if config.repeats_per_session else ""
+        result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}", config)
         seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
         epochs = result.history.groupby("fold").size()
         ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
-        rows += _rows(result, f"{config.model} ({role}, {ran} epochs{note})", pipeline, baselines[pipeline])
+        per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
+        rows += _rows(result, f"{config.model} ({role}, {ran} epochs{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline])
         truth = _truth_row(result)
     rows.append(truth)
     table = pd.DataFrame(rows)
     split = f"{args.folds}-fold" if args.folds else "20 % hold-out"
-    print_table(table, title=f"Out-of-fold accuracy per session on the {args.preset} cohort ({split} by subject, seed {args.seed}, {args.side}³), years")
+    print_table(table, title=f"Out-of-fold accuracy per session on the {args.preset} cohort ({split} by subject, seed {args.seed}), years")
     mae = table.set_index("predictor")["MAE"]
     default_mae = mae[next(name for name in mae.index if "(default" in name)]
     mean_mae = mae[f"baseline: {BASELINES['mean_age']}"]
