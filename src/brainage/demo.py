@@ -135,7 +135,7 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     heldout = model.predict(manifest.iloc[held_out], workers=config.workers)
     predictions = write_csv(heldout, out / "heldout_predictions.csv")
     lap("predict held-out subjects")
-    report = build_report(out / "run", out / "report.html", saliency=config.saliency)
+    report = build_report(out / "run", out / "report.html", saliency=config.saliency, heldout=heldout)
     lap("report")
     table = comparison_table(result.summary, train_config.model, accuracy_table(summarise_sessions(heldout), model.mean_training_age))
     correction = result.corrector.describe() if result.corrector else "none"

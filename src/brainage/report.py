@@ -2,10 +2,13 @@
 
 Sections: configuration, cohort, training curves, predicted against true age, Bland–Altman,
 brain-age gap by clinical group with its test, test–retest and longitudinal consistency (with a
-spaghetti plot of each person's visits), the network beside the baselines, a QC montage of a
-few scans, and a saliency map averaged over test scans. Everything comes from the run folder
-written by :func:`brainage.training.train` and, for the scans themselves, the cache it was trained
-on (sections that need the cache say so when it is gone).
+spaghetti plot of each person's visits), per-scan conformal intervals with their measured coverage,
+pose invariance (where ``bench/pose.py RUN --csv RUN/pose.csv`` measured it), the network beside
+the baselines, a QC montage of a few scans, and a saliency map averaged over test scans.
+Everything comes from the run folder written by :func:`brainage.training.train` (and, optionally,
+predictions of held-out people) and, for the scans themselves, the cache it was trained on
+(sections that need the cache say so when it is gone). A section whose figure the data cannot give
+(no repeat scans, one visit per person, no intervals, no pose measurement) says so in words.
 """
 
 from __future__ import annotations
@@ -42,12 +45,19 @@ SECTIONS = (
     ("bland-altman", "Bland–Altman"),
     ("groups", "Brain-age gap by group"),
     ("reliability", "Test–retest and visits"),
+    ("intervals", "Per-scan intervals"),
+    ("pose", "Pose invariance"),
     ("baselines", "Network beside the baselines"),
     ("qc", "Quality control"),
     ("saliency", "Saliency"),
 )
 #: How many folders up from a scan to look for a synthetic cohort's ``cohort.json``.
 COHORT_SEARCH_DEPTH = 4
+#: The pose measurement the report shows when the run folder holds it (``bench/pose.py RUN --csv RUN/pose.csv``).
+POSE_CSV = "pose.csv"
+#: The issue's targets: coverage within this many points of nominal; SD across poses at most this (years).
+COVERAGE_TOLERANCE = 0.05
+POSE_TARGET_SD = 0.5
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;max-width:1100px;padding:0 24px 48px;color:#222}
@@ -57,6 +67,7 @@ h1{margin-top:24px}h2{border-bottom:1px solid #eee;padding-bottom:4px;margin-top
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}
+.table{overflow-x:auto;max-width:100%}
 img{max-width:100%;height:auto;display:block;margin:8px 0}
 .note{color:#666;font-size:13px}pre{background:#f7f7f7;padding:10px;font-size:12px;overflow-x:auto}
 """
@@ -68,12 +79,15 @@ def build_report(
     saliency: str = "gradient",
     saliency_scans: int = 16,
     qc_scans: int = 6,
+    heldout: str | Path | pd.DataFrame | None = None,
 ) -> Path:
     """Write the HTML report of the run folder ``run`` to ``out`` (default ``run/report.html``).
 
     ``saliency`` is ``"gradient"`` or ``"occlusion"``; it is averaged over at most
     ``saliency_scans`` test scans, each seen by the fold model that did not train on it.
     ``qc_scans`` scans (the lowest and the highest registration scores) form the QC montage.
+    ``heldout`` (a ``brainage predict`` CSV or its table, of people the run never saw, with their
+    ages) adds their interval coverage beside the out-of-fold one.
     """
     if saliency not in METHODS:
         raise BrainAgeError(f"unknown saliency method {saliency!r}; choose from {', '.join(METHODS)}")
@@ -91,6 +105,8 @@ def build_report(
         "bland-altman": _figure(bland_altman(predictions)),
         "groups": _groups(predictions),
         "reliability": _reliability(predictions),
+        "intervals": _intervals(predictions, config, _heldout_table(heldout)),
+        "pose": _pose(run_dir / POSE_CSV),
         "baselines": _baselines(run_dir, cohort),
         "qc": _qc(cache, qc_scans) if cache is not None else _note(cache_note),
         "saliency": _saliency(run_dir, predictions, cache, saliency, saliency_scans) if cache is not None else _note(cache_note),
@@ -202,6 +218,81 @@ def spaghetti_figure(predictions: pd.DataFrame, column: str = "brain_age") -> Fi
     absolute.set(xlabel="Age (years)", ylabel=f"{column.replace('_', ' ').capitalize()} (years)", title="Each person's visits")
     change.set(xlabel="Years since the first visit", ylabel="Change of brain age since the first visit (years)", title="Change since the first visit")
     for ax in (absolute, change):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return figure
+
+
+def interval_figure(predictions: pd.DataFrame, nominal: float | None = None, heldout: pd.DataFrame | None = None) -> Figure:
+    """Per-scan intervals against the ages they should hold: left, every scan's interval (grey,
+    scans in order of brain age) with its age as a dot (black inside, red outside); right, the
+    measured coverage per group (and of ``heldout`` people) beside the nominal one and its ±5
+    point band."""
+    frame = predictions.dropna(subset=["brain_age", "brain_age_lower", "brain_age_upper", "age"]).sort_values("brain_age")
+    inside = (frame["brain_age_lower"] <= frame["age"]) & (frame["age"] <= frame["brain_age_upper"])
+    figure = Figure(figsize=(12, 4.6), layout="constrained")
+    scans, bars = figure.subplots(1, 2, width_ratios=(2, 1))
+    rank = np.arange(len(frame))
+    scans.fill_between(rank, frame["brain_age_lower"], frame["brain_age_upper"], color="0.8", step="mid", label="interval")
+    scans.plot(rank, frame["brain_age"], color="0.4", lw=1, label="brain age")
+    scans.scatter(rank[inside.to_numpy()], frame["age"][inside], s=8, color="black", label=f"age inside ({int(inside.sum())})")
+    scans.scatter(rank[~inside.to_numpy()], frame["age"][~inside], s=14, color="tab:red", label=f"age outside ({int((~inside).sum())})")
+    scans.set(xlabel="Scans, in order of predicted brain age", ylabel="Years", title=f"Out-of-fold intervals: {inside.mean():.1%} of {len(frame)} ages inside")
+    scans.grid(alpha=0.3)
+    scans.legend(fontsize="small", loc="upper left")
+    table = coverage_table(predictions, heldout)
+    positions = np.arange(len(table))
+    bars.barh(positions, 100 * table["coverage"], color=["tab:orange" if name.startswith("held-out") else "tab:blue" for name in table["set"]])
+    for y, (share, count) in enumerate(zip(table["coverage"], table["scans"])):
+        bars.text(102, y, f"{share:.1%} of {count}", va="center", fontsize=8)  # right of every bar and of the band
+    title = "Measured coverage"
+    if nominal is not None:
+        bars.axvspan(100 * (nominal - COVERAGE_TOLERANCE), 100 * (nominal + COVERAGE_TOLERANCE), color="tab:green", alpha=0.2)
+        bars.axvline(100 * nominal, color="tab:green", lw=1.5)
+        title += f"\n(green: nominal {nominal:.0%} ± {COVERAGE_TOLERANCE * 100:.0f} points)"
+    bars.set_yticks(positions, table["set"], fontsize=8)
+    bars.invert_yaxis()
+    bars.set(xlim=(0, 150), xticks=range(0, 101, 20), xlabel="Ages inside their interval (%)", title=title)
+    bars.grid(alpha=0.3, axis="x")
+    return figure
+
+
+def coverage_table(predictions: pd.DataFrame, heldout: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The share of ages inside their scan's interval: all out-of-fold scans, each group's, and
+    ``heldout`` people's; with the number of scans and the median interval width (years)."""
+    rows = []
+
+    def add(name: str, frame: pd.DataFrame) -> None:
+        known = frame.dropna(subset=["age", "brain_age_lower", "brain_age_upper"])
+        if len(known):
+            inside = (known["brain_age_lower"] <= known["age"]) & (known["age"] <= known["brain_age_upper"])
+            width = known["brain_age_upper"] - known["brain_age_lower"]
+            rows.append({"set": name, "scans": len(known), "inside": int(inside.sum()), "coverage": float(inside.mean()), "median_width": float(width.median())})
+
+    add("out of fold, all scans", predictions)
+    if "group" in predictions and predictions["group"].notna().any():
+        for group, rows_of in predictions.groupby(predictions["group"].astype(str), sort=True):
+            add(f"out of fold, {group}", rows_of)
+    if heldout is not None and "brain_age_lower" in heldout:
+        add("held-out people", heldout)
+    return pd.DataFrame(rows, columns=["set", "scans", "inside", "coverage", "median_width"])
+
+
+def pose_figure(poses: pd.DataFrame) -> Figure:
+    """Brain age of each re-posed scan minus its brain age at the identity pose, per pose, one
+    panel per way of re-posing (``header``, ``voxels``), with the ±0.5 y target band."""
+    modes = list(dict.fromkeys(poses["mode"]))
+    figure = Figure(figsize=(6 * len(modes), 4), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(modes), sharey=True))
+    for ax, mode in zip(axes, modes):
+        for k, (scan, rows) in enumerate(poses[poses["mode"] == mode].groupby("scan", sort=False)):
+            identity = rows.loc[rows["pose"] == 0, "brain_age"]
+            base = float(identity.iloc[0]) if len(identity) else float(rows["brain_age"].mean())
+            ax.plot(rows["pose"], rows["brain_age"] - base, marker="o", ms=4, lw=1, color=f"C{k}", label=f"{_short_scan(str(scan))}: SD {rows['brain_age'].std(ddof=1):.2f} y")
+        ax.axhspan(-POSE_TARGET_SD, POSE_TARGET_SD, color="tab:green", alpha=0.12, label=f"±{POSE_TARGET_SD:g} y (the target is on the SD)")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(xlabel="Pose (0: identity)", ylabel="Brain age − brain age at the identity (years)", title=f"re-posed as {mode}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return figure
@@ -348,12 +439,81 @@ def _reliability(predictions: pd.DataFrame) -> str:
     return text
 
 
+def _intervals(predictions: pd.DataFrame, config: dict[str, Any], heldout: pd.DataFrame | None) -> str:
+    """The out-of-fold per-scan intervals: measured coverage (all, per group, held-out people) and the figure."""
+    nominal = (config.get("train") or {}).get("interval")
+    if "brain_age_lower" not in predictions or predictions["brain_age_lower"].isna().all() or "age" not in predictions:
+        return _note("Per-scan intervals: not available: the run has no calibrated intervals (trained without an interval, or with too few people).")
+    table = coverage_table(predictions, heldout)
+    nominal_text = f"{float(nominal):.0%} " if nominal is not None else ""
+    caption = (
+        f"{nominal_text}split-conformal intervals of the uncorrected brain age, out of fold: each fold's scans from a calibration on the "
+        "other folds' people (one residual per session, its first scan's); coverage is the share of ages inside their scan's interval; "
+        "width in years."
+        + (" Held-out people: people the run never saw, predicted by the trained models with the calibration stored in their checkpoints." if heldout is not None else "")
+    )
+    shown = pd.DataFrame({
+        "set": table["set"], "scans": table["scans"], "ages inside": table["inside"],
+        "coverage": [f"{value:.1%}" for value in table["coverage"]],
+        "median width (years)": [f"{value:.1f}" for value in table["median_width"]],
+    })  # fmt: skip
+    if nominal is not None:
+        shown[f"within ±{COVERAGE_TOLERANCE * 100:.0f} points of {float(nominal):.0%}"] = ["yes" if abs(value - float(nominal)) <= COVERAGE_TOLERANCE else "no" for value in table["coverage"]]
+    held = heldout is not None and "held-out people" in set(table["set"])
+    text = _table(shown, caption) + ("" if held or heldout is None else _note("The held-out predictions have no intervals or no ages."))
+    return text + _figure(interval_figure(predictions, float(nominal) if nominal is not None else None, heldout))
+
+
+def _pose(path: Path) -> str:
+    """The pose measurement of ``bench/pose.py`` when the run folder holds it; else how to make it."""
+    if not path.is_file():
+        return _note(
+            f"Pose invariance: not measured for this run (no {path.name} in the run folder). "
+            f"`python bench/pose.py RUN --csv RUN/{path.name}` re-poses scans (rotations up to ±15°, shifts up to ±15 mm, as new headers "
+            "and as resampled voxels), predicts them from the raw files and writes what this section shows."
+        )
+    poses = pd.read_csv(path)
+    missing = {"scan", "mode", "pose", "brain_age"} - set(poses.columns)
+    if missing:
+        return _note(f"Pose invariance: {path} lacks the columns {', '.join(sorted(missing))}.")
+    rows = []
+    for k, ((scan, mode), frame) in enumerate(poses.groupby(["scan", "mode"], sort=False)):
+        ages = frame["brain_age"].dropna()
+        moved = frame.loc[frame["pose"] > 0, "brain_age"].dropna()
+        rows.append({
+            "scan": _short_scan(str(scan)), "re-posed as": mode, "poses": len(ages),
+            "SD (years)": f"{ages.std(ddof=1):.2f}" if len(ages) > 1 else "–",
+            "SD without the identity (years)": f"{moved.std(ddof=1):.2f}" if len(moved) > 1 else "–",
+            "range (years)": f"{np.ptp(ages):.2f}" if len(ages) else "–",
+            f"SD ≤ {POSE_TARGET_SD:g} y": ("yes" if ages.std(ddof=1) <= POSE_TARGET_SD else "no") if len(ages) > 1 else "–",
+            "QC lowest / identity": (f"{frame['qc_score'].min():.2f} / {frame.loc[frame['pose'] == 0, 'qc_score'].iloc[0]:.2f}"
+                                     if "qc_score" in frame and (frame["pose"] == 0).any() else "–"),
+        })  # fmt: skip
+    caption = (
+        f"From {path.name} (bench/pose.py): each scan written again in {poses['pose'].nunique()} poses (pose 0 the identity), as a new header "
+        "(voxels untouched) and as voxels resampled in the same grid, predicted from the raw files; SD of the brain age across the poses "
+        f"(target ≤ {POSE_TARGET_SD:g} y), and the QC score (correlation with the template) beside it."
+    )
+    return _table(pd.DataFrame(rows), caption) + _figure(pose_figure(poses))
+
+
+def _short_scan(path: str) -> str:
+    """The last three parts of a scan's path (``OAS2_0001_MR1/RAW/mpr-1.nifti.hdr``)."""
+    return "/".join(Path(path).parts[-3:])
+
+
+def _heldout_table(heldout: str | Path | pd.DataFrame | None) -> pd.DataFrame | None:
+    if heldout is None or isinstance(heldout, pd.DataFrame):
+        return heldout
+    return _read_csv(Path(heldout))
+
+
 def _retest_display(table: pd.DataFrame) -> pd.DataFrame:
     """The test–retest table as text: SDs in years to 2 decimals, ICCs to 3, the interval in one column."""
     digits = [3 if measure.startswith("ICC") else 2 for measure in table["measure"]]
     return pd.DataFrame({
         "measure": table["measure"],
-        "value": [f"{value:.{d}f}" for value, d in zip(table["value"], digits)],
+        "value": [_number(value, d) for value, d in zip(table["value"], digits)],
         "95 % interval": ["–" if math.isnan(low) else f"{low:.{d}f} to {high:.{d}f}" for low, high, d in zip(table["ci_low"], table["ci_high"], digits)],
         "sessions": table["n_sessions"],
         "scans": table["n_scans"],
@@ -363,13 +523,13 @@ def _retest_display(table: pd.DataFrame) -> pd.DataFrame:
 def _visits_display(table: pd.DataFrame) -> pd.DataFrame:
     """The longitudinal table as text: medians with their quartiles in brackets."""
     def spread(prefix: str) -> list[str]:
-        return [f"{m:.2f} [{a:.2f}, {b:.2f}]" for m, a, b in zip(table[f"{prefix}_median"], table[f"{prefix}_q1"], table[f"{prefix}_q3"])]
+        return ["–" if math.isnan(m) else f"{m:.2f} [{a:.2f}, {b:.2f}]" for m, a, b in zip(table[f"{prefix}_median"], table[f"{prefix}_q1"], table[f"{prefix}_q3"])]
 
     shown = pd.DataFrame({
         "group": table["group"], "subjects": table["n_subjects"], "visits": table["n_visits"],
-        "years followed (median)": [f"{value:.1f}" for value in table["years_median"]],
+        "years followed (median)": [_number(value, 1) for value in table["years_median"]],
         "slope on age, median [IQR]": spread("slope"),
-        "gap SD over visits (median, y)": [f"{value:.2f}" for value in table["gap_sd_median"]],
+        "gap SD over visits (median, y)": [_number(value, 2) for value in table["gap_sd_median"]],
     })  # fmt: skip
     if "slope_true_median" in table:
         shown["slope on true brain age, median [IQR]"] = spread("slope_true")
@@ -381,6 +541,8 @@ def _baselines(run_dir: Path, cohort: dict[str, Any] | None) -> str:
     if not path.is_file():
         return _note(f"{path} is missing.")
     summary = pd.read_csv(path)
+    for column in [c for c in summary.columns if c.endswith("_p")]:  # p values to 2 significant digits, not 0.00
+        summary[column] = [_p_value(value) for value in summary[column]]
     text = _table(summary, "Out-of-fold accuracy in years: the network (uncorrected and bias-corrected) and the baselines fitted on the same folds")
     if cohort is not None:
         best = _true_brain_age_mae(cohort)
@@ -389,6 +551,10 @@ def _baselines(run_dir: Path, cohort: dict[str, Any] | None) -> str:
             f"{best['session']:.2f} y per session; not a floor: a prediction pulled towards the mean age can score below it."
         )
     return text
+
+
+def _p_value(value: float) -> str:
+    return "–" if not math.isfinite(float(value)) else f"{float(value):.2g}"
 
 
 def _true_brain_age_mae(cohort: dict[str, Any]) -> dict[str, float]:
@@ -492,7 +658,12 @@ def _table(frame: pd.DataFrame, caption: str = "") -> str:
     if frame.empty:
         return ""
     text = frame.to_html(index=False, border=0, na_rep="–", float_format=lambda value: f"{value:.2f}")
-    return (_note(caption) if caption else "") + text
+    return (_note(caption) if caption else "") + f'<div class="table">{text}</div>'
+
+
+def _number(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals; a dash where it is not known (never "nan")."""
+    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
 
 
 def _note(text: str) -> str:
