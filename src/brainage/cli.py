@@ -295,12 +295,15 @@ def report_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write; default RUN/report.html."),
     saliency: str = typer.Option("gradient", "--saliency", help="gradient or occlusion (slower)."),
     saliency_scans: int = typer.Option(16, "--saliency-scans", min=1, help="Test scans the saliency map averages."),
+    heldout: Path | None = typer.Option(
+        None, "--heldout", help="`brainage predict` CSV of people the run never saw (with ages): their interval coverage beside the out-of-fold one."
+    ),
 ) -> None:
     """Write one self-contained HTML report of a training run (figures embedded)."""
     from brainage.console import console
     from brainage.report import build_report
 
-    console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans)}", soft_wrap=True)
+    console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans, heldout=heldout)}", soft_wrap=True)
 
 
 @app.command("export")
