@@ -151,7 +151,7 @@ def bland_altman(predictions: pd.DataFrame) -> Figure:
     """Difference (brain age − age) against the mean of the two, with the mean difference and its
     95 % limits of agreement (± 1.96 SD), uncorrected and bias-corrected."""
     columns = [column for column in ("brain_age", "brain_age_corrected") if column in predictions]
-    figure = Figure(figsize=(6 * len(columns), 4.5), layout="constrained")
+    figure = Figure(figsize=(6 * len(columns) + 1.5, 4.5), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(columns)))
     groups = predictions["group"].fillna("unknown") if "group" in predictions else pd.Series("all", index=predictions.index)
     for ax, column in zip(axes, columns):
@@ -160,13 +160,13 @@ def bland_altman(predictions: pd.DataFrame) -> Figure:
         for group, rows in predictions.groupby(groups, sort=True):
             ax.scatter(mean[rows.index], difference[rows.index], s=14, alpha=0.7, label=str(group))
         bias, spread = float(difference.mean()), 1.96 * float(difference.std())
-        ax.axhline(bias, color="black", lw=1, label=f"mean {bias:+.2f} y")
+        ax.axhline(bias, color="black", lw=1)
         for limit in (bias - spread, bias + spread):
             ax.axhline(limit, color="black", lw=1, ls="--")
-        ax.set_title(f"{'bias-corrected' if column.endswith('corrected') else 'uncorrected'}: limits {bias - spread:+.1f} to {bias + spread:+.1f} y")
+        ax.set_title(f"{'bias-corrected' if column.endswith('corrected') else 'uncorrected'}: mean {bias:+.2f} y, limits {bias - spread:+.1f} to {bias + spread:+.1f} y")
         ax.set(xlabel="Mean of age and brain age (years)", ylabel="Brain age − age (years)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plots, not over the points
     return figure
 
 
