@@ -17,6 +17,11 @@ temporary files of killed writers are removed by the next run that finds no othe
 of the cache running (``.lock``). Volumes of earlier configurations stay on disk (switching back
 costs nothing); ``cache.json`` and the manifest describe the configuration prepared last. Each
 record keeps the CPU seconds of the stages that computed it (``cpu_s_<stage>`` columns).
+
+With ``session_reuse`` (the standard pipeline's default) the scans of one session are prepared in
+sorted order by one worker: the first that succeeds is stripped and registered, the others are
+aligned to it rigidly (``reference_scan`` names it). Such a scan's keys hold the reference's content
+hash and the session fields, so a changed reference recomputes its repeats.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from brainage.io.manifest import sort_manifest, validate_manifest, write_manifes
 from brainage.preprocess.pipelines import (
     STAGES,
     PipelineConfig,
+    SessionReference,
     Spatial,
     StageTimer,
     StandardConfig,
@@ -58,7 +64,12 @@ CACHE_FORMAT = 1
 MANIFEST = "manifest.csv"
 #: Per-stage CPU seconds of each scan's record (NaN for records written before they were kept).
 TIME_COLUMNS = tuple(f"cpu_s_{stage}" for stage in STAGES)
-CACHE_COLUMNS = ("cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest", *TIME_COLUMNS)
+#: ``reference_scan``: the scan_id a session's repeat was aligned to (missing where the scan was
+#: stripped and registered itself); ``spatial_file``: its mask and registration (standard pipeline).
+CACHE_COLUMNS = (
+    "cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest", "spatial_file", "reference_scan",
+    *TIME_COLUMNS,
+)  # fmt: skip
 #: Folders where ``atomic_write`` leaves ``.<name>.<random>.tmp<suffix>`` files when killed.
 _WRITTEN_FOLDERS = ("", "volumes", "spatial", "qc", "hashes")
 
@@ -92,6 +103,7 @@ class PrepareReport:
     reused_registration: int
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    aligned: int = 0  # prepared now by alignment to their session's reference
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -107,6 +119,7 @@ class PrepareReport:
         return [
             {"outcome": "prepared now", "scans": self.done},
             {"outcome": "already cached", "scans": self.cached},
+            {"outcome": "aligned to a session mate", "scans": self.aligned},
             {"outcome": "failed (skipped)", "scans": len(self.problems)},
             {"outcome": "flagged by QC", "scans": len(self.flagged)},
             {"outcome": "scans/s", "scans": round(self.scans_per_second, 2)},
@@ -121,6 +134,26 @@ class _Job:
     config: PipelineConfig
     mask_path: str | None = None  # an external brain mask (fMRIPrep): preprocess/external_mask.py
     device: str = "cpu"
+
+
+@dataclass
+class _Reference:
+    """The scan of a session that its repeats align to; its volume is read when the first repeat
+    that is not cached needs it."""
+
+    job: _Job
+    digest: str
+    spatial_path: Path
+    spatial: Spatial | None = None
+    loaded: SessionReference | None = None
+
+    def load(self) -> SessionReference:
+        if self.loaded is None:
+            spatial = self.spatial or _read_spatial(self.spatial_path)
+            if spatial is None:
+                raise InputError(self.spatial_path, f"the spatial file of the session reference {self.job.scan_id} is missing")
+            self.loaded = SessionReference.from_file(self.job.path, spatial)
+        return self.loaded
 
 
 def prepare(
@@ -149,21 +182,24 @@ def prepare(
         raise BrainAgeError(str(error)) from None
     root = Path(out)
     manifest, problems = _manifest(source, demographics)
-    manifest = _shard(sort_manifest(manifest), shard)
+    manifest = sort_manifest(manifest)
     masks = manifest["mask_path"] if "mask_path" in manifest else [None] * len(manifest)
     jobs = {
         str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask), device)
         for path, scan_id, mask in zip(manifest["path"], manifest["scan_id"], masks)
-    }
+    }  # a path listed twice is prepared once
+    sessions = _shard(_sessions(jobs, manifest, config), shard)
+    manifest = manifest[manifest["path"].astype(str).isin({job.path for session in sessions for job in session})]
     records: dict[str, dict[str, Any]] = {}
     with _running(root):
-        for job, result in parallel_map(_prepare_one, jobs.values(), workers, description=f"prepare ({config.name})"):
-            if isinstance(result, InputError):
-                problems.append(Problem.from_error(result))
-            elif isinstance(result, BaseException):
-                problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
-            else:
-                records[job.path] = result
+        for session, results in parallel_map(_prepare_session, sessions, workers, description=f"prepare ({config.name})"):
+            for job, result in zip(session, results if isinstance(results, list) else [results] * len(session)):
+                if isinstance(result, InputError):
+                    problems.append(Problem.from_error(result))
+                elif isinstance(result, BaseException):
+                    problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
+                else:
+                    records[job.path] = result
         prepared = _finish_manifest(manifest, records, config)
         _write_cache(root, prepared, config, shard)
     statuses = [record["status"] for record in records.values()]
@@ -175,6 +211,7 @@ def prepare(
         reused_registration=statuses.count("reused registration"),
         problems=problems,
         seconds=time.perf_counter() - start,
+        aligned=statuses.count("aligned"),
     )
 
 
@@ -242,31 +279,75 @@ def _memo_hash(path: Path, root: Path) -> str:
     return digest
 
 
-def _prepare_one(job: _Job) -> dict[str, Any]:
-    """Worker: return the scan's record, computing and writing its volume unless cached."""
+def _sessions(jobs: dict[str, _Job], manifest: pd.DataFrame, config: PipelineConfig) -> list[tuple[_Job, ...]]:
+    """The jobs (by path) grouped by session in manifest order where ``config`` reuses a session's
+    registration; one job a group otherwise, and for a scan with an external brain mask."""
+    reuse = isinstance(config, StandardConfig) and config.session_reuse
+    groups: dict[object, list[_Job]] = {}
+    for path, subject, session in zip(manifest["path"].astype(str), manifest["subject_id"], manifest["session_id"]):
+        job = jobs[path]
+        alone = not reuse or external_mask_path(job.path, job.mask_path) is not None
+        group = groups.setdefault(path if alone else (subject, session), [])
+        if job not in group:
+            group.append(job)
+    return [tuple(group) for group in groups.values()]
+
+
+def _prepare_session(jobs: tuple[_Job, ...]) -> list[dict[str, Any] | Exception]:
+    """Worker: the records of a session's scans, prepared in order. The first that succeeds is the
+    reference the others align to (when there are others); a scan that fails leaves its exception
+    in its place and the session goes on."""
+    results: list[dict[str, Any] | Exception] = []
+    reference: _Reference | None = None
+    for job in jobs:
+        try:
+            record, prepared_alone = _prepare_one(job, reference, len(jobs) > 1)
+        except Exception as error:  # noqa: BLE001 - reported per scan, like parallel_map's items
+            results.append(error)
+            continue
+        reference = reference or prepared_alone
+        results.append(record)
+    return results
+
+
+def _prepare_one(job: _Job, reference: _Reference | None = None, in_session: bool = False) -> tuple[dict[str, Any], _Reference | None]:
+    """Return the scan's record, computing and writing its volume unless cached, aligned to
+    ``reference`` if given; and, for a scan of a session prepared on its own, the reference it makes."""
     path, root, config = Path(job.path), job.root, job.config
     timer = StageTimer()
     with timer("load"):
         digest = _memo_hash(path, root)
         mask = external_mask_path(path, job.mask_path) if isinstance(config, StandardConfig) else None
         digest_and_mask = _key(digest, _memo_hash(mask, root)) if mask is not None else digest  # a new mask: a new volume
-    key = _key(digest_and_mask, config.volume_digest())
-    record_path = root / "volumes" / f"{key}.json"
-    if record_path.is_file() and record_path.with_suffix(".npy").is_file():
-        return {**json.loads(record_path.read_text()), "status": "cached"}
     spatial_path = None
-    spatial = None
-    if isinstance(config, StandardConfig):
-        spatial_path = root / "spatial" / f"{_key(digest_and_mask, config.digest(*StandardConfig.SPATIAL_FIELDS))}.npz"
-        spatial = _read_spatial(spatial_path)
+    if reference is not None:
+        session = config.digest(*StandardConfig.SPATIAL_FIELDS, *StandardConfig.SESSION_FIELDS)
+        key = _key(digest, "aligned to", reference.digest, config.volume_digest(), session)
+        spatial_path = root / "spatial" / f"{_key(digest, 'aligned to', reference.digest, session)}.npz"
+    else:
+        key = _key(digest_and_mask, config.volume_digest())
+        if isinstance(config, StandardConfig):
+            spatial_path = root / "spatial" / f"{_key(digest_and_mask, config.digest(*StandardConfig.SPATIAL_FIELDS))}.npz"
+    own = _Reference(job, digest, spatial_path) if in_session and reference is None and spatial_path is not None else None
+    live = {"reference_scan": reference.job.scan_id if reference is not None else math.nan}
+    record_path = root / "volumes" / f"{key}.json"
+    if record_path.is_file() and record_path.with_suffix(".npy").is_file() and (own is None or own.spatial_path.is_file()):
+        return {**json.loads(record_path.read_text()), **live, "status": "cached"}, own
+    spatial = _read_spatial(spatial_path) if spatial_path is not None else None
     if spatial is None and mask is not None:
         with timer("register"):
             external = external_spatial(path, config, mask)
     else:
         external = None
-    prepared = preprocess_scan(path, config, spatial or external, job.device)
+    session_reference = None
+    if reference is not None and spatial is None:
+        with timer("load"):
+            session_reference = reference.load()
+    prepared = preprocess_scan(path, config, spatial or external, job.device, session_reference)
     if spatial_path is not None and spatial is None and prepared.spatial is not None:
         _write_spatial(spatial_path, prepared.spatial)
+    if own is not None:
+        own.spatial = prepared.spatial
     with atomic_write(root / "volumes" / f"{key}.npy") as tmp:
         np.save(tmp, prepared.volume)
     with timer("qc"):
@@ -278,11 +359,13 @@ def _prepare_one(job: _Job) -> dict[str, Any]:
         "qc_score": prepared.qc_score,
         "content_hash": digest,
         "config_digest": config.volume_digest(),
+        **({"spatial_file": f"spatial/{spatial_path.name}"} if spatial_path is not None else {}),
         **{f"cpu_s_{stage}": round(value, 4) for stage, value in seconds.items()},
     }
     with atomic_write(record_path) as tmp:
         tmp.write_text(json.dumps(record))
-    return {**record, "status": "reused registration" if spatial is not None else "done"}
+    status = "reused registration" if spatial is not None else "aligned" if session_reference is not None else "done"
+    return {**record, **live, "status": status}, own
 
 
 def _read_spatial(path: Path) -> Spatial | None:
@@ -314,13 +397,15 @@ def _manifest(source: str | Path | pd.DataFrame, demographics: str | Path | None
     return discovery.manifest.copy(), list(discovery.problems)
 
 
-def _shard(manifest: pd.DataFrame, shard: tuple[int, int] | None) -> pd.DataFrame:
+def _shard(sessions: list[tuple[_Job, ...]], shard: tuple[int, int] | None) -> list[tuple[_Job, ...]]:
+    """Every n-th group of jobs from the i-th (a session stays in one shard, so its repeats align
+    to the same reference as in an unsharded run)."""
     if shard is None:
-        return manifest
+        return sessions
     index, count = shard
     if not 1 <= index <= count:
         raise ValueError(f"shard {index}/{count}: the index must be between 1 and {count}")
-    return manifest.iloc[index - 1 :: count].reset_index(drop=True)
+    return sessions[index - 1 :: count]
 
 
 def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]], config: PipelineConfig) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from brainage.preprocess.template import MNI_BRAIN_CENTER, template_grid, templa
 #: Bump when a stage's code changes what it computes, so old cache entries are not reused.
 PIPELINE_VERSION = 1
 #: The stages whose CPU seconds every prepared scan records (``PreparedScan.seconds``).
-STAGES = ("load", "bias", "strip", "register", "resample", "normalise", "qc")
+STAGES = ("load", "bias", "strip", "register", "rigid", "resample", "normalise", "qc")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class PipelineConfig:
     #: ``to_dict`` (so of every digest), and a dict without it reads back as that value: an old
     #: cache keeps its keys and an old checkpoint its preprocessing.
     LEGACY: ClassVar[dict[str, Any]] = {}
+    #: Fields that change only the repeats of a session (whose cache keys hold them), not a scan
+    #: prepared on its own: left out of :meth:`volume_digest`.
+    SESSION_FIELDS: ClassVar[tuple[str, ...]] = ()
     shape: tuple[int, int, int]
     voxel_size: float
     dtype: str
@@ -61,8 +64,10 @@ class PipelineConfig:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def volume_digest(self) -> str:
-        """Hash of everything that changes the stored volume (all fields but the QC threshold)."""
-        return self.digest(*(field.name for field in fields(self) if field.name != "qc_threshold"))
+        """Hash of everything that changes the stored volume of a scan prepared on its own (all
+        fields but the QC threshold and :attr:`SESSION_FIELDS`)."""
+        unkeyed = ("qc_threshold", *self.SESSION_FIELDS)
+        return self.digest(*(field.name for field in fields(self) if field.name not in unkeyed))
 
     @property
     def affine(self) -> np.ndarray:
@@ -111,13 +116,22 @@ class StandardConfig(PipelineConfig):
     ``registration_margin`` mm (``None``: the template's whole field of view, as in
     ``standard-v1``), at most ``registration_iterations`` per level (shrink factors 4, 2, 1 of
     the ``registration_voxel_size`` pair; ``standard-v1`` allowed 200 at the last level, where
-    it converged after about 20 and each iteration costs most). ``bench/prepare.py`` measures
-    the result against ``standard-v1``.
+    it converged after about 20 and each iteration costs most).
+
+    ``session_reuse`` (``prepare`` only) strips and registers the first scan of a session (in
+    sorted order; the next one where it fails) and aligns each other repeat of the session to it:
+    an ANTs rigid registration of the repeat's whole head at ``rigid_voxel_size`` mm to the
+    reference's head cropped to its brain's box plus ``registration_margin`` mm (the metric on
+    ``registration_sampling`` of the voxels, at most ``rigid_iterations`` per level, shrink
+    factors 4, 2, 1); the repeat's mask is the reference's carried through that motion and its
+    registration the reference's composed with it. ``standard-v1`` prepares every scan on its
+    own. ``bench/prepare.py`` measures the result against ``standard-v1``.
     """
 
     name: ClassVar[str] = "standard"
     LEGACY: ClassVar[dict[str, Any]] = {
         "skull_strip": "deepbet", "registration_margin": None, "registration_iterations": (2100, 1200, 200),
+        "session_reuse": False, "rigid_voxel_size": 4.0, "rigid_iterations": (20, 10, 5),
     }
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
@@ -134,12 +148,16 @@ class StandardConfig(PipelineConfig):
     registration_margin: float | None = 10.0
     registration_iterations: tuple[int, int, int] = (2100, 1200, 10)
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    session_reuse: bool = True
+    rigid_voxel_size: float = 4.0
+    rigid_iterations: tuple[int, int, int] = (20, 10, 5)
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (
         "bias_correction", "n4_shrink_factor", "skull_strip", "strip_shape", "strip_threshold", "registration",
         "registration_voxel_size", "registration_sampling", "registration_margin", "registration_iterations",
     )
+    SESSION_FIELDS: ClassVar[tuple[str, ...]] = ("session_reuse", "rigid_voxel_size", "rigid_iterations")
     SKULL_STRIPS: ClassVar[tuple[str, ...]] = ("deepbet-coarse", "deepbet")
 
     def __post_init__(self) -> None:
@@ -191,6 +209,21 @@ class Spatial:
 
 
 @dataclass(frozen=True)
+class SessionReference:
+    """A session's stripped and registered scan, for its repeats to align to (``session_reuse``)."""
+
+    data: np.ndarray  # RAS-reoriented volume
+    affine: np.ndarray
+    spatial: Spatial
+
+    @classmethod
+    def from_file(cls, path: str | Path, spatial: Spatial) -> SessionReference:
+        """The scan at ``path``, loaded and reoriented as the standard pipeline does, with its ``spatial``."""
+        scan = load_scan(path)
+        return cls(*stages.reorient_ras(scan.data, scan.affine), spatial)
+
+
+@dataclass(frozen=True)
 class PreparedScan:
     """One preprocessed scan: the volume on the config's grid, its QC score, the spatial result
     and the CPU seconds of each stage that ran (keys from :data:`STAGES`)."""
@@ -217,9 +250,15 @@ class StageTimer:
 
 
 def preprocess_scan(
-    path: str | Path, config: PipelineConfig, spatial: Spatial | None = None, device: str = "cpu"
+    path: str | Path,
+    config: PipelineConfig,
+    spatial: Spatial | None = None,
+    device: str = "cpu",
+    reference: SessionReference | None = None,
 ) -> PreparedScan:
-    """Preprocess one scan file with ``config``; reuse ``spatial`` (mask + registration) if given.
+    """Preprocess one scan file with ``config``; reuse ``spatial`` (mask + registration) if given,
+    else, with a session's ``reference`` (standard pipeline), align the scan to it rigidly
+    (:func:`align_to_reference`) instead of stripping and registering it.
 
     ``device`` runs the skull-stripping network there (``"cpu"``, ``"cuda"``, ``"auto"``; CPU
     if the device is missing). Raises :class:`~brainage.errors.InputError` naming the file if it
@@ -231,7 +270,7 @@ def preprocess_scan(
         if isinstance(config, SeedConfig):
             volume = _run_seed(Path(path), config, timer)
         elif isinstance(config, StandardConfig):
-            volume, spatial = _run_standard(Path(path), config, spatial, timer, device)
+            volume, spatial = _run_standard(Path(path), config, spatial, timer, device, reference)
         else:
             raise TypeError(f"unknown configuration {type(config).__name__}")
         with timer("qc"):
@@ -261,7 +300,12 @@ def _run_seed(path: Path, config: SeedConfig, timer: StageTimer) -> np.ndarray:
 
 
 def _run_standard(
-    path: Path, config: StandardConfig, spatial: Spatial | None, timer: StageTimer, device: str
+    path: Path,
+    config: StandardConfig,
+    spatial: Spatial | None,
+    timer: StageTimer,
+    device: str,
+    reference: SessionReference | None,
 ) -> tuple[np.ndarray, Spatial]:
     with timer("load"):
         scan = load_scan(path)
@@ -269,7 +313,10 @@ def _run_standard(
     if config.bias_correction:
         with timer("bias"):
             data = stages.n4_bias_correct(data, affine, config.n4_shrink_factor)
-    if spatial is None or spatial.mask.shape != data.shape:
+    if (spatial is None or spatial.mask.shape != data.shape) and reference is not None:
+        with timer("rigid"):
+            spatial = align_to_reference(data, affine, reference, config)
+    elif spatial is None or spatial.mask.shape != data.shape:
         spatial = find_spatial(data, affine, config, timer, device)
     with timer("resample"):
         brain = np.where(spatial.mask, data, np.float32(0))
@@ -292,6 +339,24 @@ def find_spatial(
     with timer("register"):
         world_to_source = register_brain(np.where(mask, data, np.float32(0)), affine, config)
     return Spatial(mask, world_to_source)
+
+
+def align_to_reference(data: np.ndarray, affine: np.ndarray, reference: SessionReference, config: StandardConfig) -> Spatial:
+    """A repeat's :class:`Spatial` from its session's ``reference``: the rigid motion from the
+    reference's world to the repeat's (whole head against the reference's head around its brain),
+    the reference's mask carried through it (trilinear, > 0.5) and its registration composed with it."""
+    size = config.rigid_voxel_size
+    fixed_grid, fixed_shape = stages.box_grid(reference.affine, reference.spatial.mask, size, config.registration_margin)
+    moving_grid, moving_shape = stages.isotropic_grid(affine, data.shape, size)
+    motion = stages.register_affine(
+        stages.resample(data, affine, moving_grid, moving_shape), moving_grid,
+        stages.resample(reference.data, reference.affine, fixed_grid, fixed_shape), fixed_grid,
+        "Rigid", config.registration_sampling, iterations=config.rigid_iterations,
+    )  # fmt: skip
+    mask = stages.carry_mask(reference.spatial.mask, reference.affine, affine, data.shape, np.linalg.inv(motion))
+    if not mask.any():
+        raise ValueError("the session reference's brain mask falls outside this scan")
+    return Spatial(mask, motion @ reference.spatial.world_to_source)
 
 
 def register_brain(brain: np.ndarray, affine: np.ndarray, config: StandardConfig, seed: int = 1) -> np.ndarray:

@@ -174,6 +174,54 @@ def isotropic_grid(affine: np.ndarray, shape: tuple[int, ...], voxel_size: float
     return grid, grid_shape  # type: ignore[return-value]
 
 
+def box_grid(affine: np.ndarray, mask: np.ndarray, voxel_size: float, margin: float | None) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """An axis-aligned RAS grid of ``voxel_size`` mm over the world box of ``mask``'s bounding box
+    grown by ``margin`` mm (None: the volume's whole field of view, :func:`isotropic_grid`)."""
+    if margin is None:
+        return isotropic_grid(affine, mask.shape, voxel_size)
+    low, high = _bounds(mask)
+    corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
+    world = (affine @ corners.T).T[:, :3]
+    low, high = world.min(axis=0) - margin, world.max(axis=0) + margin
+    grid = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
+    grid[:3, 3] = low
+    return grid, tuple(int(n) for n in np.ceil((high - low) / voxel_size) + 1)  # type: ignore[return-value]
+
+
+def carry_mask(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: tuple[int, ...],
+    world_to_source: np.ndarray,
+) -> np.ndarray:
+    """A boolean mask brought onto a target grid (trilinear, > 0.5): ``world_to_source`` maps
+    target-world points into the mask's world. Only the part of the target that the mask's bounding
+    box reaches is resampled."""
+    low, high = _bounds(mask)
+    crop = np.pad(mask[tuple(slice(a, b + 1) for a, b in zip(low, high))], 1).astype(np.float32)  # one empty voxel around
+    low, high = low - 1, high + 1
+    crop_affine = affine.copy()
+    crop_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
+    corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
+    reach = (np.linalg.inv(target_affine) @ np.linalg.inv(world_to_source) @ affine @ corners.T)[:3]
+    start = np.clip(np.floor(reach.min(axis=1)).astype(int), 0, target_shape)
+    stop = np.clip(np.ceil(reach.max(axis=1)).astype(int) + 1, 0, target_shape)
+    part_affine = target_affine.copy()
+    part_affine[:3, 3] = target_affine[:3, :3] @ start + target_affine[:3, 3]
+    out = np.zeros(tuple(target_shape), dtype=bool)
+    part = resample(crop, crop_affine, part_affine, tuple(int(n) for n in stop - start), world_to_source)  # type: ignore[arg-type]
+    out[tuple(slice(a, b) for a, b in zip(start, stop))] = part > 0.5
+    return out
+
+
+def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest index of a non-empty mask along each axis (projections: faster than
+    ``ndimage.find_objects`` on a large volume)."""
+    along = [np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis))) for axis in range(mask.ndim)]
+    return np.array([found[0] for found in along]), np.array([found[-1] for found in along])
+
+
 def to_ants(data: np.ndarray, affine: np.ndarray):  # type: ignore[no-untyped-def]
     """An ANTs image with the same world geometry as ``(data, affine)`` (RAS → LPS)."""
     import ants
@@ -197,10 +245,12 @@ def register_affine(
     transform: str = "Affine",
     sampling: float = 0.25,
     seed: int = 1,
-    iterations: tuple[int, int, int] = (2100, 1200, 200),
+    iterations: tuple[int, ...] = (2100, 1200, 200),
+    shrink_factors: tuple[int, ...] = (4, 2, 1),
 ) -> np.ndarray:
     """Affine registration (ANTs, Mattes mutual information, centre-of-mass start) of moving onto fixed,
-    at shrink factors 4, 2, 1 with at most ``iterations`` per level.
+    one level per ``shrink_factors`` (smoothed by half the factor, in voxels) with at most
+    ``iterations`` at each.
 
     The metric uses a ``sampling`` fraction of the voxels, drawn with a fixed ``seed``: the result is
     bit-identical on one ITK thread (as in ``parallel_map`` workers), within 0.01 mm otherwise. ANTs' transform files go to a temporary folder that is removed afterwards.
@@ -219,8 +269,8 @@ def register_affine(
                 aff_metric="mattes",
                 aff_random_sampling_rate=sampling,
                 aff_iterations=tuple(iterations),
-                aff_shrink_factors=(4, 2, 1),
-                aff_smoothing_sigmas=(2, 1, 0),
+                aff_shrink_factors=tuple(shrink_factors),
+                aff_smoothing_sigmas=tuple(factor // 2 for factor in shrink_factors),
                 verbose=False,
             )
         except RuntimeError as error:
