@@ -58,6 +58,20 @@ def _corner_shift(config, first: np.ndarray, second: np.ndarray) -> float:  # ty
     return float(np.linalg.norm((corners @ first.T - corners @ second.T)[:, :3], axis=1).mean())
 
 
+def test_a_carried_mask_matches_a_full_trilinear_resampling() -> None:
+    grid = np.indices((90, 100, 80)).transpose(1, 2, 3, 0) - np.array([45, 50, 40])
+    mask = (grid**2 / np.array([30, 38, 28]) ** 2).sum(axis=-1) < 1  # an ellipsoid
+    affine = np.diag([1.0, 1.0, 1.25, 1.0])
+    target = np.diag([1.1, 0.9, 1.0, 1.0])
+    target[:3, 3] = (-3.0, 2.0, 1.0)
+    motion = _motion((3.0, -2.0, 4.0), (2.0, 1.0, -3.0), np.array([45.0, 50.0, 50.0]))
+    carried = stages.carry_mask(mask, affine, target, (96, 104, 90), motion)
+    full = stages.resample(mask.astype(np.float32), affine, target, (96, 104, 90), motion) > 0.5
+    assert 2 * (carried & full).sum() / (carried.sum() + full.sum()) > 0.98
+    away = _motion((0.0, 0.0, 0.0), (500.0, 0.0, 0.0), np.zeros(3))
+    assert not stages.carry_mask(mask, affine, target, (96, 104, 90), away).any()  # out of view: empty
+
+
 def test_the_repeats_of_a_session_reuse_its_first_scans_mask_and_registration(sessions, tmp_path) -> None:
     report = prepare(sessions, tmp_path / "cache", "standard")
     manifest = report.manifest.set_index("scan_id")
@@ -88,7 +102,7 @@ def test_a_moved_copy_of_the_reference_lands_on_the_same_output_grid(moved_sessi
     assert _corner_shift(config, motion @ reference.world_to_source, repeat.world_to_source) < 1.0
     scan = load_scan(frame["path"].iat[0])
     _, affine = stages.reorient_ras(scan.data, scan.affine)
-    truth = stages.carry_mask(reference.mask, affine, affine, reference.mask.shape, np.linalg.inv(motion))
+    truth = stages.resample(reference.mask.astype(np.float32), affine, affine, reference.mask.shape, np.linalg.inv(motion)) > 0.5
     assert 2 * (truth & repeat.mask).sum() / (truth.sum() + repeat.mask.sum()) > 0.95
     volumes = [np.load(tmp_path / name).astype(np.float64).ravel() for name in report.manifest["cache_file"]]
     assert np.corrcoef(*volumes)[0, 1] > 0.95

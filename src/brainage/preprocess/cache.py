@@ -169,8 +169,9 @@ def prepare(
 
     ``source`` is anything :func:`brainage.io.discover` understands, or a manifest DataFrame
     (:func:`brainage.io.validate_manifest` columns). ``pipeline`` is a name (defaults) or a configuration.
-    ``shard=(i, n)`` (1 ≤ i ≤ n) prepares only every n-th scan starting at the i-th, so n jobs
-    can fill one cache; an unsharded run afterwards finds them all cached. ``device`` runs the
+    ``shard=(i, n)`` (1 ≤ i ≤ n) prepares only every n-th scan starting at the i-th (every n-th
+    session where the configuration reuses a session's registration), so n jobs can fill one
+    cache; an unsharded run afterwards finds them all cached. ``device`` runs the
     skull-stripping network there (``cpu``, ``cuda``, ``mps``, ``auto``; CPU where it is missing).
     Bad scans are skipped and returned in ``problems``.
     """
@@ -192,7 +193,8 @@ def prepare(
     manifest = manifest[manifest["path"].astype(str).isin({job.path for session in sessions for job in session})]
     records: dict[str, dict[str, Any]] = {}
     with _running(root):
-        for session, results in parallel_map(_prepare_session, sessions, workers, description=f"prepare ({config.name})"):
+        unit = ", sessions" if len(sessions) < len(jobs) else ""
+        for session, results in parallel_map(_prepare_session, sessions, workers, description=f"prepare ({config.name}{unit})"):
             for job, result in zip(session, results if isinstance(results, list) else [results] * len(session)):
                 if isinstance(result, InputError):
                     problems.append(Problem.from_error(result))

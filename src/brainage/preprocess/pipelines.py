@@ -319,9 +319,10 @@ def _run_standard(
     elif spatial is None or spatial.mask.shape != data.shape:
         spatial = find_spatial(data, affine, config, timer, device)
     with timer("resample"):
-        brain = np.where(spatial.mask, data, np.float32(0))
-        volume = stages.resample(brain, affine, config.affine, config.shape, spatial.world_to_source)
-        mask = stages.resample(spatial.mask.astype(np.float32), affine, config.affine, config.shape, spatial.world_to_source)
+        inside, data, cut = stages.crop_to(spatial.mask, affine, data)  # the brain's box: the same values, a fraction of the voxels
+        brain = np.where(inside, data, np.float32(0))
+        volume = stages.resample(brain, cut, config.affine, config.shape, spatial.world_to_source)
+        mask = stages.resample(inside.astype(np.float32), cut, config.affine, config.shape, spatial.world_to_source)
     with timer("normalise"):
         return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
 
