@@ -236,3 +236,18 @@ def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, confi
             torch.testing.assert_close(tuned_checkpoint.model.state_dict()[name], start[name], rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="its model is sfcn"):
         train(cache, tmp_path / "other", dataclasses.replace(config, model="resnet", model_hparams={}, init=str(tiny_run)))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_last_epoch() -> None:
+    config = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_epochs=3, epochs=10, schedule="cosine")
+    (optimizer,), (cosine,) = BrainAgeModule(build_model("sfcn", width=0.125), 75.0, 8.0, config).configure_optimizers()
+    lrs = []
+    for _ in range(config.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        cosine["scheduler"].step()
+    assert lrs[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert all(later < earlier for earlier, later in zip(lrs[2:], lrs[3:]))  # falls every epoch after the warm-up
+    assert lrs[-1] == pytest.approx(1e-5)
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="step")

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ class TrainConfig:
     """Everything that decides a training run; defaults live here and nowhere else.
 
     Optimisation follows the tutorial: AdamW, linear warm-up over ``warmup_epochs``, then
-    reduce-on-plateau of the validation loss, gradient clipping, early stopping and the best
+    reduce-on-plateau of the validation loss (``schedule="cosine"``: a cosine decay to ``min_lr``
+    over the remaining epochs instead), gradient clipping, early stopping and the best
     checkpoint on validation MAE. ``folds`` (K-fold) or ``val_fraction`` (one hold-out) choose the
     subject-grouped test side; ``early_stopping_fraction`` of each training side's subjects form the
     validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
@@ -81,6 +82,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 3
+    schedule: str = "plateau"
     plateau_factor: float = 0.5
     plateau_patience: int = 5
     min_lr: float = 1e-6
@@ -112,6 +114,8 @@ class TrainConfig:
     voxel_downsample: int | None = None
     progress: bool = True
 
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("plateau", "cosine")
+
     def __post_init__(self) -> None:
         # Plain, YAML-ready values, so that a configuration read back compares equal.
         object.__setattr__(self, "model_hparams", _plain(dict(self.model_hparams)))
@@ -124,6 +128,7 @@ class TrainConfig:
                 (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
                 (self.repeats_per_session is not None and self.repeats_per_session < 1, f"repeats_per_session must be at least 1, got {self.repeats_per_session}"),
                 (self.lr <= 0, f"lr must be positive, got {self.lr}"),
+                (self.schedule not in self.SCHEDULES, f"schedule must be one of {', '.join(self.SCHEDULES)}, got {self.schedule!r}"),
                 (self.ema_decay is not None and not 0 < self.ema_decay < 1, f"ema_decay must be between 0 and 1, got {self.ema_decay}"),
                 (self.folds is not None and self.folds < 2, f"folds must be at least 2, got {self.folds}"),
                 (not 0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),

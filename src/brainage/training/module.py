@@ -5,6 +5,7 @@ epoch, precise batch-norm statistics before validation, and the per-epoch histor
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -65,18 +66,29 @@ class BrainAgeModule(L.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self) -> Any:
+        """AdamW with the tutorial's linear warm-up, then ``config.schedule``: reduce-on-plateau of
+        the validation loss (the tutorial's) or a cosine decay to ``min_lr`` at the last epoch."""
         config = self.config
         optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999))
+        warmup = max(config.warmup_epochs, 1)
+        if config.schedule == "cosine":
+            floor, span = config.min_lr / config.lr, max(config.epochs - warmup, 1)
+
+            def factor(epoch: int) -> float:
+                if epoch < warmup:
+                    return (epoch + 1) / warmup
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch - warmup + 1, span) / span))
+
+            return [optimizer], [{"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "epoch"}]
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience, min_lr=config.min_lr
         )
         schedulers = [{"scheduler": plateau, "monitor": "val_loss", "interval": "epoch"}]
-        if config.warmup_epochs > 1:
+        if warmup > 1:
             # lr × (epoch + 1) / warmup for the first epochs, as the tutorial; chains with the plateau.
-            warmup = torch.optim.lr_scheduler.LinearLR(
-                optimizer, start_factor=1 / config.warmup_epochs, end_factor=1.0, total_iters=config.warmup_epochs - 1
-            )
-            schedulers.insert(0, {"scheduler": warmup, "interval": "epoch"})
+            schedulers.insert(0, {"scheduler": torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1
+            ), "interval": "epoch"})  # fmt: skip
         return [optimizer], schedulers
 
 
