@@ -142,3 +142,18 @@ def test_a_bad_scan_of_a_session_is_listed_and_the_others_are_prepared(sessions,
     assert len(manifest) == 4 and report.aligned == 2
     assert manifest.loc[one["scan_id"], "reference_scan"].tolist()[1:] == [one["scan_id"].iat[0]]  # the next scan became the reference
     assert manifest.loc[two["scan_id"], "reference_scan"].tolist()[1:] == [two["scan_id"].iat[0]]
+
+
+def test_cli_no_session_reuse_prepares_every_repeat_on_its_own(sessions, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from brainage.cli import app
+    from brainage.io import write_manifest
+
+    write_manifest(sessions.head(2), tmp_path / "scans.csv")
+    result = CliRunner().invoke(app, ["prepare", str(tmp_path / "scans.csv"), "--out", str(tmp_path / "cache"), "--no-session-reuse"])
+    assert result.exit_code == 0, result.output
+    manifest = load_cache(tmp_path / "cache").manifest
+    assert manifest["reference_scan"].isna().all() and (manifest["cpu_s_strip"] > 0).all()
+    seed = CliRunner().invoke(app, ["prepare", str(tmp_path / "scans.csv"), "--out", str(tmp_path / "seed"), "--pipeline", "seed", "--no-session-reuse"])
+    assert seed.exit_code == 2 and "no setting session_reuse" in seed.output and len(seed.output.strip().splitlines()) == 1

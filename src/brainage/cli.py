@@ -229,13 +229,14 @@ def prepare_command(
     device: str = typer.Option("cpu", "--device", help="Where skull stripping runs: cpu, cuda, mps or auto (CPU where the device is missing)."),
     demographics: Path | None = typer.Option(None, "--demographics", help="OASIS-2 demographics spreadsheet, if not beside the scans."),
     shard: str | None = typer.Option(None, "--shard", help="I/N: prepare only the I-th of N shares (1 ≤ I ≤ N), e.g. one per SLURM array task."),
+    no_session_reuse: bool = typer.Option(False, "--no-session-reuse", help="standard: strip and register every repeat of a session itself instead of aligning it to the session's first scan (slower; independent repeats for test-retest)."),
 ) -> None:
     """Preprocess every scan once into a cache that training reads memory-mapped."""
     from brainage.console import console, print_problems, print_table
     from brainage.preprocess import make_config, prepare
 
     try:
-        config = make_config(pipeline, shape=shape, voxel_size=voxel_size)
+        config = make_config(pipeline, shape=shape, voxel_size=voxel_size, session_reuse=False if no_session_reuse else None)
     except ValueError as error:
         raise BrainAgeError(f"--pipeline {pipeline}: {error}") from None
     parts = tuple(int(part) for part in shard.split("/") if part.isdigit()) if shard else None

@@ -187,7 +187,11 @@ def make_config(pipeline: str = "standard", **overrides: Any) -> PipelineConfig:
     if pipeline not in NAMED_PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(NAMED_PIPELINES)}")
     cls, defaults = NAMED_PIPELINES[pipeline]
-    return cls(**{**defaults, **{key: value for key, value in overrides.items() if value is not None}})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - {field.name for field in fields(cls)})
+    if unknown:
+        raise ValueError(f"the {pipeline} pipeline has no setting {', '.join(unknown)}")
+    return cls(**{**defaults, **given})
 
 
 def config_from_dict(values: dict[str, Any]) -> PipelineConfig:
