@@ -99,10 +99,9 @@ def main() -> None:
     runs = {
         "standard": ("default", dataclasses.replace(default, model=args.model, epochs=args.epochs, repeats_per_session=args.repeats_per_session, **folds)
                      if args.model == default.model else TrainConfig(model=args.model, epochs=args.epochs, repeats_per_session=args.repeats_per_session, **folds)),
-        "seed": ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds)),
     }
-    if args.seed_epochs == 0:
-        del runs["seed"]
+    if args.seed_epochs > 0:
+        runs["seed"] = ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds))
     # The voxel ridge depends on the pipeline; the mean and tabular baselines do not (same folds).
     baselines = {"seed": [BASELINES["ridge_voxels"]], "standard": list(BASELINES.values())}
     rows, seconds, truth = [], {}, None  # the default model first: on a CPU the recipe takes longest
