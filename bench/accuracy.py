@@ -20,7 +20,8 @@ some 9 minutes per epoch of one fold of the demo cohort), so its recipe runs ``-
 over the same field of view (32 is 8× cheaper to train than the default 64); ``--seed-side``
 resamples the recipe's alone (the table names each grid). ``--repeats-per-session 1`` trains the
 default model on one random repeat of each session per epoch (``TrainConfig.repeats_per_session``;
-OASIS-2 has 3–4). Prints a table; asserts nothing.
+OASIS-2 has 3–4); ``--schedule cosine`` trains it with a cosine decay over all ``--epochs`` (no early
+stop; the best validation epoch is kept). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--seed-epochs", type=int, default=8, help="maximum epochs of the tutorial's recipe (it had 50)")
     parser.add_argument("--side", type=int, default=64, help="grid side of both pipelines (same field of view)")
     parser.add_argument("--seed-side", type=int, help="grid side of the tutorial's recipe alone (default: --side)")
+    parser.add_argument("--schedule", default=default.schedule, choices=TrainConfig.SCHEDULES,
+                        help="learning-rate schedule of the default model (cosine: runs every epoch, no early stop)")
     parser.add_argument("--repeats-per-session", type=int, help="repeats of a session in each epoch of the default model (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
     args = parser.parse_args()
@@ -96,9 +99,11 @@ def main() -> None:
     _cohort(args.out / "cohort", args.preset, args.seed, args.workers)
     console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
     folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
+    own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
+           **({"min_epochs": args.epochs} if args.schedule == "cosine" else {})}  # fmt: skip
     runs = {
-        "standard": ("default", dataclasses.replace(default, model=args.model, epochs=args.epochs, repeats_per_session=args.repeats_per_session, **folds)
-                     if args.model == default.model else TrainConfig(model=args.model, epochs=args.epochs, repeats_per_session=args.repeats_per_session, **folds)),
+        "standard": ("default", dataclasses.replace(default, model=args.model, **own, **folds)
+                     if args.model == default.model else TrainConfig(model=args.model, **own, **folds)),
     }
     if args.seed_epochs > 0:
         runs["seed"] = ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds))
@@ -115,12 +120,14 @@ def main() -> None:
         seconds[f"prepare {pipeline}"] = time.perf_counter() - start
         start = time.perf_counter()
         repeats = f"-r{config.repeats_per_session}" if config.repeats_per_session else ""
-        result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}", config)
+        schedule = f"-{config.schedule}{config.epochs}" if config.schedule != default.schedule else ""
+        result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}", config)
         seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
         epochs = result.history.groupby("fold").size()
         ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
         per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
+        per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
         rows += _rows(result, f"{config.model} ({role}, {ran} epochs{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline])
         truth = _truth_row(result)
     rows.append(truth)
