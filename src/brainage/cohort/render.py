@@ -24,6 +24,7 @@ from brainage.cohort.anatomy import HEAD_CENTRE_MM, Anatomy
 from brainage.cohort.fields import bspline_field
 from brainage.cohort.people import ScanRecord, SessionRecord, SubjectRecord
 from brainage.cohort.presets import Preset
+from brainage.utils import mask_bounds
 
 #: T1 signal of pure tissue relative to young white matter.
 CSF_SIGNAL, GM_SIGNAL, WM_SIGNAL = 0.28, 0.70, 1.0
@@ -118,7 +119,7 @@ def subject_anatomy(subject: SubjectRecord, anatomy: Anatomy) -> SubjectAnatomy:
         head=head,
         periventricular=_sample(anatomy.periventricular, positions),
         texture=_sample(anatomy.texture, positions),
-        support=_bounding_box((head > 1e-3) | (icv > 1e-3)),
+        support=mask_bounds((head > 1e-3) | (icv > 1e-3)),
         sulcal=np.stack([_sample(c, coarse) for c in anatomy.sulcal]),
         retraction=np.stack([_sample(c, coarse) for c in anatomy.retraction]),
         ventricle_normal=np.stack([_sample(c, coarse) for c in anatomy.ventricle_normal]),
@@ -262,12 +263,6 @@ def acquire(
     np.rint(image, out=image)
     np.clip(image, 0, np.iinfo(np.int16).max, out=image)
     return image.astype(np.int16)
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest index along each axis where ``mask`` is true."""
-    (box,) = ndimage.find_objects(mask.astype(np.uint8))
-    return np.array([side.start for side in box]), np.array([side.stop - 1 for side in box])
 
 
 def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:

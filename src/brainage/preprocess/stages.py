@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from brainage.utils import mask_bounds
+
 # ITK/ANTs physical space is LPS; nibabel world space is RAS. F maps one onto the other (F = F⁻¹).
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -165,13 +167,7 @@ def resample(
 
 def isotropic_grid(affine: np.ndarray, shape: tuple[int, ...], voxel_size: float) -> tuple[np.ndarray, tuple[int, int, int]]:
     """An axis-aligned RAS grid of ``voxel_size`` mm that covers the field of view of a volume."""
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
-    world = (affine @ corners.T).T[:, :3]
-    low, high = world.min(axis=0), world.max(axis=0)
-    grid_shape = tuple(int(n) for n in np.ceil((high - low) / voxel_size) + 1)
-    grid = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
-    grid[:3, 3] = low
-    return grid, grid_shape  # type: ignore[return-value]
+    return _grid_over(affine, np.zeros(3, dtype=int), np.asarray(shape[:3]) - 1, voxel_size)
 
 
 def box_grid(affine: np.ndarray, mask: np.ndarray, voxel_size: float, margin: float | None) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -179,7 +175,14 @@ def box_grid(affine: np.ndarray, mask: np.ndarray, voxel_size: float, margin: fl
     grown by ``margin`` mm (None: the volume's whole field of view, :func:`isotropic_grid`)."""
     if margin is None:
         return isotropic_grid(affine, mask.shape, voxel_size)
-    low, high = _bounds(mask)
+    return _grid_over(affine, *mask_bounds(mask), voxel_size, margin)
+
+
+def _grid_over(
+    affine: np.ndarray, low: np.ndarray, high: np.ndarray, voxel_size: float, margin: float = 0.0
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """An axis-aligned RAS grid of ``voxel_size`` mm over the world box of voxel indices
+    ``low``–``high`` (inclusive) grown by ``margin`` mm."""
     corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
     world = (affine @ corners.T).T[:, :3]
     low, high = world.min(axis=0) - margin, world.max(axis=0) + margin
@@ -225,19 +228,12 @@ def crop_to(mask: np.ndarray, affine: np.ndarray, *arrays: np.ndarray) -> tuple[
     """``mask`` (and each of ``arrays``, on its grid) cut to the mask's bounding box and one voxel
     around it, and the affine of the cut: interpolation sees the same values as in the whole volume
     outside of which everything is 0 (``resample``'s fill value)."""
-    low, high = _bounds(mask)
+    low, high = mask_bounds(mask)
     low, high = np.maximum(low - 1, 0), np.minimum(high + 2, mask.shape)
     box = tuple(slice(a, b) for a, b in zip(low, high))
     cut_affine = affine.copy()
     cut_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
     return (mask[box], *(array[box] for array in arrays), cut_affine)
-
-
-def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest index of a non-empty mask along each axis (projections: faster than
-    ``ndimage.find_objects`` on a large volume)."""
-    along = [np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis))) for axis in range(mask.ndim)]
-    return np.array([found[0] for found in along]), np.array([found[-1] for found in along])
 
 
 def to_ants(data: np.ndarray, affine: np.ndarray):  # type: ignore[no-untyped-def]
