@@ -44,6 +44,7 @@ __all__ = [
     "Pose",
     "ReliabilityResult",
     "coverage",
+    "covered",
     "longitudinal",
     "random_poses",
     "repose_header",
@@ -526,22 +527,31 @@ class ConformalInterval:
         return f"ConformalInterval(coverage={self.coverage}{fitted})"
 
 
+def covered(lower: ArrayLike, upper: ArrayLike, truth: ArrayLike) -> np.ndarray:
+    """Per value, whether ``truth`` lies inside ``[lower, upper]`` (False where any of the three is NaN).
+
+    Example::
+
+        print(covered([70, 70], [80, 80], [75, 85]))   # [ True False]
+    """
+    lower, upper, truth = (np.asarray(values, dtype=float).ravel() for values in (lower, upper, truth))
+    if not lower.shape == upper.shape == truth.shape:
+        raise ValueError(f"lower, upper and truth differ in length: {lower.size}, {upper.size}, {truth.size}")
+    return (lower <= truth) & (truth <= upper)
+
+
 def coverage(lower: ArrayLike, upper: ArrayLike, truth: ArrayLike) -> float:
-    """The share of ``truth`` values inside ``[lower, upper]``, over those that are known (not NaN);
-    NaN when none is.
+    """The share of ``truth`` values inside ``[lower, upper]`` (:func:`covered`), over those that are
+    known (not NaN); NaN when none is.
 
     Example::
 
         lower, upper = interval.interval(heldout["brain_age"])
         print(f"{coverage(lower, upper, heldout['age']):.1%} of held-out scans covered")
     """
-    lower, upper, truth = (np.asarray(values, dtype=float).ravel() for values in (lower, upper, truth))
-    if not lower.shape == upper.shape == truth.shape:
-        raise ValueError(f"lower, upper and truth differ in length: {lower.size}, {upper.size}, {truth.size}")
-    known = np.isfinite(truth)
-    if not known.any():
-        return math.nan
-    return float(np.mean((lower[known] <= truth[known]) & (truth[known] <= upper[known])))
+    inside = covered(lower, upper, truth)
+    known = np.isfinite(np.asarray(truth, dtype=float).ravel())
+    return float(np.mean(inside[known])) if known.any() else math.nan
 
 
 # --- pose ----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from brainage.evaluation import aggregate_sessions, gap_by_group
 from brainage.inference import BrainAgeEnsemble
 from brainage.preprocess import PreparedCache, StandardConfig, load_cache
 from brainage.preprocess.template import template_on_grid
-from brainage.reliability import longitudinal, test_retest
+from brainage.reliability import covered, longitudinal, test_retest
 from brainage.saliency import METHODS, saliency_map
 from brainage.utils import atomic_write
 
@@ -229,14 +229,14 @@ def interval_figure(predictions: pd.DataFrame, nominal: float | None = None, hel
     measured coverage per group (and of ``heldout`` people) beside the nominal one and its ±5
     point band."""
     frame = predictions.dropna(subset=["brain_age", "brain_age_lower", "brain_age_upper", "age"]).sort_values("brain_age")
-    inside = (frame["brain_age_lower"] <= frame["age"]) & (frame["age"] <= frame["brain_age_upper"])
+    inside = covered(frame["brain_age_lower"], frame["brain_age_upper"], frame["age"])
     figure = Figure(figsize=(12, 4.6), layout="constrained")
     scans, bars = figure.subplots(1, 2, width_ratios=(2, 1))
     rank = np.arange(len(frame))
     scans.fill_between(rank, frame["brain_age_lower"], frame["brain_age_upper"], color="0.8", step="mid", label="interval")
     scans.plot(rank, frame["brain_age"], color="0.4", lw=1, label="brain age")
-    scans.scatter(rank[inside.to_numpy()], frame["age"][inside], s=8, color="black", label=f"age inside ({int(inside.sum())})")
-    scans.scatter(rank[~inside.to_numpy()], frame["age"][~inside], s=14, color="tab:red", label=f"age outside ({int((~inside).sum())})")
+    scans.scatter(rank[inside], frame["age"][inside], s=8, color="black", label=f"age inside ({int(inside.sum())})")
+    scans.scatter(rank[~inside], frame["age"][~inside], s=14, color="tab:red", label=f"age outside ({int((~inside).sum())})")
     scans.set(xlabel="Scans, in order of predicted brain age", ylabel="Years", title=f"Out-of-fold intervals: {inside.mean():.1%} of {len(frame)} ages inside")
     scans.grid(alpha=0.3)
     scans.legend(fontsize="small", loc="upper left")
@@ -265,7 +265,7 @@ def coverage_table(predictions: pd.DataFrame, heldout: pd.DataFrame | None = Non
     def add(name: str, frame: pd.DataFrame) -> None:
         known = frame.dropna(subset=["age", "brain_age_lower", "brain_age_upper"])
         if len(known):
-            inside = (known["brain_age_lower"] <= known["age"]) & (known["age"] <= known["brain_age_upper"])
+            inside = covered(known["brain_age_lower"], known["brain_age_upper"], known["age"])
             width = known["brain_age_upper"] - known["brain_age_lower"]
             rows.append({"set": name, "scans": len(known), "inside": int(inside.sum()), "coverage": float(inside.mean()), "median_width": float(width.median())})
 
@@ -542,7 +542,7 @@ def _baselines(run_dir: Path, cohort: dict[str, Any] | None) -> str:
         return _note(f"{path} is missing.")
     summary = pd.read_csv(path)
     for column in [c for c in summary.columns if c.endswith("_p")]:  # p values to 2 significant digits, not 0.00
-        summary[column] = [_p_value(value) for value in summary[column]]
+        summary[column] = [_number(value, 2, "g") for value in summary[column]]
     text = _table(summary, "Out-of-fold accuracy in years: the network (uncorrected and bias-corrected) and the baselines fitted on the same folds")
     if cohort is not None:
         best = _true_brain_age_mae(cohort)
@@ -551,10 +551,6 @@ def _baselines(run_dir: Path, cohort: dict[str, Any] | None) -> str:
             f"{best['session']:.2f} y per session; not a floor: a prediction pulled towards the mean age can score below it."
         )
     return text
-
-
-def _p_value(value: float) -> str:
-    return "–" if not math.isfinite(float(value)) else f"{float(value):.2g}"
 
 
 def _true_brain_age_mae(cohort: dict[str, Any]) -> dict[str, float]:
@@ -661,9 +657,10 @@ def _table(frame: pd.DataFrame, caption: str = "") -> str:
     return (_note(caption) if caption else "") + f'<div class="table">{text}</div>'
 
 
-def _number(value: float, digits: int) -> str:
-    """``value`` to ``digits`` decimals; a dash where it is not known (never "nan")."""
-    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+def _number(value: float, digits: int, kind: str = "f") -> str:
+    """``value`` to ``digits`` decimals (``kind="g"``: significant digits); a dash where it is not
+    known (never "nan")."""
+    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}{kind}}"
 
 
 def _note(text: str) -> str:
