@@ -10,7 +10,11 @@ age, gap fidelity, the bias-corrected MAE and the Demented-minus-Nondemented gap
 Every step is resumable: the cohort, both caches and both runs are reused when they are already in
 ``--out`` with the same settings (a killed synthesis, preparation or fold continues where it
 stopped), so a second run only prints the table. The true brain age row uses the cohort's hidden
-ground truth as a prediction on the same sessions (a perfect brain reader; not a floor).
+ground truth as a prediction on the same sessions (a perfect brain reader; not a floor). The ceiling
+row maps that truth to age with a line fitted on the other folds: the anatomy of the synthetic
+cohort changes with brain age alone, so this is about the lowest MAE against age that any model of
+the images can reach, and its MAE against the true brain age shows how far a good age predictor
+must sit from the truth before bias correction.
 
 The tutorial's network is slow on a CPU (about 5 s per 64³ scan forward and backward on 2 cores:
 some 9 minutes per epoch of one fold of the demo cohort), so its recipe runs ``--seed-epochs``
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from sklearn.linear_model import LinearRegression
 
 from brainage.cohort import SUMMARY, get_preset, synthesize
 from brainage.console import console, print_table
@@ -75,6 +80,24 @@ def _truth_row(result: TrainResult) -> dict[str, object]:
     row = sessions[sessions["model"].str.startswith("true brain age")].iloc[0]
     return {"predictor": row["model"], "pipeline": "–", "sessions": int(row["n"]), "MAE": row["mae"], "MAE true": 0.0,
             "gap fidelity": 1.0, "MAE corrected": None, "D−ND gap": row["dementia_gap"], "p": row["dementia_p"]}  # fmt: skip
+
+
+def _ceiling_row(result: TrainResult) -> dict[str, object] | None:
+    """Age predicted from the true brain age by a straight line fitted on the other folds' sessions:
+    the synthetic anatomy carries brain age alone, so no reader of the images can do much better
+    against age (a nonlinear map gains little); None without folds or truth."""
+    predictions = result.predictions.dropna(subset=["true_brain_age"])
+    if "fold" not in predictions or predictions["fold"].nunique() < 2:
+        return None
+    sessions = predictions.groupby("session_id").agg(age=("age", "mean"), truth=("true_brain_age", "mean"), fold=("fold", "first"))
+    predicted = pd.Series(index=sessions.index, dtype=float)
+    for fold in sessions["fold"].unique():
+        train = sessions["fold"] != fold
+        line = LinearRegression().fit(sessions.loc[train, ["truth"]], sessions.loc[train, "age"])
+        predicted[~train] = line.predict(sessions.loc[~train, ["truth"]])
+    return {"predictor": "ceiling: age from the true brain age (line fitted out of fold)", "pipeline": "–", "sessions": len(sessions),
+            "MAE": (predicted - sessions["age"]).abs().mean(), "MAE true": (predicted - sessions["truth"]).abs().mean(),
+            "gap fidelity": 1.0, "MAE corrected": None, "D−ND gap": None, "p": None}  # fmt: skip
 
 
 def main() -> None:
@@ -129,8 +152,8 @@ def main() -> None:
         per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
         per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
         rows += _rows(result, f"{config.model} ({role}, {ran} epochs{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline])
-        truth = _truth_row(result)
-    rows.append(truth)
+        truth, ceiling = _truth_row(result), _ceiling_row(result)
+    rows += [truth] + ([ceiling] if ceiling else [])
     table = pd.DataFrame(rows)
     split = f"{args.folds}-fold" if args.folds else "20 % hold-out"
     print_table(table, title=f"Out-of-fold accuracy per session on the {args.preset} cohort ({split} by subject, seed {args.seed}), years")
@@ -138,6 +161,11 @@ def main() -> None:
     default_mae = mae[next(name for name in mae.index if "(default" in name)]
     mean_mae = mae[f"baseline: {BASELINES['mean_age']}"]
     console.print(f"default model: {default_mae:.2f} y, {default_mae / mean_mae:.2f} × the mean baseline's MAE ({mean_mae:.2f} y)")
+    best = mae[[name for name in mae.index if name.startswith("baseline:")]].idxmin()
+    ahead = 1 - default_mae / mae[best]
+    ceiling = [name for name in mae.index if name.startswith("ceiling")]
+    room = f"; the ceiling ({mae[ceiling[0]]:.2f} y) is {1 - mae[ceiling[0]] / mae[best]:.0%} ahead of it" if ceiling else ""
+    console.print(f"default model: {ahead:.1%} ahead of the best baseline ({best.removeprefix('baseline: ')}, {mae[best]:.2f} y){room}")
     recipe = [name for name in mae.index if "(tutorial recipe" in name]
     if recipe:
         console.print(f"default model − tutorial recipe: {default_mae - mae[recipe[0]]:+.2f} y")

@@ -78,6 +78,29 @@ def test_resample_with_a_world_transform_moves_content_by_that_transform() -> No
     assert np.argwhere(out == 1.0).tolist() == [[7, 12, 6]]
 
 
+def test_antialias_widens_each_source_voxel_to_the_target_voxel() -> None:
+    fwhm = 2 * np.sqrt(2 * np.log(2))
+    np.testing.assert_allclose(stages.antialias_sigmas(np.eye(4)), 0.0)
+    rotation = np.eye(4)
+    rotation[:3, :3] = 3.0 * np.array([[np.cos(0.4), -np.sin(0.4), 0], [np.sin(0.4), np.cos(0.4), 0], [0, 0, 1]])
+    np.testing.assert_allclose(stages.antialias_sigmas(rotation), np.sqrt(8) / fwhm)  # 3 source voxels per target voxel, any rotation
+    np.testing.assert_allclose(stages.antialias_sigmas(np.diag([3.0, 1.5, 0.5, 1.0])), [np.sqrt(8) / fwhm, np.sqrt(1.25) / fwhm, 0.0])
+
+
+def test_antialiased_resampling_averages_detail_finer_than_the_target_grid() -> None:
+    stripes = np.zeros((60, 12, 12), np.float32)
+    stripes[::3] = 1.0  # one-voxel stripes every 3 voxels: a 3-voxel grid that point-samples them sees all or none
+    coarse = np.diag([3.0, 1.0, 1.0, 1.0])
+    shifted = coarse.copy()
+    shifted[0, 3] = 1.0  # the same grid one source voxel along
+    sampled = [stages.resample(stripes, np.eye(4), grid, (18, 12, 12)) for grid in (coarse, shifted)]
+    smoothed = [stages.resample(stripes, np.eye(4), grid, (18, 12, 12), antialias=True) for grid in (coarse, shifted)]
+    inner = (slice(2, -2), slice(4, -4), slice(4, -4))  # away from the zero padding
+    assert abs(sampled[0][inner].mean() - sampled[1][inner].mean()) > 0.9  # all stripes or none
+    assert abs(smoothed[0][inner].mean() - smoothed[1][inner].mean()) < 0.1
+    assert abs(smoothed[0][inner].mean() - 1 / 3) < 0.05  # the stripes' mean
+
+
 def test_robust_zscore_standardises_the_brain_and_darkens_the_background() -> None:
     rng = np.random.default_rng(1)
     data = rng.normal(100, 20, (16, 16, 16)).astype(np.float32)

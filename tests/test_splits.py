@@ -133,9 +133,20 @@ def test_intensity_scaling_stays_in_its_range_and_clamp_applies() -> None:
     assert float(clamp(image).abs().max()) <= 3.0
 
 
+def test_blur_smooths_by_at_most_its_sd_and_keeps_the_mean() -> None:
+    image = torch.zeros(1, 16, 16, 16)
+    image[:, ::2] = 1.0  # one-voxel stripes along X
+    blur = AugmentConfig(noise=False, intensity=False, flip=False, blur=True, blur_std=1.0, probability=1.0, clamp=None).transform()
+    inner = (0, slice(4, 12), slice(4, 12), slice(4, 12))
+    spreads = [float(blur(image.clone())[inner].std()) for _ in range(20)]
+    assert max(spreads) <= float(image[inner].std()) + 1e-4  # it only smooths
+    assert min(spreads) < 0.5 * float(image[inner].std()) and len({round(s, 3) for s in spreads}) > 5  # by an SD drawn anew each time
+    torch.testing.assert_close(blur(image.clone())[0, 4:12, 4:12, 4:12].mean(), torch.tensor(0.5), atol=0.02, rtol=0)
+
+
 def test_train_config_round_trips_through_yaml(tmp_path) -> None:
     config = TrainConfig(model="resnet", model_hparams={"widths": (8, 16)}, folds=5, train_groups=("Nondemented",),
-                         augmentation=AugmentConfig(affine=True, gamma=True), devices=2)
+                         augmentation=AugmentConfig(affine=True, gamma=True, blur=True), devices=2)
     assert TrainConfig.from_dict(config.to_dict()) == config
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"train": config.to_dict()}))

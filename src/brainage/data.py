@@ -59,8 +59,10 @@ class AugmentConfig:
     """Training-only augmentation; each transform is switched on by its flag.
 
     The first three are the tutorial's (each applied with ``probability``, then a clamp to
-    ``±clamp``); the flip runs along the true left–right axis. ``affine``, ``bias_field`` and
-    ``gamma`` are TorchIO's random affine, smooth multiplicative bias field and gamma contrast.
+    ``±clamp``); the flip runs along the true left–right axis. ``affine``, ``bias_field``,
+    ``gamma`` and ``blur`` are TorchIO's random affine, smooth multiplicative bias field, gamma
+    contrast and Gaussian blur (SD uniform in [0, ``blur_std``] voxels of the prepared grid: the
+    blur that resampling a scan before it reaches brainage adds).
     """
 
     noise: bool = True
@@ -76,6 +78,8 @@ class AugmentConfig:
     bias_field_coefficients: float = 0.3
     gamma: bool = False
     gamma_log_range: float = 0.2
+    blur: bool = False
+    blur_std: float = 0.5
     probability: float = 0.5
     clamp: float | None = 3.0
 
@@ -95,6 +99,8 @@ class AugmentConfig:
             steps.append(tio.RandomBiasField(coefficients=self.bias_field_coefficients, p=p, **own))
         if self.gamma:
             steps.append(tio.RandomGamma(log_gamma=self.gamma_log_range, p=p, **own))
+        if self.blur:
+            steps.append(tio.RandomBlur(std=(0.0, self.blur_std), p=p, **own))
         if self.noise:
             steps.append(tio.RandomNoise(std=(self.noise_std, self.noise_std), p=p, **own))
         if self.intensity:

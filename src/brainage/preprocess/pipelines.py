@@ -131,7 +131,7 @@ class StandardConfig(PipelineConfig):
     name: ClassVar[str] = "standard"
     LEGACY: ClassVar[dict[str, Any]] = {
         "skull_strip": "deepbet", "registration_margin": None, "registration_iterations": (2100, 1200, 200),
-        "session_reuse": False, "rigid_voxel_size": 4.0, "rigid_iterations": (20, 10, 5),
+        "session_reuse": False, "rigid_voxel_size": 4.0, "rigid_iterations": (20, 10, 5), "antialias": False,
     }
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
@@ -151,6 +151,7 @@ class StandardConfig(PipelineConfig):
     session_reuse: bool = True
     rigid_voxel_size: float = 4.0
     rigid_iterations: tuple[int, int, int] = (20, 10, 5)
+    antialias: bool = True
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -325,7 +326,7 @@ def _run_standard(
     with timer("resample"):
         inside, data, cut = stages.crop_to(spatial.mask, affine, data)  # the brain's box: the same values, a fraction of the voxels
         brain = np.where(inside, data, np.float32(0))
-        volume = stages.resample(brain, cut, config.affine, config.shape, spatial.world_to_source)
+        volume = stages.resample(brain, cut, config.affine, config.shape, spatial.world_to_source, antialias=config.antialias)
         mask = stages.resample(inside.astype(np.float32), cut, config.affine, config.shape, spatial.world_to_source)
     with timer("normalise"):
         return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
