@@ -48,7 +48,7 @@ def test_standard_v1_keeps_the_earlier_defaults_dict_and_digests() -> None:
     new = make_config("standard")
     assert new.volume_digest() != V1_VOLUME_DIGEST and new.digest(*new.SPATIAL_FIELDS) != V1_SPATIAL_DIGEST
     assert config_from_dict(json.loads(json.dumps(new.to_dict()))) == new
-    assert new.antialias and not v1.antialias
+    assert new.antialias == 1.5 and v1.antialias == 0.0
     unsmoothed = {key: value for key, value in new.to_dict().items() if key != "antialias"}  # a cache of the default before antialias
     assert not config_from_dict(unsmoothed).antialias and config_from_dict(unsmoothed).volume_digest() != new.volume_digest()
     with pytest.raises(ValueError, match="skull_strip"):

@@ -85,6 +85,7 @@ def test_antialias_widens_each_source_voxel_to_the_target_voxel() -> None:
     rotation[:3, :3] = 3.0 * np.array([[np.cos(0.4), -np.sin(0.4), 0], [np.sin(0.4), np.cos(0.4), 0], [0, 0, 1]])
     np.testing.assert_allclose(stages.antialias_sigmas(rotation), np.sqrt(8) / fwhm)  # 3 source voxels per target voxel, any rotation
     np.testing.assert_allclose(stages.antialias_sigmas(np.diag([3.0, 1.5, 0.5, 1.0])), [np.sqrt(8) / fwhm, np.sqrt(1.25) / fwhm, 0.0])
+    np.testing.assert_allclose(stages.antialias_sigmas(np.diag([3.0, 1.0, 0.5, 1.0]), 2.0), [np.sqrt(35) / fwhm, np.sqrt(3) / fwhm, 0.0])
 
 
 def test_antialiased_resampling_averages_detail_finer_than_the_target_grid() -> None:
@@ -94,7 +95,7 @@ def test_antialiased_resampling_averages_detail_finer_than_the_target_grid() -> 
     shifted = coarse.copy()
     shifted[0, 3] = 1.0  # the same grid one source voxel along
     sampled = [stages.resample(stripes, np.eye(4), grid, (18, 12, 12)) for grid in (coarse, shifted)]
-    smoothed = [stages.resample(stripes, np.eye(4), grid, (18, 12, 12), antialias=True) for grid in (coarse, shifted)]
+    smoothed = [stages.resample(stripes, np.eye(4), grid, (18, 12, 12), antialias=1.0) for grid in (coarse, shifted)]
     inner = (slice(2, -2), slice(4, -4), slice(4, -4))  # away from the zero padding
     assert abs(sampled[0][inner].mean() - sampled[1][inner].mean()) > 0.9  # all stripes or none
     assert abs(smoothed[0][inner].mean() - smoothed[1][inner].mean()) < 0.1

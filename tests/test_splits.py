@@ -119,14 +119,14 @@ def test_unknown_train_group_and_impossible_folds_are_clear_errors() -> None:
 
 def test_flip_runs_along_the_left_right_axis_and_augmentation_can_be_switched_off() -> None:
     image = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6) / 100
-    flip_only = AugmentConfig(noise=False, intensity=False, flip=True, probability=1.0, clamp=None).transform()
+    flip_only = AugmentConfig(noise=False, intensity=False, blur=False, flip=True, probability=1.0, clamp=None).transform()
     torch.testing.assert_close(flip_only(image), image.flip(1))  # dim 1 of (C, X, Y, Z): X, left–right
-    assert AugmentConfig(noise=False, intensity=False, flip=False).transform() is None
+    assert AugmentConfig(noise=False, intensity=False, flip=False, blur=False).transform() is None
 
 
 def test_intensity_scaling_stays_in_its_range_and_clamp_applies() -> None:
     image = torch.full((1, 4, 4, 4), 2.0)
-    scale = AugmentConfig(noise=False, intensity=True, intensity_range=0.1, flip=False, probability=1.0, clamp=None).transform()
+    scale = AugmentConfig(noise=False, intensity=True, intensity_range=0.1, flip=False, blur=False, probability=1.0, clamp=None).transform()
     factors = {round(float(scale(image)[0, 0, 0, 0]) / 2.0, 6) for _ in range(20)}
     assert len(factors) > 1 and all(0.9 <= f <= 1.1 for f in factors)
     clamp = AugmentConfig(noise=True, noise_std=5.0, intensity=False, flip=False, probability=1.0, clamp=3.0).transform()

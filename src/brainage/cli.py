@@ -255,7 +255,7 @@ def prepare_command(
 @reports_errors
 def synth_command(
     out: Path = typer.Argument(..., help="New or empty folder to write the cohort into."),
-    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans) or oasis1 (416 people aged 18–96)."),
+    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans), oasis1 (416 people aged 18–96) or pretrain (1000 people, one scan each)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
     layout: str = typer.Option("oasis2", "--layout", help="oasis2 (OAS2_RAW_PART*/ + demographics .xlsx) or oasis1 (disc*/ + oasis_cross-sectional.csv)."),

@@ -78,7 +78,7 @@ class AugmentConfig:
     bias_field_coefficients: float = 0.3
     gamma: bool = False
     gamma_log_range: float = 0.2
-    blur: bool = False
+    blur: bool = True
     blur_std: float = 0.5
     probability: float = 0.5
     clamp: float | None = 3.0

@@ -117,7 +117,22 @@ OASIS1 = Preset(
     ),
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEMO, OASIS2, OASIS1)}
+#: Many people to pre-train on before fine-tuning on a cohort (``brainage train --init``): 1000 people
+#: with OASIS-2's ages and share of dementia, one session of one scan each, on the demo's scanner grid
+#: (the cheapest to render and prepare).
+PRETRAIN = Preset(
+    name="pretrain",
+    nondemented=540,
+    demented=460,
+    converted=0,
+    visits=((1, 1000),),
+    repeats=((1, 1000),),
+    shape=(128, 128, 64),
+    zooms=(2.0, 2.0, 2.5),
+    resolution=2.0,
+)
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEMO, OASIS2, OASIS1, PRETRAIN)}
 
 
 def get_preset(name: str) -> Preset:

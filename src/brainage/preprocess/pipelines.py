@@ -131,7 +131,7 @@ class StandardConfig(PipelineConfig):
     name: ClassVar[str] = "standard"
     LEGACY: ClassVar[dict[str, Any]] = {
         "skull_strip": "deepbet", "registration_margin": None, "registration_iterations": (2100, 1200, 200),
-        "session_reuse": False, "rigid_voxel_size": 4.0, "rigid_iterations": (20, 10, 5), "antialias": False,
+        "session_reuse": False, "rigid_voxel_size": 4.0, "rigid_iterations": (20, 10, 5), "antialias": 0.0,
     }
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
@@ -151,7 +151,7 @@ class StandardConfig(PipelineConfig):
     session_reuse: bool = True
     rigid_voxel_size: float = 4.0
     rigid_iterations: tuple[int, int, int] = (20, 10, 5)
-    antialias: bool = True
+    antialias: float = 1.5
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (

@@ -152,33 +152,35 @@ def resample(
     target_shape: tuple[int, int, int],
     world_to_source: np.ndarray | None = None,
     order: int = 1,
-    antialias: bool = False,
+    antialias: float = 0.0,
 ) -> np.ndarray:
     """Resample ``data`` onto a target grid (voxel → world given by ``target_affine``).
 
     ``world_to_source`` optionally maps target-world points into the source's world first
-    (a registration result, 4×4, RAS). Points outside the source get 0. ``antialias`` first
-    smooths ``data`` with :func:`antialias_sigmas`, so that a coarser target grid averages the
-    source instead of point-sampling it (which aliases, and moves with sub-voxel shifts of the head).
+    (a registration result, 4×4, RAS). Points outside the source get 0. ``antialias`` > 0 first
+    smooths ``data`` to an FWHM of that many target voxels (:func:`antialias_sigmas`), so that a
+    coarser target grid averages the source instead of point-sampling it (which aliases, and moves
+    with sub-voxel shifts of the head).
     """
     mapping = np.linalg.inv(affine) @ (np.eye(4) if world_to_source is None else world_to_source) @ target_affine
     if antialias:
-        data = ndimage.gaussian_filter(data.astype(np.float32, copy=False), antialias_sigmas(mapping), mode="constant")
+        data = ndimage.gaussian_filter(data.astype(np.float32, copy=False), antialias_sigmas(mapping, antialias), mode="constant")
     out = ndimage.affine_transform(
         data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target_shape), order=order, cval=0.0
     )
     return out.astype(np.float32)
 
 
-def antialias_sigmas(mapping: np.ndarray) -> np.ndarray:
-    """Gaussian SDs (source voxels, per source axis) that widen each source voxel to the target's.
+def antialias_sigmas(mapping: np.ndarray, width: float = 1.0) -> np.ndarray:
+    """Gaussian SDs (source voxels, per source axis) that widen each source voxel to ``width``
+    target voxels.
 
     Row ``i`` of ``mapping[:3, :3]`` (target voxel → source voxel) holds the extent of a target
     step along source axis ``i``; its norm ``f`` is the target voxel's size in source voxels (exact
-    for a rigid mapping onto an isotropic grid). A Gaussian of FWHM ``√(f² − 1)`` added to the
-    source voxel's own width gives an FWHM of ``f``: no smoothing where the target is as fine.
+    for a rigid mapping onto an isotropic grid). A Gaussian of FWHM ``√((width·f)² − 1)`` added to
+    the source voxel's own width gives an FWHM of ``width·f``: none where that is a voxel or less.
     """
-    factors = np.linalg.norm(mapping[:3, :3], axis=1)
+    factors = width * np.linalg.norm(mapping[:3, :3], axis=1)
     return np.sqrt(np.clip(factors**2 - 1.0, 0.0, None)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 

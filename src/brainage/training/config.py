@@ -169,7 +169,7 @@ class TrainConfig:
 TUTORIAL_RECIPE = TrainConfig(
     model="seed", tta_flip=False, epochs=50, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=3, plateau_factor=0.5,
     plateau_patience=5, min_lr=1e-6, early_stopping_patience=10, min_epochs=0, gradient_clip=1.0, precise_bn=False, ema_decay=None,
-    augmentation=AugmentConfig(noise=True, intensity=True, flip=True, affine=False, bias_field=False, gamma=False),
+    augmentation=AugmentConfig(noise=True, intensity=True, flip=True, affine=False, bias_field=False, gamma=False, blur=False),
 )
 
 
