@@ -126,6 +126,10 @@ class StandardConfig(PipelineConfig):
     factors 4, 2, 1); the repeat's mask is the reference's carried through that motion and its
     registration the reference's composed with it. ``standard-v1`` prepares every scan on its
     own. ``bench/prepare.py`` measures the result against ``standard-v1``.
+
+    ``antialias`` smooths the brain to an FWHM of that many output voxels before it is resampled
+    onto the output grid (0: point sampling, as before the field existed): see
+    :func:`~brainage.preprocess.stages.antialias_sigmas`.
     """
 
     name: ClassVar[str] = "standard"
