@@ -12,7 +12,11 @@ scan and way the SD of the predicted brain age across the poses (target ≤ 0.5 
 the QC score (registration correlation with the template) beside it: its lowest over the poses and
 at the identity. ``SD moved`` leaves the identity out: in ``voxels`` mode every other pose is also
 interpolated (``--order``), which blurs it, so a shift of all moved poses away from the untouched
-identity shows as SD but not as SD moved. Without SCAN, the first ``--scans`` scans (of different subjects) of the cache the
+identity shows as SD but not as SD moved. ``--modes ... carried`` adds the ``voxels`` files
+prepared with the identity's brain mask and registration carried through the known pose (a perfect
+registration; no QC score): what is left is the network's response to the resampled voxels alone,
+so comparing it with ``voxels`` tells the blur of a resampled file from mask and registration
+differences. Without SCAN, the first ``--scans`` scans (of different subjects) of the cache the
 run was trained on are used. Prints tables; asserts nothing.
 """
 
@@ -26,13 +30,37 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scipy import ndimage
+
 from brainage.console import console, print_problems, print_table
+from brainage.io import load_scan
 from brainage.predict import BrainAgeModel, resolve_checkpoints, training_caches
-from brainage.preprocess import load_cache
+from brainage.preprocess import load_cache, preprocess_scan, stages
+from brainage.preprocess.pipelines import Spatial, find_spatial
 from brainage.reliability import random_poses, write_poses
 
 TARGET_SD = 0.5
-MODES = ("header", "voxels")
+MODES = ("header", "voxels", "carried")
+
+
+def _carried(scan: str, files: list[Path], poses: list, model: BrainAgeModel) -> list[float]:
+    """Brain age of each re-posed ``voxels`` file, prepared with the identity's mask and registration
+    carried through its pose instead of its own."""
+    original = load_scan(scan)
+    data, affine = stages.reorient_ras(original.data, original.affine)
+    spatial = find_spatial(data, affine, model.config)
+    centre = (original.affine @ np.append((np.asarray(original.data.shape[:3]) - 1) / 2, 1.0))[:3]  # repose_voxels' default
+    volumes = []
+    for pose, path in zip(poses, files):
+        moved = load_scan(path)
+        moved_data, moved_affine = stages.reorient_ras(moved.data, moved.affine)
+        world = pose.matrix(centre)
+        to_original = np.linalg.inv(affine) @ np.linalg.inv(world) @ moved_affine  # moved voxel → original voxel
+        mask = ndimage.affine_transform(spatial.mask.astype(np.float32), to_original[:3, :3], offset=to_original[:3, 3],
+                                        output_shape=moved_data.shape, order=1) > 0.5  # fmt: skip
+        carried = Spatial(mask=mask, world_to_source=world @ spatial.world_to_source)
+        volumes.append(preprocess_scan(path, model.config, spatial=carried).volume)
+    return [float(age) for age in model.predict_volumes(np.stack(volumes))[:, 0]]
 
 
 def _default_scans(run: Path, count: int) -> list[str]:
@@ -62,7 +90,7 @@ def main() -> None:
     parser.add_argument("--poses", type=int, default=8, help="poses per scan, the identity included")
     parser.add_argument("--max-rotation", type=float, default=15.0, help="largest rotation about each axis (degrees)")
     parser.add_argument("--max-shift", type=float, default=15.0, help="largest shift along each axis (mm)")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="ways of re-posing")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["header", "voxels"], help="ways of re-posing")
     parser.add_argument("--order", type=int, default=1, choices=range(6), help="spline order of the voxels mode's resampling")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random poses")
     parser.add_argument("--out", type=Path, default=None, help="folder for the re-posed files (default: a temporary one)")
@@ -77,17 +105,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="brainage-pose-") as scratch:
         out = args.out or Path(scratch)
         clock = time.perf_counter()
-        rows = []
+        rows, carried = [], []
         for number, scan in enumerate(scans):
-            for mode in args.modes:
-                for k, path in enumerate(write_poses(scan, poses, out / f"scan{number:02d}", mode=mode, order=args.order)):
-                    rows.append({"scan": scan, "mode": mode, "pose": k, "label": poses[k].label, "path": str(path.resolve())})
+            for mode in dict.fromkeys("voxels" if mode == "carried" else mode for mode in args.modes):
+                written_files = write_poses(scan, poses, out / f"scan{number:02d}", mode=mode, order=args.order)
+                for k, path in enumerate(written_files):
+                    if mode in args.modes:
+                        rows.append({"scan": scan, "mode": mode, "pose": k, "label": poses[k].label, "path": str(path.resolve())})
+                if mode == "voxels" and "carried" in args.modes:
+                    carried.append((scan, written_files))
         files = pd.DataFrame(rows)
         written = time.perf_counter() - clock
-        predicted = model.predict(files["path"].tolist(), cache=None, workers=args.workers)
+        predicted = model.predict(files["path"].tolist(), cache=None, workers=args.workers) if rows else pd.DataFrame(columns=["path", "brain_age", "qc_score"])
+        table = files.merge(predicted[["path", "brain_age", "qc_score"]], on="path", how="left") if rows else pd.DataFrame()
+        for scan, written_files in carried:
+            ages = _carried(scan, written_files, poses, model)
+            extra = pd.DataFrame({"scan": scan, "mode": "carried", "pose": range(len(poses)), "label": [pose.label for pose in poses],
+                                  "path": [str(path) for path in written_files], "brain_age": ages, "qc_score": np.nan})  # fmt: skip
+            table = pd.concat([table, extra], ignore_index=True)
         seconds = time.perf_counter() - clock - written
     print_problems(model.problems_)
-    table = files.merge(predicted[["path", "brain_age", "qc_score"]], on="path", how="left")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         table.drop(columns=["path"]).to_csv(args.csv, index=False)
