@@ -171,7 +171,8 @@ def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_
         if "running" in name:
             torch.testing.assert_close(buffer, saved[name], rtol=1e-2, atol=1e-3)
     assert not checkpoint.model.training and {m.momentum for m in checkpoint.model.modules() if isinstance(m, torch.nn.BatchNorm3d)} == {0.1}
-    val_predicted = _plain_predictions(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):  # as validation ran
+        val_predicted = _plain_predictions(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
     val_mae = np.abs(val_predicted - cache.manifest["age"].to_numpy()[fold.val]).mean()
     assert val_mae == pytest.approx(checkpoint.extra["best_val_mae"], abs=1e-3)
 
