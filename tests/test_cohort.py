@@ -4,6 +4,7 @@ that check reproducibility."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -32,6 +33,7 @@ from brainage.cohort import (
     sample_cohort,
     spreadsheet_statistics,
     subject_anatomy,
+    summary_table,
     synthesize,
     true_brain_age_mae,
 )
@@ -222,3 +224,10 @@ def test_oasis2_preset_samples_people_like_oasis2() -> None:
     ages = [s.age_years for s in sessions]
     assert min(ages) >= 60 and max(ages) <= 96 and 6 < np.std(ages) < 9
     assert sample_cohort(OASIS2, seed=0) == subjects and sample_cohort(OASIS2, seed=1) != subjects
+
+
+def test_a_cohort_without_a_group_is_summarised_without_it(tmp_path: Path) -> None:
+    no_converted = dataclasses.replace(TINY, name="no-converted", nondemented=4, demented=1, converted=0, visits=((1, 5),), repeats=((1, 5),))
+    table = summary_table(synthesize(tmp_path, no_converted, seed=3, workers=1))
+    assert table["group"].tolist() == ["Nondemented", "Demented", "all"]
+    assert table.set_index("group").loc["all", "subjects"] == 5 and table["eTIV"].notna().all()

@@ -329,12 +329,14 @@ class _FixedTimeZip(zipfile.ZipFile):
 
 
 def summary_table(result: SynthesisResult) -> pd.DataFrame:
-    """One row per group and one for everyone: counts and mean spreadsheet values."""
+    """One row per group the cohort has and one for everyone: counts and mean spreadsheet values."""
     sheet = result.demographics
     scans = result.ground_truth.groupby("MRI ID").size()
     rows = []
     for group in (*GROUPS, "all"):
         part = sheet if group == "all" else sheet[sheet["Group"] == group]
+        if part.empty and group != "all":
+            continue
         first = part.drop_duplicates("Subject ID")
         rows.append(
             {
