@@ -174,7 +174,8 @@ def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):  # as validation ran
         val_predicted = _plain_predictions(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
     val_mae = np.abs(val_predicted - cache.manifest["age"].to_numpy()[fold.val]).mean()
-    assert val_mae == pytest.approx(checkpoint.extra["best_val_mae"], abs=1e-3)
+    # Within 0.1 %: bf16 kernels (channels-last in training, not here) differ by about 0.01 %; other weights or statistics by far more.
+    assert val_mae == pytest.approx(checkpoint.extra["best_val_mae"], rel=1e-3)
 
 
 def test_same_seed_gives_the_same_split_and_metrics(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
