@@ -116,8 +116,10 @@ def main() -> None:
                     carried.append((scan, written_files))
         files = pd.DataFrame(rows)
         written = time.perf_counter() - clock
-        predicted = model.predict(files["path"].tolist(), cache=None, workers=args.workers) if rows else pd.DataFrame(columns=["path", "brain_age", "qc_score"])
-        table = files.merge(predicted[["path", "brain_age", "qc_score"]], on="path", how="left") if rows else pd.DataFrame()
+        table = pd.DataFrame()
+        if rows:
+            predicted = model.predict(files["path"].tolist(), cache=None, workers=args.workers)
+            table = files.merge(predicted[["path", "brain_age", "qc_score"]], on="path", how="left")
         for scan, written_files in carried:
             ages = _carried(scan, written_files, poses, model)
             extra = pd.DataFrame({"scan": scan, "mode": "carried", "pose": range(len(poses)), "label": [pose.label for pose in poses],
