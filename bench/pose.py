@@ -37,7 +37,7 @@ from brainage.io import load_scan
 from brainage.predict import BrainAgeModel, resolve_checkpoints, training_caches
 from brainage.preprocess import load_cache, preprocess_scan, stages
 from brainage.preprocess.pipelines import Spatial, find_spatial
-from brainage.reliability import random_poses, write_poses
+from brainage.reliability import grid_centre, random_poses, write_poses
 
 TARGET_SD = 0.5
 MODES = ("header", "voxels", "carried")
@@ -49,7 +49,7 @@ def _carried(scan: str, files: list[Path], poses: list, model: BrainAgeModel) ->
     original = load_scan(scan)
     data, affine = stages.reorient_ras(original.data, original.affine)
     spatial = find_spatial(data, affine, model.config)
-    centre = (original.affine @ np.append((np.asarray(original.data.shape[:3]) - 1) / 2, 1.0))[:3]  # repose_voxels' default
+    centre = grid_centre(original.data.shape, original.affine)  # what repose_voxels turned about
     volumes = []
     for pose, path in zip(poses, files):
         moved = load_scan(path)

@@ -45,6 +45,7 @@ __all__ = [
     "ReliabilityResult",
     "coverage",
     "covered",
+    "grid_centre",
     "longitudinal",
     "random_poses",
     "repose_header",
@@ -631,7 +632,9 @@ def _volume(image: nib.spatialimages.SpatialImage) -> np.ndarray:
     return data
 
 
-def _grid_centre(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+def grid_centre(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """World position (mm) of the centre of a voxel grid: what :func:`repose_header` and
+    :func:`repose_voxels` rotate about by default."""
     return (affine @ np.append((np.asarray(shape[:3], dtype=float) - 1) / 2, 1.0))[:3]
 
 
@@ -658,7 +661,7 @@ def repose_header(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose
     image = nib.load(image) if isinstance(image, (str, Path)) else image
     data = _volume(image)
     affine = np.asarray(image.affine, dtype=float)
-    centre = _grid_centre(data.shape, affine) if centre is None else centre
+    centre = grid_centre(data.shape, affine) if centre is None else centre
     return _nifti(data, pose.matrix(centre) @ affine)
 
 
@@ -679,7 +682,7 @@ def repose_voxels(
     image = nib.load(image) if isinstance(image, (str, Path)) else image
     data = _volume(image)
     affine = np.asarray(image.affine, dtype=float)
-    world = pose.matrix(_grid_centre(data.shape, affine) if centre is None else centre)
+    world = pose.matrix(grid_centre(data.shape, affine) if centre is None else centre)
     to_source = np.linalg.inv(affine) @ np.linalg.inv(world) @ affine  # output voxel → input voxel
     moved = ndimage.affine_transform(
         np.asarray(data, dtype=np.float64), to_source[:3, :3], offset=to_source[:3, 3], output_shape=data.shape,
