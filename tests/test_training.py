@@ -25,7 +25,7 @@ from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 from brainage.predict import BrainAgeModel
 from brainage.training import (
-    BrainAgeModule, ConfigError, RunFolderError, TrainConfig, load_checkpoint, load_config, recompute_batch_norm, train,
+    BrainAgeModule, ConfigError, RunFolderError, TrainConfig, TrainingDiverged, load_checkpoint, load_config, recompute_batch_norm, train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -238,6 +238,15 @@ def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, confi
             torch.testing.assert_close(tuned_checkpoint.model.state_dict()[name], start[name], rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="its model is sfcn"):
         train(cache, tmp_path / "other", dataclasses.replace(config, model="resnet", model_hparams={}, init=str(tiny_run)))
+
+
+def test_a_diverging_fold_stops_with_a_one_line_cause_before_its_weights_are_saved(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+    # A learning rate of 1e30 overflows the weights within the first steps, in any precision.
+    diverging = dataclasses.replace(config, lr=1e30, warmup_epochs=1, epochs=3, folds=None, precision="32-true", baselines=False)
+    with pytest.raises(TrainingDiverged, match=r"fold_0: the training loss is not finite in epoch 1 \(32-true\).*--precision 32-true or a lower --lr"):
+        train(cache, tmp_path / "diverged", diverging)
+    assert not (tmp_path / "diverged" / "fold_0" / "last.ckpt").exists()
+    assert not (tmp_path / "diverged" / "fold_0" / "best.ckpt").exists()
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_last_epoch() -> None:

@@ -13,7 +13,7 @@ from brainage.training.config import (
     TUTORIAL_RECIPE, ConfigError, TrainConfig, cpu_supports_bf16, load_config, resolve_accelerator, resolve_channels_last, resolve_precision,
 )  # fmt: skip
 from brainage.training.module import (
-    HISTORY_COLUMNS, BrainAgeModule, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, recompute_batch_norm,
+    HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, TrainingDiverged, recompute_batch_norm,
 )  # fmt: skip
 from brainage.training.run import (
     BASELINES, PREDICTION_COLUMNS, RunFolderError, TrainResult, baseline_predictions, correct_bias, fold_module, fold_trainer,
@@ -22,8 +22,8 @@ from brainage.training.run import (
 from brainage.utils import write_csv
 
 __all__ = [
-    "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError", "MaxGradientNorm", "PreciseBatchNorm",
-    "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "baseline_predictions", "cpu_supports_bf16",
+    "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError", "FiniteLoss", "MaxGradientNorm", "PreciseBatchNorm",
+    "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "TrainingDiverged", "baseline_predictions", "cpu_supports_bf16",
     "fold_module", "fold_trainer", "load_checkpoint", "load_config", "quiet_lightning", "recompute_batch_norm",
     "resolve_accelerator", "resolve_channels_last", "resolve_precision", "save_checkpoint", "summarize_run", "train", "write_csv",
 ]  # fmt: skip

@@ -186,16 +186,21 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 / AMX); emulated bf16 is slow."""
+    """Whether this CPU trains in bf16 both fast and finite: oneDNN's native bf16 kernels with AMX
+    tiles. Emulated bf16 is many times slower than fp32; and on a CPU with AVX-512 BF16 but no AMX
+    (torch 2.13's oneDNN, 2-core AMD EPYC), bf16 backward passes of the default network gave
+    infinite and NaN gradient norms within its first 20 steps, so training diverged."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_amx_tile_supported()
+        )
     except (AttributeError, RuntimeError):
         return False
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """``"auto"`` → bf16-mixed on CUDA with native bf16 (else 16-mixed) and on a CPU with native bf16;
-    32-true otherwise (emulated bf16 is many times slower than fp32)."""
+    """``"auto"`` → bf16-mixed on CUDA with native bf16 (else 16-mixed) and on a CPU where
+    :func:`cpu_supports_bf16`; 32-true otherwise."""
     if precision != "auto":
         return precision
     if accelerator in ("cuda", "gpu"):

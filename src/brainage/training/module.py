@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
+from brainage.errors import BrainAgeError
 from brainage.figures import plot_training_curves
 from brainage.models import AgeRegressor
 from brainage.training.config import TrainConfig
@@ -90,6 +91,43 @@ class BrainAgeModule(L.LightningModule):
                 optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1
             ), "interval": "epoch"})  # fmt: skip
         return [optimizer], schedulers
+
+
+class TrainingDiverged(BrainAgeError):
+    """The training loss of a fold became infinite or NaN."""
+
+
+class FiniteLoss(Callback):
+    """Raises :class:`TrainingDiverged` at the first validation (or epoch end) after a training
+    step whose loss was not finite, before that epoch's weights are checkpointed: a diverged fold
+    stops with a one-line cause instead of training on NaN weights to its last epoch. One flag
+    on the device, read once an epoch (no synchronisation per step)."""
+
+    def __init__(self, folder: str | Path, precision: str) -> None:
+        self.folder = Path(folder)
+        self.precision = precision
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bad = torch.zeros((), dtype=torch.bool, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._bad |= ~torch.isfinite(loss.detach())
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if not trainer.sanity_checking and bool(self._bad):
+            raise TrainingDiverged(
+                f"{self.folder}: the training loss is not finite in epoch {trainer.current_epoch + 1} ({self.precision}); "
+                "the fold diverged: train it again with --precision 32-true or a lower --lr"
+            )
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if hasattr(self, "_bad"):
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
 
 
 class MaxGradientNorm(Callback):

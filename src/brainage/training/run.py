@@ -55,7 +55,7 @@ from brainage.predict import resolve_checkpoints
 from brainage.preprocess import PreparedCache, load_cache
 from brainage.reliability import ConformalInterval, ReliabilityResult, coverage, longitudinal, session_residuals, test_retest
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
-from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
+from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
 from brainage.utils import atomic_write, write_csv
 
 PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
@@ -327,6 +327,7 @@ def fold_trainer(
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", save_last=True, enable_version_counter=False)
     curves = TrainingCurves(folder)
     callbacks: list[Callback] = [
+        FiniteLoss(folder, precision),  # first: a diverged epoch stops before anything uses or saves its weights
         # Order matters: the averaged weights are swapped in before their batch-norm statistics are recomputed.
         *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
         *([PreciseBatchNorm(data.loader(data.fold.train), config.precise_bn_batches)] if config.precise_bn else []),
