@@ -26,7 +26,9 @@ resamples the recipe's alone (the table names each grid). ``--repeats-per-sessio
 default model on one random repeat of each session per epoch (``TrainConfig.repeats_per_session``;
 OASIS-2 has 3–4); ``--schedule cosine`` trains it with a cosine decay over all ``--epochs`` (no early
 stop; the best validation epoch is kept); ``--init RUN`` fine-tunes it from a trained run (for
-instance one trained on the ``pretrain`` preset) and ``--lr`` sets its peak learning rate. Prints a table; asserts nothing.
+instance one trained on the ``pretrain`` preset); ``--lr`` sets its peak learning rate and
+``--set FIELD=VALUE`` any other field of its :class:`~brainage.training.TrainConfig`. Prints a
+table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--repeats-per-session", type=int, help="repeats of a session in each epoch of the default model (default: all)")
     parser.add_argument("--init", type=Path, help="fine-tune the default model from this run or checkpoint (TrainConfig.init)")
     parser.add_argument("--lr", type=float, default=default.lr, help="peak learning rate of the default model")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="other TrainConfig fields of the default model, e.g. ema_decay=0.99 (named in its run folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
     args = parser.parse_args()
 
@@ -126,7 +131,8 @@ def main() -> None:
     folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
     own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule, "lr": args.lr,
            "init": str(args.init.resolve()) if args.init else None,
-           **({"min_epochs": args.epochs} if args.schedule == "cosine" else {})}  # fmt: skip
+           **({"min_epochs": args.epochs} if args.schedule == "cosine" else {}),
+           **{field: yaml.safe_load(value) for field, value in (item.split("=", 1) for item in args.set)}}  # fmt: skip
     runs = {
         "standard": ("default", dataclasses.replace(default, model=args.model, **own, **folds)
                      if args.model == default.model else TrainConfig(model=args.model, **own, **folds)),
@@ -149,6 +155,7 @@ def main() -> None:
         schedule = f"-{config.schedule}{config.epochs}" if config.schedule != default.schedule else ""
         init = f"-init-{Path(config.init).name}" if config.init else ""
         lr = f"-lr{config.lr:g}" if pipeline == "standard" and config.lr != default.lr else ""
+        lr += "".join(f"-{item}" for item in args.set) if pipeline == "standard" else ""
         result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{lr}", config)
         seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
@@ -158,6 +165,7 @@ def main() -> None:
         per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
         per_epoch += f", fine-tuned from {config.init}" if config.init else ""
         per_epoch += f", lr {config.lr:g}" if pipeline == "standard" and config.lr != default.lr else ""
+        per_epoch += "".join(f", {item}" for item in args.set) if pipeline == "standard" else ""
         rows += _rows(result, f"{config.model} ({role}, {ran} epochs{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline])
         truth, ceiling = _truth_row(result), _ceiling_row(result)
     rows += [truth] + ([ceiling] if ceiling else [])
