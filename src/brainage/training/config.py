@@ -51,7 +51,8 @@ class TrainConfig:
     hardware runs them fast. ``precise_bn`` re-estimates batch-norm statistics over the training
     scans before every validation (see :class:`PreciseBatchNorm`); ``ema_decay`` validates, checkpoints and
     predicts with an exponential moving average of the weights (Lightning's EMAWeightAveraging,
-    updated every step). The default model is the compact ResNet (``resnet``); the tutorial's
+    updated every step; 0.99 averages about the last 100 steps: on the full-size oasis2 cohort it
+    scored 3.44 y against 3.96 y with 0.9, 0.995 3.40 y). The default model is the compact ResNet (``resnet``); the tutorial's
     whole recipe is :data:`TUTORIAL_RECIPE`. ``precise_bn_batches`` bounds the batches that
     re-estimation reads. Early stopping cannot stop before ``min_epochs`` (at most ``epochs``): on
     the demo cohort one fold's validation MAE was lowest at epoch 1 and patience ended that fold at
@@ -91,7 +92,7 @@ class TrainConfig:
     gradient_clip: float = 1.0
     precise_bn: bool = True
     precise_bn_batches: int = 64
-    ema_decay: float | None = 0.9
+    ema_decay: float | None = 0.99
     folds: int | None = None
     val_fraction: float = 0.2
     early_stopping_fraction: float = 0.15
