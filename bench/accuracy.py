@@ -26,9 +26,9 @@ resamples the recipe's alone (the table names each grid). ``--repeats-per-sessio
 default model on one random repeat of each session per epoch (``TrainConfig.repeats_per_session``;
 OASIS-2 has 3–4); ``--schedule cosine`` trains it with a cosine decay over all ``--epochs`` (no early
 stop; the best validation epoch is kept); ``--init RUN`` fine-tunes it from a trained run (for
-instance one trained on the ``pretrain`` preset); ``--lr`` sets its peak learning rate and
-``--set FIELD=VALUE`` any other field of its :class:`~brainage.training.TrainConfig`. Prints a
-table; asserts nothing.
+instance one trained on the ``pretrain`` preset); ``--set FIELD=VALUE`` sets any other field of
+its :class:`~brainage.training.TrainConfig` (``--set lr=2e-4 ema_decay=0.995``). Prints a table;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -119,9 +119,8 @@ def main() -> None:
                         help="learning-rate schedule of the default model (cosine: runs every epoch, no early stop)")
     parser.add_argument("--repeats-per-session", type=int, help="repeats of a session in each epoch of the default model (default: all)")
     parser.add_argument("--init", type=Path, help="fine-tune the default model from this run or checkpoint (TrainConfig.init)")
-    parser.add_argument("--lr", type=float, default=default.lr, help="peak learning rate of the default model")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="other TrainConfig fields of the default model, e.g. ema_decay=0.99 (named in its run folder)")
+                        help="other TrainConfig fields of the default model, e.g. lr=2e-4 ema_decay=0.99 (named in its run folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
     args = parser.parse_args()
 
@@ -129,7 +128,7 @@ def main() -> None:
     _cohort(args.out / "cohort", args.preset, args.seed, args.workers)
     console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
     folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
-    own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule, "lr": args.lr,
+    own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
            "init": str(args.init.resolve()) if args.init else None,
            **({"min_epochs": args.epochs} if args.schedule == "cosine" else {}),
            **{field: yaml.safe_load(value) for field, value in (item.split("=", 1) for item in args.set)}}  # fmt: skip
@@ -154,9 +153,9 @@ def main() -> None:
         repeats = f"-r{config.repeats_per_session}" if config.repeats_per_session else ""
         schedule = f"-{config.schedule}{config.epochs}" if config.schedule != default.schedule else ""
         init = f"-init-{Path(config.init).name}" if config.init else ""
-        lr = f"-lr{config.lr:g}" if pipeline == "standard" and config.lr != default.lr else ""
-        lr += "".join(f"-{item}" for item in args.set) if pipeline == "standard" else ""
-        result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{lr}", config)
+        settings = args.set if pipeline == "standard" else []
+        named = "".join(f"-{item}" for item in settings)
+        result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{named}", config)
         seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
         epochs = result.history.groupby("fold").size()
@@ -164,8 +163,7 @@ def main() -> None:
         per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
         per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
         per_epoch += f", fine-tuned from {config.init}" if config.init else ""
-        per_epoch += f", lr {config.lr:g}" if pipeline == "standard" and config.lr != default.lr else ""
-        per_epoch += "".join(f", {item}" for item in args.set) if pipeline == "standard" else ""
+        per_epoch += "".join(f", {item}" for item in settings)
         rows += _rows(result, f"{config.model} ({role}, {ran} epochs{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline])
         truth, ceiling = _truth_row(result), _ceiling_row(result)
     rows += [truth] + ([ceiling] if ceiling else [])
