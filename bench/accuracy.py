@@ -158,7 +158,7 @@ def main() -> None:
         result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{named}", config)
         seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
-        epochs = result.history.groupby("fold").size()
+        epochs = result.history.groupby(["fold", "member"]).size()
         ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
         per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
         per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""

@@ -240,6 +240,33 @@ def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, confi
         train(cache, tmp_path / "other", dataclasses.replace(config, model="resnet", model_hparams={}, init=str(tiny_run)))
 
 
+def test_an_ensemble_averages_members_trained_from_other_seeds_on_the_same_split(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+    run = tmp_path / "ensemble"
+    result = train(cache, run, dataclasses.replace(config, ensemble=2, folds=None, baselines=False))
+    assert result is not None
+    assert result.checkpoints == [run / "fold_0" / "model.ckpt", run / "fold_0-1" / "model.ckpt"]
+    assert [load_checkpoint(path).extra["member"] for path in result.checkpoints] == [0, 1]
+    members = [_csv(run / folder / "predictions.csv") for folder in ("fold_0", "fold_0-1")]
+    assert members[0]["scan_id"].tolist() == members[1]["scan_id"].tolist()  # the same split
+    assert not np.allclose(members[0]["brain_age"], members[1]["brain_age"])  # other seeds, other networks
+    predictions = _csv(run / "predictions.csv").set_index("scan_id").loc[members[0]["scan_id"]]
+    np.testing.assert_allclose(predictions["brain_age"], (members[0]["brain_age"].to_numpy() + members[1]["brain_age"].to_numpy()) / 2)
+    history = pd.read_csv(run / "metrics.csv")
+    assert history.groupby("member").size().to_dict() == {0: config.epochs, 1: config.epochs}
+    assert len(BrainAgeModel.load(run).checkpoints) == 2  # `brainage predict RUN` averages both
+
+
+def test_a_run_folder_written_before_a_setting_existed_still_resumes(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+    run = tmp_path / "older"
+    shutil.copytree(tiny_run, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["train"]["ensemble"]  # as brainage wrote it before `ensemble` was added
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    resumed = train(cache, run, config)
+    assert resumed is not None
+    pd.testing.assert_frame_equal(_csv(run / "predictions.csv"), _csv(tiny_run / "predictions.csv"))
+
+
 def test_a_diverging_fold_stops_with_a_one_line_cause_before_its_weights_are_saved(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
     # A learning rate of 1e30 overflows the weights within the first steps, in any precision.
     diverging = dataclasses.replace(config, lr=1e30, warmup_epochs=1, epochs=3, folds=None, precision="32-true", baselines=False)

@@ -88,6 +88,7 @@ def train_command(
     ),
     bias_correction: str | None = typer.Option(None, "--bias-correction", help="residual (default), cole, or none."),
     init: Path | None = typer.Option(None, "--init", help="Fine-tune: start every fold from this checkpoint or run folder (same model)."),
+    ensemble: int | None = typer.Option(None, "--ensemble", min=1, help="Networks per fold from different seeds; predictions are their mean."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Scans per batch."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of AdamW."),
@@ -114,7 +115,7 @@ def train_command(
         raise BrainAgeError("choose either --folds or --val-fraction, not both")
     base = load_config(config_file) if config_file else TrainConfig()
     given = {
-        "model": model, "folds": folds, "val_fraction": val_fraction, "epochs": epochs, "batch_size": batch_size,
+        "model": model, "folds": folds, "val_fraction": val_fraction, "ensemble": ensemble, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "accelerator": accelerator, "precision": precision, "seed": seed, "deterministic": deterministic,
         "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
         "control_group": tuple(control_group) if control_group else None, "bias_correction": bias_correction,

@@ -14,14 +14,15 @@ from brainage.utils import atomic_write
 
 def plot_training_curves(history: pd.DataFrame, path: str | Path) -> Path:
     """The tutorial's 3×2 figure (loss, MAE, RMSE, learning rate, max gradient norm) per epoch;
-    one line per fold when ``history`` has a ``fold`` column."""
+    one line per fold (``fold-member`` when ``history``'s ``member`` column holds several)."""
     figure = Figure(figsize=(12, 12), layout="constrained")
     axes = figure.subplots(3, 2).ravel()
     panels = (("loss", "Loss (z units)"), ("mae", "MAE (years)"), ("rmse", "RMSE (years)"), ("lr", "Learning rate"), ("max_grad_norm", "Max gradient norm"))
-    folds = list(history.groupby("fold")) if "fold" in history else [(None, history)]
+    members = "member" in history and history["member"].nunique() > 1
+    folds = list(history.groupby(["fold", "member"] if members else "fold")) if "fold" in history else [(None, history)]
     for ax, (key, title) in zip(axes, panels):
         for fold, table in folds:
-            label = "" if fold is None else f"fold {fold} "
+            label = "" if fold is None else f"fold {'-'.join(map(str, fold)) if members else fold} "
             if key in ("loss", "mae", "rmse"):
                 line = ax.plot(table["epoch"], table[f"train_{key}"], label=f"{label}train")[0]
                 ax.plot(table["epoch"], table[f"val_{key}"], "--", color=line.get_color(), label=f"{label}validation")

@@ -62,6 +62,10 @@ class TrainConfig:
     epoch, afresh every epoch (None: all of them): OASIS-2 has 3–4 repeats a session, so ``1``
     makes epochs 3.7× cheaper and still shows every session once an epoch.
 
+    ``ensemble`` trains that many networks per fold, on the same split but from different seeds
+    (weights, batch order, augmentation); the fold's out-of-fold prediction is their mean, and a
+    run folder predicts with all of them (member ``m`` > 0 of fold ``K`` lives in ``fold_K-m``).
+
     ``init`` (a checkpoint or a run folder) starts every fold from trained weights of the same
     model: fine-tuning on a new cohort or scanner; the checkpoints record it.
 
@@ -77,6 +81,7 @@ class TrainConfig:
     model: str = "resnet"
     model_hparams: Mapping[str, Any] = field(default_factory=dict)
     init: str | None = None
+    ensemble: int = 1
     epochs: int = 50
     batch_size: int = 8
     repeats_per_session: int | None = None
@@ -126,6 +131,7 @@ class TrainConfig:
             message
             for failed, message in (
                 (self.epochs < 1, f"epochs must be at least 1, got {self.epochs}"),
+                (self.ensemble < 1, f"ensemble must be at least 1, got {self.ensemble}"),
                 (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
                 (self.repeats_per_session is not None and self.repeats_per_session < 1, f"repeats_per_session must be at least 1, got {self.repeats_per_session}"),
                 (self.lr <= 0, f"lr must be positive, got {self.lr}"),

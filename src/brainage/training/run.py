@@ -5,7 +5,7 @@ predictions, fit the baselines on the very same folds, and summarise.
 A run folder holds::
 
     config.yaml              resolved configuration (TrainConfig, cache, preprocessing, folds)
-    metrics.csv              per-epoch loss, MAE, RMSE (years), learning rate, max gradient norm, per fold
+    metrics.csv              per-epoch loss, MAE, RMSE (years), learning rate, max gradient norm, per fold (and ensemble member)
     predictions.csv          out-of-fold predictions: network (uncorrected and bias-corrected) and baselines
     summary.csv              metrics at session and scan level for the network, the baselines and
                              (synthetic cohorts) the true brain age
@@ -13,6 +13,7 @@ A run folder holds::
     training.png             the tutorial's figure: loss, MAE, RMSE, learning rate, max gradient norm
     predicted_vs_true.png    predicted against true age, before and after age-bias correction
     fold_K/model.ckpt        self-contained checkpoint (:mod:`brainage.checkpoint`), with the final correction
+    fold_K-M/                ensemble member M > 0 of fold K (``TrainConfig.ensemble``), the same files
     fold_K/predictions.csv   the fold's test predictions (a finished fold is not trained again)
     fold_K/last.ckpt         Lightning's state while the fold trains: a killed fold resumes from it
     logs/fold_K/             Lightning's CSV and TensorBoard logs
@@ -114,11 +115,11 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
 
     fold_predictions, validation, histories, checkpoints = [], [], [], []
     for fold in folds:
-        test_predictions, val_predictions, history = _fit_fold(cache, fold, config, run_dir, accelerator, precision)
-        fold_predictions.append(test_predictions)
-        validation.append(val_predictions)
-        histories.append(history.assign(fold=fold.index))
-        checkpoints.append(run_dir / f"fold_{fold.index}" / "model.ckpt")
+        members = [_fit_fold(cache, fold, member, config, run_dir, accelerator, precision) for member in range(config.ensemble)]
+        fold_predictions.append(_member_mean([test for test, _, _ in members]))
+        validation.append(_member_mean([val for _, val, _ in members]))
+        histories += [history.assign(fold=fold.index, member=member) for member, (_, _, history) in enumerate(members)]
+        checkpoints += [fold_folder(run_dir, fold.index, member) / "model.ckpt" for member in range(config.ensemble)]
     if rank_zero_only.rank != 0:
         return None
     predictions = pd.concat(fold_predictions, ignore_index=True)
@@ -134,7 +135,7 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
         save_checkpoint(checkpoint, path)
     if config.baselines:
         predictions = predictions.merge(baseline_predictions(cache, folds, config), on="scan_id", how="left")
-    history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", *HISTORY_COLUMNS])
+    history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", "member", *HISTORY_COLUMNS])
     summary = summarize_run(predictions, config.model, config.bias_correction)
     column = "brain_age_corrected" if predictions["brain_age_corrected"].notna().any() else "brain_age"
     group_gaps, group_test = gap_by_group(predictions, by="group", column=column) if "group" in predictions else (pd.DataFrame(), {"test": "none"})
@@ -258,7 +259,10 @@ def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, 
 def _run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     """What makes two runs the same run: the cache, its preprocessing, the folds and every training
     setting except display ones."""
-    train = {key: value for key, value in (values.get("train") or {}).items() if key != "progress"}
+    train = values.get("train") or {}
+    with contextlib.suppress(ConfigError, TypeError):  # a run folder written before a setting existed holds its default
+        train = TrainConfig.from_dict(train).to_dict()
+    train = {key: value for key, value in train.items() if key != "progress"}
     return {key: values.get(key) for key in ("cache", "n_scans", "preprocessing", "split_digest")} | {"train": train}
 
 
@@ -286,11 +290,15 @@ def quiet_lightning() -> Iterator[None]:
         lightning_log.setLevel(level)
 
 
-def fold_module(cache: PreparedCache, fold: Fold, config: TrainConfig, accelerator: str, precision: str) -> tuple[BrainAgeModule, BrainAgeDataModule]:
-    """The fold's data module (age statistics of its training scans) and a fresh model around it,
-    starting from ``config.init``'s weights when given."""
+def fold_module(
+    cache: PreparedCache, fold: Fold, config: TrainConfig, accelerator: str, precision: str, seed: int | None = None
+) -> tuple[BrainAgeModule, BrainAgeDataModule]:
+    """The fold's data module (age statistics of its training scans; batches and augmentation drawn
+    from ``seed``, by default the fold's) and a fresh model around it, starting from
+    ``config.init``'s weights when given."""
     data = BrainAgeDataModule(
-        cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda", seed=config.seed + fold.index,
+        cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda",
+        seed=config.seed + fold.index if seed is None else seed,
         repeats_per_session=config.repeats_per_session,
     )
     hparams = dict(config.model_hparams)
@@ -363,29 +371,48 @@ def fold_trainer(
     return trainer, best, curves
 
 
+def fold_folder(run_dir: Path, fold: int, member: int = 0) -> Path:
+    """The folder of ensemble member ``member`` of fold ``fold``: ``fold_K``, then ``fold_K-1``, …"""
+    return run_dir / (f"fold_{fold}-{member}" if member else f"fold_{fold}")
+
+
+def _member_mean(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One fold's predictions by its ensemble members (same scans, same order), with ``brain_age``
+    their mean."""
+    frame = frames[0].copy()
+    if len(frames) > 1:
+        if any(not other["scan_id"].equals(frame["scan_id"]) for other in frames[1:]):
+            raise BrainAgeError("the ensemble members of a fold predicted different scans; train the run again in a new folder")
+        frame["brain_age"] = np.mean([other["brain_age"].to_numpy(dtype=float) for other in frames], axis=0)
+    return frame
+
+
 def _read_predictions(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=IDS) if path.is_file() else pd.DataFrame()
 
 
 def _fit_fold(
-    cache: PreparedCache, fold: Fold, config: TrainConfig, run_dir: Path, accelerator: str, precision: str
+    cache: PreparedCache, fold: Fold, member: int, config: TrainConfig, run_dir: Path, accelerator: str, precision: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train one fold (reuse it if it finished before, resume it from ``last.ckpt`` if it was
-    interrupted); return its test and validation predictions (uncorrected) and its history."""
-    folder = run_dir / f"fold_{fold.index}"
+    """Train ensemble member ``member`` of one fold (reuse it if it finished before, resume it from
+    ``last.ckpt`` if it was interrupted); return its test and validation predictions (uncorrected)
+    and its history."""
+    folder = fold_folder(run_dir, fold.index, member)
+    name = f"fold {fold.index}" + (f" member {member}" if config.ensemble > 1 else "")
+    seed = config.seed + fold.index + 1000 * member
     finished = folder / "predictions.csv"
     if finished.is_file() and (folder / "model.ckpt").is_file():
         history = pd.read_csv(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
         return _read_predictions(finished), _read_predictions(folder / "val_predictions.csv"), history
 
-    L.seed_everything(config.seed + fold.index, workers=True, verbose=False)
-    module, data = fold_module(cache, fold, config, accelerator, precision)
+    L.seed_everything(seed, workers=True, verbose=False)
+    module, data = fold_module(cache, fold, config, accelerator, precision, seed)
     last = folder / "last.ckpt"
     with quiet_lightning():
-        trainer, best, curves = fold_trainer(config, accelerator, precision, folder, run_dir / "logs" / f"fold_{fold.index}", data)
+        trainer, best, curves = fold_trainer(config, accelerator, precision, folder, run_dir / "logs" / folder.name, data)
         if config.progress and trainer.is_global_zero:
             console.print(
-                f"[bold]fold {fold.index}[/]: {config.model} on {len(fold.train)} training scans, "
+                f"[bold]{name}[/]: {config.model} on {len(fold.train)} training scans, "
                 f"{len(fold.val)} validation, {len(fold.test)} test; {accelerator}, {precision}"
                 f"{', channels-last' if module.channels_last else ''}"
                 f"{f', {trainer.world_size} processes (DDP)' if trainer.world_size > 1 else ''}"
@@ -411,6 +438,7 @@ def _fit_fold(
         train_content_hashes=tuple(hashes),
         extra={
             "fold": fold.index,
+            "member": member,
             "best_epoch": int(curves.history["val_mae"].idxmin()) + 1 if curves.rows else None,
             "best_val_mae": float(best.best_model_score) if best.best_model_score is not None else None,
             "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None,
@@ -437,7 +465,7 @@ def _fit_fold(
         test = sides["test"]
         test_mae = float(np.mean(np.abs(test["brain_age"] - test["age"].to_numpy(dtype=float))))
         console.print(
-            f"[bold]fold {fold.index}[/]: best validation MAE {checkpoint.extra['best_val_mae']:.2f} y at epoch "
+            f"[bold]{name}[/]: best validation MAE {checkpoint.extra['best_val_mae']:.2f} y at epoch "
             f"{checkpoint.extra['best_epoch']}; test MAE {test_mae:.2f} y (uncorrected, per scan)"
         )
     return sides["test"], sides["val"], curves.history
