@@ -154,7 +154,7 @@ def main() -> None:
         schedule = f"-{config.schedule}{config.epochs}" if config.schedule != default.schedule else ""
         init = f"-init-{Path(config.init).name}" if config.init else ""
         settings = args.set if pipeline == "standard" else []
-        named = "".join(f"-{item}" for item in settings)
+        named = "".join(f"-{item}" for item in settings) + (f"-{config.epochs}ep" if pipeline == "seed" else "")
         result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{named}", config)
         seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""

@@ -8,7 +8,7 @@ augmentations. The plain loop is the tutorial's: images held in one float32 tens
 ``__getitem__``, fp32, per-batch ``.item()`` bookkeeping. The trainer reads the memory-mapped cache
 and uses what ``precision="auto"`` and ``channels_last="auto"`` choose here. Only training batches
 are timed (validation excluded); the first epoch is a warm-up and is not counted. Prints samples/s,
-CPU seconds per sample and the ratio.
+CPU seconds per sample and the ratio; then the default model's samples/s in the same trainer.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class EpochClock(L.Callback):
         self.epochs.append((self._samples, self._end[0] - self._start[0], self._end[1] - self._start[1]))
 
 
-def run_trainer(cache: PreparedCache, epochs: int, batch_size: int, folder: Path) -> tuple[list[tuple[int, float, float]], str, bool]:
-    """Epoch timings of brainage's trainer on all scans (a few held out for validation)."""
-    config = TrainConfig(model="seed", epochs=epochs, batch_size=batch_size, progress=False, early_stopping_patience=epochs)
+def run_trainer(cache: PreparedCache, model: str, epochs: int, batch_size: int, folder: Path) -> tuple[list[tuple[int, float, float]], str, bool]:
+    """Epoch timings of brainage's trainer training ``model`` on all scans (a few held out for validation)."""
+    config = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, progress=False, early_stopping_patience=epochs)
     accelerator = resolve_accelerator(config.accelerator)
     precision = resolve_precision(config.precision, accelerator)
     n = len(cache.manifest)
@@ -160,11 +160,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = synthetic_cache(Path(tmp) / "cache", args.scans, args.side)
         plain = _row("plain (tutorial)", "32-true", False, run_plain_loop(cache, args.epochs, args.batch_size))
-        epochs, precision, channels_last = run_trainer(cache, args.epochs, args.batch_size, Path(tmp) / "run")
+        epochs, precision, channels_last = run_trainer(cache, "seed", args.epochs, args.batch_size, Path(tmp) / "run")
         ours = _row("brainage trainer", precision, channels_last, epochs)
+        default = TrainConfig().model
+        epochs, precision, channels_last = run_trainer(cache, default, args.epochs, args.batch_size, Path(tmp) / "run-default")
+        own = _row(f"brainage trainer, default model ({default})", precision, channels_last, epochs)
     ratio = {"loop": "ratio (brainage / plain)", "precision": "", "memory": "",
              "samples/s": ours["samples/s"] / plain["samples/s"], "CPU s/sample": ours["CPU s/sample"] / plain["CPU s/sample"]}
-    print_table([plain, ours, ratio], title=f"seed model, {args.side}³, batch {args.batch_size}, {args.scans - args.batch_size} training scans")
+    print_table([plain, ours, ratio, own], title=f"seed model unless named, {args.side}³, batch {args.batch_size}, {args.scans - args.batch_size} training scans")
 
 
 if __name__ == "__main__":
