@@ -378,9 +378,9 @@ def fold_folder(run_dir: Path, fold: int, member: int = 0) -> Path:
 
 def _member_mean(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """One fold's predictions by its ensemble members (same scans, same order), with ``brain_age``
-    their mean."""
+    their mean (empty on the ranks of multi-process training that do not predict)."""
     frame = frames[0].copy()
-    if len(frames) > 1:
+    if len(frames) > 1 and not frame.empty:
         if any(not other["scan_id"].equals(frame["scan_id"]) for other in frames[1:]):
             raise BrainAgeError("the ensemble members of a fold predicted different scans; train the run again in a new folder")
         frame["brain_age"] = np.mean([other["brain_age"].to_numpy(dtype=float) for other in frames], axis=0)
