@@ -321,7 +321,7 @@ def initial_checkpoint(init: str | Path, fold: int) -> BrainAgeCheckpoint:
     """The checkpoint a fold is fine-tuned from: ``init`` itself, or fold ``fold``'s (else the
     first) of a run folder."""
     members = resolve_checkpoints(init)
-    chosen = Path(init) / f"fold_{fold}" / "model.ckpt"
+    chosen = fold_folder(Path(init), fold) / "model.ckpt"
     return load_checkpoint(chosen if chosen in members else members[0])
 
 
