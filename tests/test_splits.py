@@ -176,6 +176,20 @@ def test_one_repeat_per_session_per_epoch_visits_every_session_once_and_varies_t
     assert sorted(everything) == list(range(len(manifest)))
 
 
+def test_numbers_written_as_yaml_text_are_read_as_numbers(tmp_path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("lr: 2e-4\nepochs: 3\naugmentation:\n  noise_std: 5e-2\n")
+    assert yaml.safe_load(path.read_text())["lr"] == "2e-4"  # YAML 1.1: an exponent without a dot is text
+    config = load_config(path)
+    assert config.lr == 2e-4 and config.epochs == 3 and config.augmentation.noise_std == 0.05
+    assert TrainConfig(lr="1e-3").lr == 1e-3 and TrainConfig(folds="5").folds == 5
+    path.write_text("lr: fast\n")
+    with pytest.raises(InputError, match="lr must be a number, got 'fast'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="ema_decay must be a number"):
+        TrainConfig(ema_decay="slow")
+
+
 def test_repeats_per_session_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="repeats_per_session"):
         TrainConfig(repeats_per_session=0)

@@ -38,6 +38,23 @@ class ConfigError(BrainAgeError, ValueError):
     """A training configuration with an unknown option or a value out of range."""
 
 
+_NUMBERS = {"float": float, "float | None": float, "int": int, "int | None": int}
+
+
+def _numbers(kind: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The number-typed fields of dataclass ``kind`` among ``values`` that are given as text (YAML 1.1
+    reads ``lr: 2e-4`` as the string ``"2e-4"``), as numbers; text that is no number is an error."""
+    types = {f.name: _NUMBERS.get(str(f.type)) for f in dataclasses.fields(kind)}
+    converted = {}
+    for name, value in values.items():
+        if isinstance(value, str) and types.get(name):
+            try:
+                converted[name] = types[name](value)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return converted
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; defaults live here and nowhere else.
@@ -124,6 +141,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Plain, YAML-ready values, so that a configuration read back compares equal.
+        for name, value in _numbers(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "model_hparams", _plain(dict(self.model_hparams)))
         object.__setattr__(self, "train_groups", tuple(str(g) for g in self.train_groups) if self.train_groups else None)
         object.__setattr__(self, "control_group", tuple(str(g) for g in self.control_group) if self.control_group else None)
@@ -166,7 +185,7 @@ class TrainConfig:
             unknown = sorted(set(given) - {f.name for f in dataclasses.fields(kind)})
             if unknown:
                 raise ConfigError(f"unknown {kind.__name__} option(s): {', '.join(unknown)}")
-        values["augmentation"] = AugmentConfig(**augmentation)
+        values["augmentation"] = AugmentConfig(**augmentation | _numbers(AugmentConfig, augmentation))
         values["model_hparams"] = values.get("model_hparams") or {}
         return cls(**values)
 
