@@ -1,6 +1,7 @@
 """Averaging finished K-fold runs on the same folds: the out-of-fold brain age of each scan is the mean
-of the runs' (each run weighing the same, whatever its ``ensemble``), then bias-corrected as
-:func:`brainage.training.train` does (fold k with a residual fit on the other folds' controls).
+of the runs' (each run weighing the same, whatever its ``ensemble``), then bias-corrected by
+:func:`brainage.training.correct_bias` with the first run's settings, as training did (fold k with a
+fit on the other folds' controls).
 Prints one table per session (repeats averaged): each run and their average, uncorrected and
 corrected, with MAE against age and against the true brain age, gap fidelity and the
 Demented-minus-Nondemented gap per subject. Asserts nothing.
@@ -14,6 +15,7 @@ which is checked.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -21,19 +23,9 @@ import numpy as np
 import pandas as pd
 
 from brainage.console import print_table
-from brainage.evaluation import demented_vs_nondemented, fit_bias_correction, summarize_predictions
+from brainage.evaluation import demented_vs_nondemented, summarize_predictions
+from brainage.training import correct_bias, load_config
 from brainage.training.run import IDS
-
-
-def _corrected(predictions: pd.DataFrame) -> pd.Series:
-    """Fold k's scans corrected with a residual fit on the other folds' controls."""
-    corrected = pd.Series(np.nan, index=predictions.index)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for fold, rows in predictions.groupby("fold"):
-            corrector = fit_bias_correction(predictions[predictions["fold"] != fold])
-            corrected[rows.index] = corrector.transform(rows["brain_age"], rows["age"])
-    return corrected
 
 
 def _row(name: str, predictions: pd.DataFrame, column: str) -> dict[str, object]:
@@ -51,11 +43,14 @@ def main() -> None:
     for run, frame in zip(args.runs[1:], frames[1:]):
         if not frame[["scan_id", "fold"]].equals(frames[0][["scan_id", "fold"]]):
             parser.error(f"{run} tested other scans or folds than {args.runs[0]}")
+    config = dataclasses.replace(load_config(args.runs[0] / "config.yaml"), progress=False)
     average = frames[0].copy()
     average["brain_age"] = np.mean([frame["brain_age"].to_numpy(dtype=float) for frame in frames], axis=0)
     rows = []
     for name, frame in [*((run.name, frame) for run, frame in zip(args.runs, frames)), (f"average of the {len(frames)} runs", average)]:
-        frame = frame.assign(brain_age_corrected=_corrected(frame))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a refused fit leaves NaN, which the table shows
+            frame, _ = correct_bias(frame, pd.DataFrame(), config, None)
         rows += [_row(name, frame, "brain_age"), _row(f"{name}, bias-corrected", frame, "brain_age_corrected")]
     print_table(pd.DataFrame(rows), title="Out-of-fold accuracy per session, years")
 

@@ -156,10 +156,11 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
 
 
 def correct_bias(
-    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, run_dir: Path
+    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, run_dir: Path | None
 ) -> tuple[pd.DataFrame, AgeBiasCorrector | None]:
     """Add ``brain_age_corrected`` to out-of-fold ``predictions``, record every fit in
-    ``bias_correction.yaml`` and return the final correction (for the checkpoints).
+    ``run_dir/bias_correction.yaml`` (no record without ``run_dir``) and return the final correction
+    (for the checkpoints).
 
     K folds: fold k's scans are corrected with a fit on the out-of-fold predictions of the other
     folds' controls (never fold k's people); the final correction is fitted on all of them. One
@@ -189,7 +190,8 @@ def correct_bias(
     record["final"] = {"description": final.describe(), **final.to_dict()}
     if config.progress:
         console.print(f"final: {final.describe()}", style=None if final.applicable else "yellow")
-    _write_yaml(_plain(record), run_dir / "bias_correction.yaml")
+    if run_dir is not None:
+        _write_yaml(_plain(record), run_dir / "bias_correction.yaml")
     return predictions, final
 
 
