@@ -25,7 +25,8 @@ from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 from brainage.predict import BrainAgeModel
 from brainage.training import (
-    BrainAgeModule, ConfigError, RunFolderError, TrainConfig, TrainingDiverged, load_checkpoint, load_config, recompute_batch_norm, train,
+    BrainAgeModule, ConfigError, RunFolderError, TrainConfig, TrainingDiverged, calibrate_intervals, combine, correct_bias, load_checkpoint,
+    load_config, recompute_batch_norm, train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -289,3 +290,49 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_last_epoch() -
     assert lrs[-1] == pytest.approx(1e-5)
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="step")
+
+
+def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_the_mean(
+    tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path
+) -> None:
+    other = train(cache, tmp_path / "other", dataclasses.replace(config, lr=5e-3))  # the same seed: the same folds, other networks
+    assert other is not None
+    result = combine([tiny_run, other.run_dir], tmp_path / "combined", progress=False)
+    combined = _csv(tmp_path / "combined" / "predictions.csv").sort_values("scan_id", ignore_index=True)
+    runs = [_csv(run / "predictions.csv").sort_values("scan_id", ignore_index=True) for run in (tiny_run, other.run_dir)]
+    assert not np.allclose(runs[0]["brain_age"], runs[1]["brain_age"])
+    np.testing.assert_allclose(combined["brain_age"], (runs[0]["brain_age"] + runs[1]["brain_age"]) / 2)
+    # Corrected and calibrated as training does, fold k by a fit on the other folds, on the mean (the
+    # tiny cohort's 6 controls are too few for a correction: it is refused, as for each run alone).
+    mean = runs[0].drop(columns=["brain_age_corrected", "brain_age_lower", "brain_age_upper"]).assign(brain_age=combined["brain_age"])
+    expected, final = correct_bias(mean, pd.DataFrame(), dataclasses.replace(config, progress=False), None)
+    expected, _ = calibrate_intervals(expected, pd.DataFrame(), config)
+    for column in ("brain_age_corrected", "brain_age_lower", "brain_age_upper"):
+        np.testing.assert_allclose(combined[column], expected[column])
+    assert np.isfinite(combined["brain_age_lower"]).all()
+    assert not np.allclose(combined["brain_age_lower"], runs[0]["brain_age_lower"])
+    pd.testing.assert_series_equal(combined["ridge_voxels"], runs[0]["ridge_voxels"])  # the same folds' baselines
+    # Four members (2 folds × 2 runs), each carrying the combined run's correction and its source.
+    assert [path.parent.name for path in result.checkpoints] == ["fold_0", "fold_0-1", "fold_1", "fold_1-1"]
+    members = [load_checkpoint(path) for path in result.checkpoints]
+    assert all(member.corrector.describe() == final.describe() and member.interval.to_dict() == result.interval.to_dict() for member in members)
+    assert members[1].extra["combined_from"] == f"{other.run_dir.resolve()} fold 0 member 0"
+    scans = cache.manifest[["path", "scan_id", "age"]].head(2)
+    together = BrainAgeModel.load([tiny_run, other.run_dir], device="cpu").predict(scans)
+    np.testing.assert_allclose(BrainAgeModel.load(tmp_path / "combined", device="cpu").predict(scans)["brain_age"], together["brain_age"], atol=1e-4)
+    # Written again in place; never trained into, never mixed with runs on other folds.
+    again = combine([tiny_run, other.run_dir], tmp_path / "combined", progress=False)
+    pd.testing.assert_frame_equal(again.predictions, result.predictions)
+    with pytest.raises(RunFolderError, match="holds another run"):
+        train(cache, tmp_path / "combined", config)
+    with pytest.raises(RunFolderError, match="holds another run"):
+        combine([other.run_dir, tiny_run], tmp_path / "combined")
+    elsewhere = train(cache, tmp_path / "elsewhere", dataclasses.replace(config, seed=5, baselines=False))
+    assert elsewhere is not None
+    with pytest.raises(RunFolderError, match="not trained on the same split_digest"):
+        combine([tiny_run, elsewhere.run_dir], tmp_path / "mixed")
+    with pytest.raises(InputError, match="no config.yaml"):
+        combine([tiny_run, tmp_path], tmp_path / "mixed")
+    shown = CliRunner().invoke(app, ["combine", str(tiny_run), str(other.run_dir), "--out", str(tmp_path / "by-cli")])
+    assert shown.exit_code == 0, shown.output
+    assert "2 runs combined, 4 networks in all" in " ".join(shown.output.split())

@@ -111,3 +111,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         brainage_version=values.get("brainage_version", "unknown"),
         extra=values.get("extra", {}),
     )
+
+
+def fold_folder(run_dir: Path, fold: int, member: int = 0) -> Path:
+    """The folder of ensemble member ``member`` of fold ``fold`` in a run folder: ``fold_K``, then ``fold_K-1``, …"""
+    return run_dir / (f"fold_{fold}-{member}" if member else f"fold_{fold}")

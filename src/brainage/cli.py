@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from brainage import __version__
 from brainage.console import err_console
 from brainage.errors import BrainAgeError
+
+if TYPE_CHECKING:
+    from brainage.training import TrainResult
 
 app = typer.Typer(
     name="brainage",
@@ -108,7 +111,6 @@ def train_command(
     """
     import dataclasses
 
-    from brainage.console import console, print_table
     from brainage.training import TrainConfig, load_config, train
 
     if folds is not None and val_fraction is not None:
@@ -128,12 +130,35 @@ def train_command(
         base = dataclasses.replace(base, folds=None)
     config = dataclasses.replace(base, **{key: value for key, value in given.items() if value is not None})
     result = train(cache, out, config)
-    if result is None:  # a non-zero rank of multi-process training
-        return
+    if result is not None:  # None on a non-zero rank of multi-process training
+        _print_run(result, config.model)
+
+
+@app.command("combine")
+@reports_errors
+def combine_command(
+    runs: list[Path] = typer.Argument(..., help="Two or more finished run folders trained on the same cache and folds."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (empty, or holding this same combination)."),
+) -> None:
+    """Average finished runs on the same folds into one run: every network of every run is a member,
+    and the out-of-fold mean is bias-corrected and evaluated as `brainage train` does.
+
+    For instance networks trained from scratch beside networks fine-tuned with --init; the combined run folder works with predict, report and export like any other.
+    """
+    from brainage.training import combine
+
+    result = combine(runs, out)
+    _print_run(result, f"{len(runs)} runs combined, {len(result.checkpoints)} networks in all")
+
+
+def _print_run(result: TrainResult, name: str) -> None:
+    """The tables and notes `brainage train` and `brainage combine` print about a finished run."""
+    from brainage.console import console, print_table
+
     print_table(result.folds, title="Folds by subject (scans / subjects)")
     headline = ["model", "correction", "n", "mae", "mae_true", "gap_fidelity", "dementia_gap", "dementia_p"]
     sessions = result.summary.loc[result.summary["level"] == "session", headline]
-    print_table(sessions, title=f"Out-of-fold accuracy per session (repeats averaged), years: {config.model} beside the baselines")
+    print_table(sessions, title=f"Out-of-fold accuracy per session (repeats averaged), years: {name} beside the baselines")
     console.print(
         "mae_true: MAE against the true brain age; gap_fidelity: partial r of predicted with true brain age given age (synthetic cohorts only); "
         "dementia_gap: Demented − Nondemented mean gap per subject, p by Welch's t-test. Scan-level rows are in summary.csv.",

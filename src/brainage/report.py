@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
 from pathlib import Path
@@ -27,7 +28,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from brainage import __version__
-from brainage.checkpoint import load_checkpoint
+from brainage.checkpoint import fold_folder, load_checkpoint
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import aggregate_sessions, gap_by_group
 from brainage.inference import BrainAgeEnsemble
@@ -579,13 +580,13 @@ def _saliency(run_dir: Path, predictions: pd.DataFrame, cache: PreparedCache, me
     per_fold = max(1, math.ceil(limit / max(1, len(folds))))
     total, count, used = None, 0, []
     for fold in folds:
-        checkpoint = run_dir / f"fold_{fold}" / "model.ckpt"
+        members = list(itertools.takewhile(Path.is_file, (fold_folder(run_dir, fold, m) / "model.ckpt" for m in itertools.count())))
         test = rows[rows["fold"] == fold]["scan_id"].astype(str).tolist()
-        if not checkpoint.is_file() or not test:
+        if not members or not test:
             continue
         picked = [test[int(k)] for k in np.linspace(0, len(test) - 1, min(per_fold, len(test)))]
         volumes = [np.asarray(cache.volume(index[scan]), dtype=np.float32) for scan in picked]
-        network = BrainAgeEnsemble([load_checkpoint(checkpoint)])
+        network = BrainAgeEnsemble([load_checkpoint(path) for path in members])  # the fold's ensemble, as it predicted them
         fold_map = saliency_map(network, volumes, method).astype(np.float64)
         total = fold_map * len(volumes) if total is None else total + fold_map * len(volumes)
         count += len(volumes)
@@ -600,7 +601,7 @@ def _saliency(run_dir: Path, predictions: pd.DataFrame, cache: PreparedCache, me
         mask = background > background.min() + 0.05 * np.ptp(background)
         where = f"the mean of these scans, inside the head (the {cache.config.name} pipeline does not register to the template)"
     unit = "|∂ brain age / ∂ voxel|" if method == "gradient" else "|change of brain age| when an 8-voxel cube is occluded (years)"
-    caption = f"{method.capitalize()} saliency, {unit}, averaged over {count} test scans (each by the fold model that did not train on it), over {where}."
+    caption = f"{method.capitalize()} saliency, {unit}, averaged over {count} test scans (each by the fold's networks, which did not train on it), over {where}."
     figure = saliency_figure((total / count).astype(np.float32), np.asarray(background, dtype=np.float32), np.asarray(mask, dtype=bool), f"{method} saliency")
     return _note(caption) + _figure(figure)
 

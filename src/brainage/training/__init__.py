@@ -2,13 +2,15 @@
 
 - :mod:`brainage.training.config`: :class:`TrainConfig`, the tutorial's recipe, hardware choices;
 - :mod:`brainage.training.module`: the LightningModule and the callbacks for what Lightning lacks;
-- :mod:`brainage.training.run`: the fold loop, bias correction, baselines, summary, the run folder.
+- :mod:`brainage.training.run`: the fold loop, bias correction, baselines, summary, the run folder;
+- :mod:`brainage.training.combine`: one run from several finished runs on the same folds.
 
 The checkpoint format is :mod:`brainage.checkpoint` and the inference path :mod:`brainage.inference`
 (neither needs Lightning); figures are in :mod:`brainage.figures`.
 """
 
 from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, save_checkpoint
+from brainage.training.combine import combine
 from brainage.training.config import (
     TUTORIAL_RECIPE, ConfigError, TrainConfig, cpu_supports_bf16, load_config, resolve_accelerator, resolve_channels_last, resolve_precision,
 )  # fmt: skip
@@ -16,14 +18,14 @@ from brainage.training.module import (
     HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, TrainingDiverged, recompute_batch_norm,
 )  # fmt: skip
 from brainage.training.run import (
-    BASELINES, PREDICTION_COLUMNS, RunFolderError, TrainResult, baseline_predictions, correct_bias, fold_module, fold_trainer,
+    BASELINES, PREDICTION_COLUMNS, RunFolderError, TrainResult, baseline_predictions, calibrate_intervals, correct_bias, fold_module, fold_trainer,
     quiet_lightning, summarize_run, train,
 )  # fmt: skip
 from brainage.utils import write_csv
 
 __all__ = [
     "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError", "FiniteLoss", "MaxGradientNorm", "PreciseBatchNorm",
-    "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "TrainingDiverged", "baseline_predictions", "cpu_supports_bf16",
+    "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "TrainingDiverged", "baseline_predictions", "calibrate_intervals", "combine", "correct_bias", "cpu_supports_bf16",
     "fold_module", "fold_trainer", "load_checkpoint", "load_config", "quiet_lightning", "recompute_batch_norm",
     "resolve_accelerator", "resolve_channels_last", "resolve_precision", "save_checkpoint", "summarize_run", "train", "write_csv",
 ]  # fmt: skip

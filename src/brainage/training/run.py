@@ -41,7 +41,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from brainage import __version__
 from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
-from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, save_checkpoint
+from brainage.checkpoint import BrainAgeCheckpoint, fold_folder, load_checkpoint, save_checkpoint
 from brainage.console import console
 from brainage.data import BrainAgeDataModule, Fold, make_folds
 from brainage.errors import BrainAgeError, InputError
@@ -122,10 +122,32 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
         checkpoints += [fold_folder(run_dir, fold.index, member) / "model.ckpt" for member in range(config.ensemble)]
     if rank_zero_only.rank != 0:
         return None
-    predictions = pd.concat(fold_predictions, ignore_index=True)
     truth = true_brain_ages(cache.manifest["path"])
+    truth = None if truth is None else pd.Series(truth, index=cache.manifest["scan_id"].astype(str))
+    baselines = baseline_predictions(cache, folds, config) if config.baselines else None
+    return finish_run(run_dir, config, fold_predictions, validation, histories, checkpoints, fold_table, truth, baselines, accelerator, precision)
+
+
+def finish_run(
+    run_dir: Path,
+    config: TrainConfig,
+    fold_predictions: Sequence[pd.DataFrame],
+    validation: Sequence[pd.DataFrame],
+    histories: Sequence[pd.DataFrame],
+    checkpoints: Sequence[Path],
+    fold_table: pd.DataFrame,
+    truth: pd.Series | None,
+    baselines: pd.DataFrame | None,
+    accelerator: str,
+    precision: str,
+) -> TrainResult:
+    """Everything after the networks: each fold's (member-averaged) out-of-fold and validation
+    predictions are bias-corrected and given conformal intervals, the final correction and interval
+    go into every checkpoint, and predictions (with ``truth``, the true brain age by scan id, and the
+    ``baselines``' columns), summary, metrics and figures are written to ``run_dir``."""
+    predictions = pd.concat(fold_predictions, ignore_index=True)
     if truth is not None:
-        predictions["true_brain_age"] = pd.Series(truth, index=cache.manifest["scan_id"].astype(str)).reindex(predictions["scan_id"]).to_numpy()
+        predictions["true_brain_age"] = truth.reindex(predictions["scan_id"].astype(str)).to_numpy()
     validation = pd.concat(validation, ignore_index=True)
     predictions, corrector = correct_bias(predictions, validation, config, run_dir)
     predictions, interval = calibrate_intervals(predictions, validation, config)
@@ -133,8 +155,8 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
         checkpoint = load_checkpoint(path)
         checkpoint.corrector, checkpoint.interval = corrector, interval
         save_checkpoint(checkpoint, path)
-    if config.baselines:
-        predictions = predictions.merge(baseline_predictions(cache, folds, config), on="scan_id", how="left")
+    if baselines is not None:
+        predictions = predictions.merge(baselines, on="scan_id", how="left")
     history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", "member", *HISTORY_COLUMNS])
     summary = summarize_run(predictions, config.model, config.bias_correction)
     column = "brain_age_corrected" if predictions["brain_age_corrected"].notna().any() else "brain_age"
@@ -151,7 +173,7 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
         inside = coverage(predictions["brain_age_lower"], predictions["brain_age_upper"], predictions["age"])
         notes.append(f"conformal intervals: {inside:.1%} of out-of-fold ages inside the {config.interval:.0%} intervals (each fold calibrated on other people)")
     return TrainResult(
-        run_dir, predictions, summary, history, fold_table, checkpoints, group_gaps, group_test, precision, accelerator, corrector, interval, notes
+        run_dir, predictions, summary, history, fold_table, list(checkpoints), group_gaps, group_test, precision, accelerator, corrector, interval, notes
     )
 
 
@@ -265,7 +287,8 @@ def _run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(ConfigError, TypeError):  # a run folder written before a setting existed holds its default
         train = TrainConfig.from_dict(train).to_dict()
     train = {key: value for key, value in train.items() if key != "progress"}
-    return {key: values.get(key) for key in ("cache", "n_scans", "preprocessing", "split_digest")} | {"train": train}
+    # A combined run (brainage.training.combine) is never the same run as one to train.
+    return {key: values.get(key) for key in ("cache", "n_scans", "preprocessing", "split_digest", "combined_from")} | {"train": train}
 
 
 def _split_digest(manifest: pd.DataFrame, folds: Sequence[Fold]) -> str:
@@ -371,11 +394,6 @@ def fold_trainer(
         enable_progress_bar=config.progress,
     )
     return trainer, best, curves
-
-
-def fold_folder(run_dir: Path, fold: int, member: int = 0) -> Path:
-    """The folder of ensemble member ``member`` of fold ``fold``: ``fold_K``, then ``fold_K-1``, …"""
-    return run_dir / (f"fold_{fold}-{member}" if member else f"fold_{fold}")
 
 
 def _member_mean(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

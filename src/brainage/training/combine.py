@@ -1,0 +1,127 @@
+"""One run from several finished runs on the same folds: every network of every run becomes a member
+of the combined run, whose out-of-fold brain age is the mean over all of them, then bias-corrected
+and calibrated exactly as training does (fold k's fit on the other folds' controls).
+
+This is how networks trained differently (from scratch and fine-tuned with ``--init``, another
+model, another learning rate) are averaged and evaluated honestly, and the combined run folder is a
+run folder like any other: ``brainage predict``, ``report`` and ``export`` use all its members.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from brainage.checkpoint import fold_folder, load_checkpoint, save_checkpoint
+from brainage.errors import InputError
+from brainage.training.config import TrainConfig, _plain
+from brainage.training.run import (
+    BASELINES, IDS, RunFolderError, TrainResult, _member_mean, _read_predictions, _write_yaml, finish_run,
+)  # fmt: skip
+from brainage.utils import write_csv
+
+#: What runs must share to be combined: the same cache, preprocessing and folds.
+SHARED = ("cache", "n_scans", "preprocessing", "split_digest")
+
+
+def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) -> TrainResult:
+    """Combine finished runs (``brainage train`` run folders) into the run folder ``out``.
+
+    The runs must have tested the same scans in the same folds (same cache and split: the same
+    ``--seed`` and ``--folds`` or ``--val-fraction``). Member ``m`` of fold ``k`` of the combined run
+    (``fold_k``, ``fold_k-1``, …) is a copy of a run's checkpoint, in the order the runs are given;
+    each network weighs the same, in the out-of-fold prediction as in ``brainage predict``. The
+    correction, the intervals and every other setting of the summary are the first run's; the
+    baselines are the first run's too (the same folds give the same baselines). ``out`` may be a
+    folder that holds this same combination, which is then written again.
+    """
+    runs = [Path(run) for run in runs]
+    if len(runs) < 2:
+        raise RunFolderError("combine needs at least two run folders")
+    run_dir = Path(out)
+    configs = [_finished_run(run) for run in runs]
+    first = configs[0]
+    for run, values in zip(runs[1:], configs[1:]):
+        differs = [key for key in SHARED if values.get(key) != first.get(key)]
+        if differs:
+            raise RunFolderError(f"{run} was not trained on the same {', '.join(differs)} as {runs[0]}; only runs on the same folds can be combined")
+    sources = [{"run": str(run.resolve()), "members": _members(values), "train": values["train"]} for run, values in zip(runs, configs)]
+    _start_combined_folder(run_dir, first, sources)
+    config = dataclasses.replace(TrainConfig.from_dict(first["train"]), progress=progress)
+
+    fold_predictions, validation, histories, checkpoints = [], [], [], []
+    for fold in sorted({int(row["fold"]) for row in first["folds"]}):
+        tests, vals, member = [], [], 0
+        for run, source in zip(runs, sources):
+            history = _read_predictions(run / "metrics.csv")
+            if not history.empty and "member" not in history:  # written before ensembles existed
+                history["member"] = 0
+            for own in range(source["members"]):
+                folder, target = fold_folder(run, fold, own), fold_folder(run_dir, fold, member)
+                checkpoint = load_checkpoint(folder / "model.ckpt")
+                checkpoint.extra = {**checkpoint.extra, "member": member, "combined_from": f"{run.resolve()} fold {fold} member {own}"}
+                save_checkpoint(checkpoint, target / "model.ckpt")
+                test, val = _read_predictions(folder / "predictions.csv"), _read_predictions(folder / "val_predictions.csv")
+                write_csv(test, target / "predictions.csv")
+                write_csv(val, target / "val_predictions.csv")
+                tests.append(test)
+                vals.append(val)
+                if not history.empty:
+                    histories.append(history[(history["fold"] == fold) & (history["member"] == own)].assign(member=member))
+                checkpoints.append(target / "model.ckpt")
+                member += 1
+        fold_predictions.append(_member_mean(tests))
+        validation.append(_member_mean(vals))
+
+    reference = pd.read_csv(runs[0] / "predictions.csv", dtype=IDS)
+    truth = reference.set_index("scan_id")["true_brain_age"] if "true_brain_age" in reference else None
+    baselines = [column for column in BASELINES if column in reference]
+    resolved = first.get("resolved") or {}
+    return finish_run(
+        run_dir, config, fold_predictions, validation, histories or [pd.DataFrame()], checkpoints, pd.DataFrame(first["folds"]), truth,
+        reference[["scan_id", *baselines]] if baselines else None, str(resolved.get("accelerator")), str(resolved.get("precision")),
+    )  # fmt: skip
+
+
+def _finished_run(run: Path) -> dict[str, Any]:
+    """A finished run's ``config.yaml``; a clear error for anything else."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise InputError(run, "not a brainage run folder (no config.yaml)")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(path, f"unreadable run configuration: {error}".replace("\n", " ")) from error
+    if not (run / "predictions.csv").is_file():
+        raise InputError(run, "this run has not finished (no predictions.csv); finish it with `brainage train` first")
+    for fold in {int(row["fold"]) for row in values.get("folds") or []}:
+        for member in range(_members(values)):
+            if not (fold_folder(run, fold, member) / "model.ckpt").is_file():
+                raise InputError(fold_folder(run, fold, member), "no model.ckpt: this run is incomplete")
+    return values
+
+
+def _members(values: dict[str, Any]) -> int:
+    """Networks per fold of the run described by ``config.yaml``'s ``values``."""
+    combined = values.get("combined_from")
+    return sum(source["members"] for source in combined) if combined else int((values.get("train") or {}).get("ensemble", 1))
+
+
+def _start_combined_folder(run_dir: Path, first: dict[str, Any], sources: list[dict[str, Any]]) -> None:
+    """Write the combined run's ``config.yaml`` (the first run's, with ``combined_from``), or check that
+    the folder holds this same combination."""
+    values = {**first, "combined_from": _plain(sources)}
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        existing = yaml.safe_load(path.read_text()) or {}
+        if existing.get("combined_from") != values["combined_from"]:
+            raise RunFolderError(f"{run_dir} holds another run; choose another --out")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise RunFolderError(f"{run_dir} is not empty and holds no brainage run; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_yaml(values, path)
