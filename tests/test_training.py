@@ -7,6 +7,7 @@ subject, 1 epoch each, on the ``seed``-pipeline cache of the tiny cohort.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from brainage.models import build_model
 from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 from brainage.predict import BrainAgeModel
+from brainage.report import build_report
 from brainage.training import (
     BrainAgeModule, ConfigError, RunFolderError, TrainConfig, TrainingDiverged, calibrate_intervals, combine, correct_bias, load_checkpoint,
     load_config, recompute_batch_norm, train,
@@ -333,6 +335,9 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
         combine([tiny_run, elsewhere.run_dir], tmp_path / "mixed")
     with pytest.raises(InputError, match="no config.yaml"):
         combine([tiny_run, tmp_path], tmp_path / "mixed")
+    report = build_report(tmp_path / "combined", saliency_scans=2).read_text(encoding="utf-8")
+    assert re.search(rf"<td>combined from</td>\s*<td>{re.escape(str(other.run_dir.resolve()))} \(1 network\(s\) a fold\)</td>", report)
+    assert "averaged over 2 test scans" in report
     shown = CliRunner().invoke(app, ["combine", str(tiny_run), str(other.run_dir), "--out", str(tmp_path / "by-cli")])
     assert shown.exit_code == 0, shown.output
     assert "2 runs combined, 4 networks in all" in " ".join(shown.output.split())

@@ -85,7 +85,7 @@ def build_report(
     """Write the HTML report of the run folder ``run`` to ``out`` (default ``run/report.html``).
 
     ``saliency`` is ``"gradient"`` or ``"occlusion"``; it is averaged over at most
-    ``saliency_scans`` test scans, each seen by the fold model that did not train on it.
+    ``saliency_scans`` test scans, each seen by the networks of the fold that did not train on it.
     ``qc_scans`` scans (the lowest and the highest registration scores) form the QC montage.
     ``heldout`` (a ``brainage predict`` CSV or its table, of people the run never saw, with their
     ages) adds their interval coverage beside the out-of-fold one.
@@ -365,6 +365,7 @@ def _configuration(config: dict[str, Any]) -> str:
         ("scans in the cache", str(config.get("n_scans"))),
         ("seed", str(train.get("seed"))),
         ("brainage", str(config.get("brainage_version"))),
+        *[("combined from", f"{source['run']} ({source['members']} network(s) a fold)") for source in config.get("combined_from") or []],
     ]
     table = _table(pd.DataFrame(rows, columns=["setting", "value"]))
     full = html.escape(yaml.safe_dump(config, sort_keys=False))
