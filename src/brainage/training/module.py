@@ -101,7 +101,7 @@ class FiniteLoss(Callback):
     """Raises :class:`TrainingDiverged` at the first validation (or epoch end) after a training
     step whose loss was not finite, before that epoch's weights are checkpointed: a diverged fold
     stops with a one-line cause instead of training on NaN weights to its last epoch. One flag
-    on the device, read once an epoch (no synchronisation per step)."""
+    on the device, read once an epoch (no synchronisation per step; across processes, once an epoch)."""
 
     def __init__(self, folder: str | Path, precision: str) -> None:
         self.folder = Path(folder)
@@ -116,7 +116,9 @@ class FiniteLoss(Callback):
             self._bad |= ~torch.isfinite(loss.detach())
 
     def _check(self, trainer: L.Trainer) -> None:
-        if not trainer.sanity_checking and bool(self._bad):
+        # Any process's non-finite loss stops every process (DDP): one raising alone would leave the
+        # others waiting at their next collective.
+        if not trainer.sanity_checking and trainer.strategy.reduce_boolean_decision(bool(self._bad), all=False):
             raise TrainingDiverged(
                 f"{self.folder}: the training loss is not finite in epoch {trainer.current_epoch + 1} ({self.precision}); "
                 "the fold diverged: train it again with --precision 32-true or a lower --lr"
