@@ -68,7 +68,7 @@ OASIS2 = Preset(
 )
 
 #: The demo: sized so that synth + prepare (standard pipeline) + 4-fold training of a small CNN +
-#: prediction + report take about 10 minutes on 2 CPU cores (8 min 50 s to 11 min 10 s measured, seeds 0–2): 128
+#: prediction + report take minutes on 2 CPU cores (the README gives the measured time): 128
 #: subjects (the network needs people more than repeats; with 64 it lost to the voxel ridge, whose
 #: folds' validation sets of 5–6 people also chose under-trained epochs), 192 sessions, 256 scans,
 #: one or two repeats per session.
