@@ -148,7 +148,7 @@ def combine_command(
     from brainage.training import combine
 
     result = combine(runs, out)
-    _print_run(result, f"{len(runs)} runs combined, {len(result.checkpoints)} networks in all")
+    _print_run(result, f"{len(runs)} runs combined, {len(result.checkpoints) // len(result.folds)} networks a fold")
 
 
 def _print_run(result: TrainResult, name: str) -> None:
