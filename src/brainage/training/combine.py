@@ -54,11 +54,11 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     _start_combined_folder(run_dir, first, sources)
     config = dataclasses.replace(TrainConfig.from_dict(first["train"]), progress=progress)
 
+    run_histories = [_read_predictions(run / "metrics.csv") for run in runs]
     fold_predictions, validation, histories, checkpoints = [], [], [], []
     for fold in sorted({int(row["fold"]) for row in first["folds"]}):
         tests, vals, member = [], [], 0
-        for run, source in zip(runs, sources):
-            history = _read_predictions(run / "metrics.csv")
+        for run, source, history in zip(runs, sources, run_histories):
             if not history.empty and "member" not in history:  # written before ensembles existed
                 history["member"] = 0
             for own in range(source["members"]):
