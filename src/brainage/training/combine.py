@@ -54,13 +54,11 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     _start_combined_folder(run_dir, first, sources)
     config = dataclasses.replace(TrainConfig.from_dict(first["train"]), progress=progress)
 
-    run_histories = [_read_predictions(run / "metrics.csv") for run in runs]
+    run_histories = [_history(run) for run in runs]
     fold_predictions, validation, histories, checkpoints = [], [], [], []
     for fold in sorted({int(row["fold"]) for row in first["folds"]}):
         tests, vals, member = [], [], 0
         for run, source, history in zip(runs, sources, run_histories):
-            if not history.empty and "member" not in history:  # written before ensembles existed
-                history["member"] = 0
             for own in range(source["members"]):
                 folder, target = fold_folder(run, fold, own), fold_folder(run_dir, fold, member)
                 checkpoint = load_checkpoint(folder / "model.ckpt")
@@ -104,6 +102,14 @@ def _finished_run(run: Path) -> dict[str, Any]:
             if not (fold_folder(run, fold, member) / "model.ckpt").is_file():
                 raise InputError(fold_folder(run, fold, member), "no model.ckpt: this run is incomplete")
     return values
+
+
+def _history(run: Path) -> pd.DataFrame:
+    """A run's ``metrics.csv`` (empty if it has none), with member 0 where it was written before ensembles existed."""
+    history = _read_predictions(run / "metrics.csv")
+    if not history.empty and "member" not in history:
+        history["member"] = 0
+    return history
 
 
 def _members(values: dict[str, Any]) -> int:
