@@ -11,7 +11,8 @@ Every step is resumable: the cohort, both caches and both runs are reused when t
 ``--out`` with the same settings (a killed synthesis, preparation or fold continues where it
 stopped), so a second run only prints the table. ``--pretrain pretrain`` first trains the default
 model on another synthetic cohort of that preset (1000 other people, cohort seed ``--seed`` + 7, the
-same preparation and grid; ``brainage train``'s defaults, one 20 % hold-out) in ``--out/pretrain``
+same preparation and grid; ``brainage train``'s defaults but for ``--pretrain-set FIELD=VALUE``,
+one 20 % hold-out) in ``--out/pretrain``
 and fine-tunes every fold from it (``--init``), all in the same resumable command. The true brain age row uses the cohort's hidden
 ground truth as a prediction on the same sessions (a perfect brain reader; not a floor). The ceiling
 row maps that truth to age with a line fitted on the other folds: the anatomy of the synthetic
@@ -67,13 +68,20 @@ def _grid(pipeline: str, side: int) -> PipelineConfig:
     return make_config(pipeline, shape=(side,) * 3, voxel_size=grid.voxel_size * grid.shape[0] / side)
 
 
-def _pretrained(root: Path, preset: str, seed: int, side: int, workers: int) -> Path:
+def _settings(items: list[str]) -> dict[str, object]:
+    """``FIELD=VALUE`` items as TrainConfig fields (values read as YAML)."""
+    return {field: yaml.safe_load(value) for field, value in (item.split("=", 1) for item in items)}
+
+
+def _pretrained(root: Path, preset: str, seed: int, side: int, workers: int, settings: list[str]) -> Path:
     """The run folder of the default model trained on a synthetic ``preset`` cohort under ``root``
-    (cohort, ``standard`` cache on the ``side``³ grid, one 20 % hold-out), made or reused."""
+    (cohort, ``standard`` cache on the ``side``³ grid, one 20 % hold-out; TrainConfig's defaults
+    but for ``settings``, which name the folder), made or reused."""
     _cohort(root / "cohort", preset, seed, workers)
     prepare(root / "cohort", root / f"cache-standard-{side}", _grid("standard", side), workers=workers)
-    train(root / f"cache-standard-{side}", root / "run", TrainConfig())
-    return root / "run"
+    run = root / "".join(["run", *(f"-{item}" for item in settings)])
+    train(root / f"cache-standard-{side}", run, TrainConfig(**_settings(settings)))
+    return run
 
 
 def _p(value: float | None) -> str | None:
@@ -145,24 +153,28 @@ def main() -> None:
     parser.add_argument("--pretrain", metavar="PRESET", help="pre-train on a synthetic cohort of this preset first, then fine-tune from it")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="other TrainConfig fields of the default model, e.g. lr=2e-4 ema_decay=0.99 (named in its run folder)")
+    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="TrainConfig fields of the pre-training, e.g. schedule=cosine epochs=40 (named in its run folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
     args = parser.parse_args()
 
     if args.init and args.pretrain:
         parser.error("--init and --pretrain both choose the weights to start from; give one")
+    if args.pretrain_set and not args.pretrain:
+        parser.error("--pretrain-set sets the pre-training of --pretrain; give --pretrain too")
     clock = time.perf_counter()
     _cohort(args.out / "cohort", args.preset, args.seed, args.workers)
     console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
     seconds = {}
     if args.pretrain:
         clock = time.perf_counter()
-        args.init = _pretrained(args.out / "pretrain", args.pretrain, args.seed + 7, args.side, args.workers)
+        args.init = _pretrained(args.out / "pretrain", args.pretrain, args.seed + 7, args.side, args.workers, args.pretrain_set)
         seconds[f"pretrain on {args.pretrain}"] = time.perf_counter() - clock
     folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
     own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
            "init": str(args.init.resolve()) if args.init else None,
            **({"min_epochs": args.epochs} if args.schedule == "cosine" else {}),
-           **{field: yaml.safe_load(value) for field, value in (item.split("=", 1) for item in args.set)}}  # fmt: skip
+           **_settings(args.set)}  # fmt: skip
     runs = {
         "standard": ("default", dataclasses.replace(default, model=args.model, **own, **folds)
                      if args.model == default.model else TrainConfig(model=args.model, **own, **folds)),
