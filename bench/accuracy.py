@@ -12,7 +12,7 @@ Every step is resumable: the cohort, both caches and both runs are reused when t
 stopped), so a second run only prints the table. ``--pretrain pretrain`` first trains the default
 model on another synthetic cohort of that preset (1000 other people, cohort seed ``--seed`` + 7, the
 same preparation and grid; ``brainage train``'s defaults but for ``--pretrain-set FIELD=VALUE``,
-one 20 % hold-out) in ``--out/pretrain``
+one 20 % hold-out) in ``--out/pretrain`` (``--out/pretrain-N`` with ``--pretrain-people N``)
 and fine-tunes every fold from it (``--init``), all in the same resumable command. The true brain age row uses the cohort's hidden
 ground truth as a prediction on the same sessions (a perfect brain reader; not a floor). The ceiling
 row maps that truth to age with a line fitted on the other folds: the anatomy of the synthetic
@@ -49,17 +49,25 @@ import yaml
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 
-from brainage.cohort import SUMMARY, get_preset, synthesize
+from brainage.cohort import SUMMARY, Preset, get_preset, synthesize
 from brainage.console import console, print_table
 from brainage.evaluation import aggregate_sessions
 from brainage.preprocess import PipelineConfig, make_config, prepare
 from brainage.training import BASELINES, TUTORIAL_RECIPE, TrainConfig, TrainResult, train
 
 
-def _cohort(root: Path, preset: str, seed: int, workers: int) -> dict:
+def _cohort(root: Path, preset: str | Preset, seed: int, workers: int) -> dict:
     if not (root / SUMMARY).is_file():
-        synthesize(root, get_preset(preset), seed=seed, workers=workers)
+        synthesize(root, get_preset(preset) if isinstance(preset, str) else preset, seed=seed, workers=workers)
     return json.loads((root / SUMMARY).read_text())
+
+
+def _resized(preset: Preset, people: int) -> Preset:
+    """``preset`` (one session of one scan each) with ``people`` people, in the same share of dementia."""
+    if preset.converted or preset.n_sessions != preset.n_subjects or preset.n_scans != preset.n_subjects:
+        raise SystemExit(f"--pretrain-people resizes a preset of one scan per person; {preset.name} is not one")
+    demented = round(people * preset.demented / preset.n_subjects)
+    return dataclasses.replace(preset, nondemented=people - demented, demented=demented, visits=((1, people),), repeats=((1, people),))
 
 
 def _grid(pipeline: str, side: int) -> PipelineConfig:
@@ -73,15 +81,14 @@ def _settings(items: list[str]) -> dict[str, object]:
     return {field: yaml.safe_load(value) for field, value in (item.split("=", 1) for item in items)}
 
 
-def _pretrained(root: Path, preset: str, seed: int, side: int, workers: int, settings: list[str]) -> Path:
-    """The run folder of the default model trained on a synthetic ``preset`` cohort under ``root``
-    (cohort, ``standard`` cache on the ``side``³ grid, one 20 % hold-out; TrainConfig's defaults
-    but for ``settings``, which name the folder), made or reused."""
+def _pretrained(root: Path, preset: Preset, seed: int, side: int, workers: int, settings: list[str], name: str) -> Path:
+    """The run folder ``root/name`` of the default model trained on a synthetic ``preset`` cohort
+    under ``root`` (cohort, ``standard`` cache on the ``side``³ grid, one 20 % hold-out;
+    TrainConfig's defaults but for ``settings``), made or reused."""
     _cohort(root / "cohort", preset, seed, workers)
     prepare(root / "cohort", root / f"cache-standard-{side}", _grid("standard", side), workers=workers)
-    run = root / "".join(["run", *(f"-{item}" for item in settings)])
-    train(root / f"cache-standard-{side}", run, TrainConfig(**_settings(settings)))
-    return run
+    train(root / f"cache-standard-{side}", root / name, TrainConfig(**_settings(settings)))
+    return root / name
 
 
 def _p(value: float | None) -> str | None:
@@ -153,6 +160,7 @@ def main() -> None:
     parser.add_argument("--pretrain", metavar="PRESET", help="pre-train on a synthetic cohort of this preset first, then fine-tune from it")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="other TrainConfig fields of the default model, e.g. lr=2e-4 ema_decay=0.99 (named in its run folder)")
+    parser.add_argument("--pretrain-people", type=int, help="people in the pre-training cohort (default: the preset's)")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="TrainConfig fields of the pre-training, e.g. schedule=cosine epochs=40 (named in its run folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
@@ -160,15 +168,20 @@ def main() -> None:
 
     if args.init and args.pretrain:
         parser.error("--init and --pretrain both choose the weights to start from; give one")
-    if args.pretrain_set and not args.pretrain:
-        parser.error("--pretrain-set sets the pre-training of --pretrain; give --pretrain too")
+    if (args.pretrain_set or args.pretrain_people) and not args.pretrain:
+        parser.error("--pretrain-set and --pretrain-people set the pre-training of --pretrain; give --pretrain too")
     clock = time.perf_counter()
     _cohort(args.out / "cohort", args.preset, args.seed, args.workers)
     console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
     seconds = {}
     if args.pretrain:
         clock = time.perf_counter()
-        args.init = _pretrained(args.out / "pretrain", args.pretrain, args.seed + 7, args.side, args.workers, args.pretrain_set)
+        preset, root, tags = get_preset(args.pretrain), args.out / "pretrain", list(args.pretrain_set)
+        if args.pretrain_people and args.pretrain_people != preset.n_subjects:
+            preset, root = _resized(preset, args.pretrain_people), args.out / f"pretrain-{args.pretrain_people}"
+            tags.insert(0, f"people={args.pretrain_people}")  # the fine-tuned run's folder names the pre-trained one
+        name = "".join(["run", *(f"-{tag}" for tag in tags)])
+        args.init = _pretrained(root, preset, args.seed + 7, args.side, args.workers, args.pretrain_set, name)
         seconds[f"pretrain on {args.pretrain}"] = time.perf_counter() - clock
     folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
     own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
