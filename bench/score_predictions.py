@@ -1,5 +1,5 @@
 """Score a ``brainage predict`` CSV on a synthetic cohort against a finished run's truth and folds, per
-session: as predicted, bias-corrected as training does (residual, fitted on the other folds'
+session (the Demented-minus-Nondemented gap per subject): as predicted, bias-corrected as training does (residual, fitted on the other folds'
 controls), and mapped to age by a line fitted on the other folds (age on brain age, all groups; the
 recalibration a model trained on that cohort could learn). For instance a model
 pre-trained on another cohort, applied to this one without fine-tuning:
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from brainage.console import print_table
-from brainage.evaluation import aggregate_sessions, fit_bias_correction, regression_metrics
+from brainage.evaluation import aggregate_sessions, demented_vs_nondemented, fit_bias_correction, regression_metrics
 
 
 def _corrected(sessions: pd.DataFrame) -> np.ndarray:
@@ -59,8 +59,11 @@ def main() -> None:
         ways = {"as predicted": sessions["brain_age"], "bias-corrected": _corrected(sessions), "mapped to age out of fold": _recalibrated(sessions)}
         for how, values in ways.items():
             metrics = regression_metrics(sessions["age"], values, sessions["true_brain_age"])
+            by_session = pd.Series(np.asarray(values), index=sessions["session_id"])  # per subject over scans, as training does
+            dementia = demented_vs_nondemented(frame.assign(brain_age=frame["session_id"].map(by_session)))
             rows.append({"predictions": name, "how": how, "sessions": metrics["n"], "MAE": metrics["mae"], "MAE true": metrics["mae_true"],
-                         "gap fidelity": metrics["gap_fidelity"], "gap–age r": metrics["gap_age_r"]})  # fmt: skip
+                         "gap fidelity": metrics["gap_fidelity"], "gap–age r": metrics["gap_age_r"],
+                         "D−ND gap": dementia["difference"], "p": f"{dementia['p_value']:.2g}"})  # fmt: skip
     print_table(pd.DataFrame(rows), title="Per session, years")
 
 
