@@ -56,9 +56,9 @@ from brainage.preprocess import PipelineConfig, make_config, prepare
 from brainage.training import BASELINES, TUTORIAL_RECIPE, TrainConfig, TrainResult, train
 
 
-def _cohort(root: Path, preset: str | Preset, seed: int, workers: int) -> dict:
+def _cohort(root: Path, preset: Preset, seed: int, workers: int) -> dict:
     if not (root / SUMMARY).is_file():
-        synthesize(root, get_preset(preset) if isinstance(preset, str) else preset, seed=seed, workers=workers)
+        synthesize(root, preset, seed=seed, workers=workers)
     return json.loads((root / SUMMARY).read_text())
 
 
@@ -171,7 +171,7 @@ def main() -> None:
     if (args.pretrain_set or args.pretrain_people) and not args.pretrain:
         parser.error("--pretrain-set and --pretrain-people set the pre-training of --pretrain; give --pretrain too")
     clock = time.perf_counter()
-    _cohort(args.out / "cohort", args.preset, args.seed, args.workers)
+    _cohort(args.out / "cohort", get_preset(args.preset), args.seed, args.workers)
     console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
     seconds = {}
     if args.pretrain:
