@@ -20,15 +20,16 @@ from typer.testing import CliRunner
 
 from brainage.cli import app
 from brainage.data import BrainAgeDataModule, make_folds
-from brainage.errors import InputError
+from brainage.errors import BrainAgeError, InputError
 from brainage.models import build_model
 from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
+from brainage.inference import BrainAgeEnsemble, predict_batches
 from brainage.predict import BrainAgeModel
 from brainage.report import build_report
 from brainage.training import (
     BrainAgeModule, ConfigError, RunFolderError, TrainConfig, TrainingDiverged, calibrate_intervals, combine, correct_bias, load_checkpoint,
-    load_config, recompute_batch_norm, train,
+    load_config, recompute_batch_norm, save_checkpoint, train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -341,3 +342,42 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
     shown = CliRunner().invoke(app, ["combine", str(tiny_run), str(other.run_dir), "--out", str(tmp_path / "by-cli")])
     assert shown.exit_code == 0, shown.output
     assert "2 runs combined, 2 networks a fold" in " ".join(shown.output.split())
+
+
+def _oriented(run: Path, cache: PreparedCache, folder: Path, rising: bool) -> Path:
+    """A copy of ``run``'s fold-0 checkpoint whose predictions rise (``rising``) or fall with age
+    over the cohort: its age scale mirrored where needed (the one-epoch tiny run has no sign of its own)."""
+    checkpoint = load_checkpoint(run / "fold_0" / "model.ckpt")
+    predicted = predict_batches(BrainAgeEnsemble([checkpoint]), [torch.from_numpy(np.stack([cache.volume(i) for i in range(len(cache.manifest))]))[:, None].float()])[:, 0]
+    r = np.corrcoef(predicted, cache.manifest["age"].to_numpy(dtype=float))[0, 1]
+    if (r > 0) != rising:
+        checkpoint.age_std = -checkpoint.age_std
+    return save_checkpoint(checkpoint, folder / ("rising" if rising else "falling") / "model.ckpt")
+
+
+def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
+    tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path
+) -> None:
+    init = _oriented(tiny_run, cache, tmp_path, rising=True)
+    line = dataclasses.replace(config, init=str(init), epochs=0, baselines=False)
+    result = train(cache, tmp_path / "line", line)
+    assert result is not None and result.history.empty and not (tmp_path / "line" / "training.png").exists()
+    source = load_checkpoint(init)
+    ages = cache.manifest["age"].to_numpy(dtype=float)
+    for fold in make_folds(cache.manifest, line.folds, line.val_fraction, line.early_stopping_fraction, line.seed):
+        refitted = load_checkpoint(tmp_path / "line" / f"fold_{fold.index}" / "model.ckpt")
+        assert refitted.extra["fine_tuned_from"] == str(init.resolve()) and "age = " in refitted.extra["recalibration"]
+        for name, weight in source.model.state_dict().items():  # every weight and batch-norm statistic as it was
+            torch.testing.assert_close(refitted.model.state_dict()[name], weight, rtol=0, atol=0)
+        assert refitted.age_std != pytest.approx(source.age_std)
+        # Least squares of age on the predictions over the training side: residuals of mean zero, uncorrelated with the prediction.
+        fitted_on = np.concatenate([fold.train, fold.val])
+        predicted = predict_batches(BrainAgeEnsemble([refitted]), BrainAgeDataModule(cache, fold, batch_size=4, num_workers=0).loader(fitted_on))[:, 0]
+        residual = ages[fitted_on] - predicted
+        assert abs(residual.mean()) < 1e-3 * ages.std()
+        assert abs(np.dot(residual - residual.mean(), predicted - predicted.mean())) < 1e-3 * len(fitted_on) * ages.var()
+    falling = dataclasses.replace(line, init=str(_oriented(tiny_run, cache, tmp_path, rising=False)))
+    with pytest.raises(BrainAgeError, match="do not rise with age"):
+        train(cache, tmp_path / "falling-run", falling)
+    with pytest.raises(ConfigError, match="needs one"):
+        dataclasses.replace(config, epochs=0, init=None)

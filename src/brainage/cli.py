@@ -92,7 +92,9 @@ def train_command(
     bias_correction: str | None = typer.Option(None, "--bias-correction", help="residual (default), cole, or none."),
     init: Path | None = typer.Option(None, "--init", help="Fine-tune: start every fold from this checkpoint or run folder (same model)."),
     ensemble: int | None = typer.Option(None, "--ensemble", min=1, help="Networks per fold from different seeds; predictions are their mean."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=0, help="Maximum epochs; 0 with --init: keep its weights, re-fit only its output line to age on each fold's training scans."
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=2, help="Scans per batch."),
     lr: float | None = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of AdamW."),
     devices: str | None = typer.Option(None, "--devices", help="Lightning devices: a count, ids like 0,1, or auto."),

@@ -84,7 +84,11 @@ class TrainConfig:
     run folder predicts with all of them (member ``m`` > 0 of fold ``K`` lives in ``fold_K-m``).
 
     ``init`` (a checkpoint or a run folder) starts every fold from trained weights of the same
-    model: fine-tuning on a new cohort or scanner; the checkpoints record it.
+    model: fine-tuning on a new cohort or scanner; the checkpoints record it. With ``epochs=0`` its
+    weights are kept as they are and only its output line is re-fitted on each fold's training
+    scans (age regressed on its predictions, least squares): the cheapest way to carry a
+    pre-trained network to a new cohort, and on the synthetic oasis2 cohort better at reading the
+    gap than fine-tuning (README, "Pre-training on more people").
 
     ``bias_correction`` (``residual``, ``cole`` or ``none``; see
     :class:`~brainage.evaluation.AgeBiasCorrector`) is fitted on the out-of-fold predictions of
@@ -149,7 +153,9 @@ class TrainConfig:
         problems = [
             message
             for failed, message in (
-                (self.epochs < 1, f"epochs must be at least 1, got {self.epochs}"),
+                (self.epochs < 0, f"epochs must be at least 0, got {self.epochs}"),
+                (self.epochs == 0 and not self.init, "epochs 0 re-calibrates the model of init and needs one: give init (--init), or epochs above 0"),
+                (self.epochs == 0 and self.ensemble > 1, f"epochs 0 re-calibrates one model: ensemble must be 1, got {self.ensemble}"),
                 (self.ensemble < 1, f"ensemble must be at least 1, got {self.ensemble}"),
                 (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
                 (self.repeats_per_session is not None and self.repeats_per_session < 1, f"repeats_per_session must be at least 1, got {self.repeats_per_session}"),

@@ -10,7 +10,7 @@ A run folder holds::
     summary.csv              metrics at session and scan level for the network, the baselines and
                              (synthetic cohorts) the true brain age
     bias_correction.yaml     each fold's correction, whom it was fitted on, and the final one
-    training.png             the tutorial's figure: loss, MAE, RMSE, learning rate, max gradient norm
+    training.png             the tutorial's figure: loss, MAE, RMSE, learning rate, max gradient norm (none with epochs 0)
     predicted_vs_true.png    predicted against true age, before and after age-bias correction
     fold_K/model.ckpt        self-contained checkpoint (:mod:`brainage.checkpoint`), with the final correction
     fold_K-M/                ensemble member M > 0 of fold K (``TrainConfig.ensemble``), the same files
@@ -38,6 +38,7 @@ import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from sklearn.linear_model import LinearRegression
 
 from brainage import __version__
 from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
@@ -165,7 +166,8 @@ def finish_run(
     write_csv(predictions, run_dir / "predictions.csv")
     write_csv(summary, run_dir / "summary.csv")
     write_csv(history, run_dir / "metrics.csv")
-    plot_training_curves(history, run_dir / "training.png")
+    if not history.empty:  # none when only the output line of --init was re-fitted (epochs 0)
+        plot_training_curves(history, run_dir / "training.png")
     plot_predictions(predictions, run_dir / "predicted_vs_true.png")
     retest, visits = reliability(predictions)
     notes = [str(retest), str(visits)]
@@ -415,8 +417,9 @@ def _fit_fold(
     cache: PreparedCache, fold: Fold, member: int, config: TrainConfig, run_dir: Path, accelerator: str, precision: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train ensemble member ``member`` of one fold (reuse it if it finished before, resume it from
-    ``last.ckpt`` if it was interrupted); return its test and validation predictions (uncorrected)
-    and its history."""
+    ``last.ckpt`` if it was interrupted; ``config.epochs == 0``: re-fit only the output line of
+    ``config.init``, see :func:`_recalibrated`); return its test and validation predictions
+    (uncorrected) and its history."""
     folder = fold_folder(run_dir, fold.index, member)
     name = f"fold {fold.index}" + (f" member {member}" if config.ensemble > 1 else "")
     seed = config.seed + fold.index + 1000 * member
@@ -427,6 +430,14 @@ def _fit_fold(
 
     L.seed_everything(seed, workers=True, verbose=False)
     module, data = fold_module(cache, fold, config, accelerator, precision, seed)
+    if config.epochs == 0:
+        device = torch.device(accelerator)
+        checkpoint = _recalibrated(cache, fold, data, config, device)
+        test, val = _predict_fold(checkpoint, cache, fold, data, device, folder)
+        if config.progress:
+            console.print(f"[bold]{name}[/]: {checkpoint.extra['recalibration']}; test MAE {_mae(test):.2f} y (uncorrected, per scan)", soft_wrap=True)
+        return test, val, pd.DataFrame(columns=HISTORY_COLUMNS)
+
     last = folder / "last.ckpt"
     with quiet_lightning():
         trainer, best, curves = fold_trainer(config, accelerator, precision, folder, run_dir / "logs" / folder.name, data)
@@ -442,32 +453,75 @@ def _fit_fold(
     if not trainer.is_global_zero:
         return pd.DataFrame(), pd.DataFrame(), curves.history
     module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+    checkpoint = _fold_checkpoint(
+        module.model.to(memory_format=torch.contiguous_format), data.age_mean, data.age_std, cache, fold, config,
+        member=member, best_epoch=int(curves.history["val_mae"].idxmin()) + 1 if curves.rows else None,
+        best_val_mae=float(best.best_model_score) if best.best_model_score is not None else None,
+    )  # fmt: skip
+    test, val = _predict_fold(checkpoint, cache, fold, data, trainer.strategy.root_device, folder)
+    for leftover in (Path(best.best_model_path), last):
+        leftover.unlink(missing_ok=True)
+    if config.progress:
+        console.print(
+            f"[bold]{name}[/]: best validation MAE {checkpoint.extra['best_val_mae']:.2f} y at epoch "
+            f"{checkpoint.extra['best_epoch']}; test MAE {_mae(test):.2f} y (uncorrected, per scan)"
+        )
+    return test, val, curves.history
 
+
+def _fold_checkpoint(
+    model: torch.nn.Module, age_mean: float, age_std: float, cache: PreparedCache, fold: Fold, config: TrainConfig, **extra: Any
+) -> BrainAgeCheckpoint:
+    """The self-contained checkpoint of one fold's model, fitted on its training and validation scans."""
     manifest = cache.manifest
     train_ages = manifest["age"].to_numpy(dtype=float)[fold.train]
     fitted_on = np.concatenate([fold.train, fold.val])
     hashes = manifest["content_hash"].iloc[fitted_on].astype(str).tolist() if "content_hash" in manifest else []
-    checkpoint = BrainAgeCheckpoint(
-        model=module.model.to(memory_format=torch.contiguous_format).cpu().eval(),
+    return BrainAgeCheckpoint(
+        model=model.cpu().eval(),
         model_name=config.model,
-        age_mean=data.age_mean,
-        age_std=data.age_std,
+        age_mean=age_mean,
+        age_std=age_std,
         preprocessing=cache.config.to_dict(),
         train_age_range=(float(train_ages.min()), float(train_ages.max())),
         tta_flip=config.tta_flip,
         train_content_hashes=tuple(hashes),
         extra={
-            "fold": fold.index,
-            "member": member,
-            "best_epoch": int(curves.history["val_mae"].idxmin()) + 1 if curves.rows else None,
-            "best_val_mae": float(best.best_model_score) if best.best_model_score is not None else None,
-            "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None,
-            "train_config": config.to_dict(),
+            "fold": fold.index, **extra, "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None, "train_config": config.to_dict(),
         },
-    )
-    # The same path as `brainage predict`: the checkpoint's own ensemble of one, in fp32.
+    )  # fmt: skip
+
+
+def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, config: TrainConfig, device: torch.device) -> BrainAgeCheckpoint:
+    """``config.init``'s network, its weights untouched, with its output line re-fitted to this
+    cohort: age regressed on its predictions (least squares, per scan) over the fold's training and
+    validation scans, folded into the checkpoint's age scale (``age_mean``, ``age_std``) so that
+    ``brainage predict`` applies it. The fold's test people are not used."""
+    source = initial_checkpoint(config.init, fold.index)
+    source.tta_flip = config.tta_flip
+    fitted_on = np.concatenate([fold.train, fold.val])
+    predicted = predict_batches(BrainAgeEnsemble([source]), data.loader(fitted_on), device=device)[:, 0]
+    ages = cache.manifest["age"].to_numpy(dtype=float)[fitted_on]
+    line = LinearRegression().fit(predicted[:, None], ages)
+    slope, intercept = float(line.coef_[0]), float(line.intercept_)
+    if slope <= 0:
+        raise BrainAgeError(
+            f"--init {config.init}: on fold {fold.index}'s training scans its predictions do not rise with age "
+            f"(age = {intercept:.1f} + {slope:.3f} × prediction), so no line can re-calibrate it; fine-tune it instead (--epochs above 0)"
+        )
+    return _fold_checkpoint(
+        source.model, intercept + slope * source.age_mean, slope * source.age_std, cache, fold, config, member=0,
+        recalibration=f"output re-calibrated on {len(fitted_on)} training scans: age = {intercept:.2f} + {slope:.3f} × prediction (MAE {np.mean(np.abs(line.predict(predicted[:, None]) - ages)):.2f} y there, {np.mean(np.abs(predicted - ages)):.2f} y before)",
+    )  # fmt: skip
+
+
+def _predict_fold(
+    checkpoint: BrainAgeCheckpoint, cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, device: torch.device, folder: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fold's test and validation predictions by ``checkpoint`` through the path of
+    `brainage predict` (its own ensemble of one, in fp32), written with it to ``folder``."""
     network = BrainAgeEnsemble([checkpoint])
-    device = trainer.strategy.root_device
+    manifest = cache.manifest
     sides = {}
     for side, indices in (("val", fold.val), ("test", fold.test)):
         columns = [column for column in PREDICTION_COLUMNS if column in manifest]
@@ -478,17 +532,12 @@ def _fit_fold(
     network.cpu()
     save_checkpoint(checkpoint, folder / "model.ckpt")
     write_csv(sides["val"], folder / "val_predictions.csv")
-    write_csv(sides["test"], finished)
-    for leftover in (Path(best.best_model_path), last):
-        leftover.unlink(missing_ok=True)
-    if config.progress:
-        test = sides["test"]
-        test_mae = float(np.mean(np.abs(test["brain_age"] - test["age"].to_numpy(dtype=float))))
-        console.print(
-            f"[bold]{name}[/]: best validation MAE {checkpoint.extra['best_val_mae']:.2f} y at epoch "
-            f"{checkpoint.extra['best_epoch']}; test MAE {test_mae:.2f} y (uncorrected, per scan)"
-        )
-    return sides["test"], sides["val"], curves.history
+    write_csv(sides["test"], folder / "predictions.csv")
+    return sides["test"], sides["val"]
+
+
+def _mae(frame: pd.DataFrame) -> float:
+    return float(np.mean(np.abs(frame["brain_age"] - frame["age"].to_numpy(dtype=float))))
 
 
 # --- baselines and summary -----------------------------------------------------------------------
