@@ -215,12 +215,13 @@ def main() -> None:
         note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
         epochs = result.history.groupby(["fold", "member"]).size()
         ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
+        ran = f"{ran} epochs" if len(epochs) else "weights not trained: output line re-fitted"
         per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
         per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
         per_epoch += f", fine-tuned from {config.init}" if config.init else ""
         per_epoch += "".join(f", {item}" for item in settings)
         suffix = f" ({pipeline} {side}³)" if len(runs) > 1 and pipeline == "seed" else ""  # one name per row
-        rows += _rows(result, f"{config.model} ({role}, {ran} epochs{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline], suffix)
+        rows += _rows(result, f"{config.model} ({role}, {ran}{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline], suffix)
         truth, ceiling = _truth_row(result), _ceiling_row(result)
     rows += [truth] + ([ceiling] if ceiling else [])
     table = pd.DataFrame(rows)
