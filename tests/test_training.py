@@ -362,6 +362,7 @@ def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
     line = dataclasses.replace(config, init=str(init), epochs=0, baselines=False)
     result = train(cache, tmp_path / "line", line)
     assert result is not None and result.history.empty and not (tmp_path / "line" / "training.png").exists()
+    assert "Not trained: the weights of" in build_report(tmp_path / "line", saliency_scans=0).read_text(encoding="utf-8")
     source = load_checkpoint(init)
     ages = cache.manifest["age"].to_numpy(dtype=float)
     for fold in make_folds(cache.manifest, line.folds, line.val_fraction, line.early_stopping_fraction, line.seed):

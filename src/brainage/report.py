@@ -100,7 +100,11 @@ def build_report(
     body = {
         "configuration": _configuration(config),
         "cohort": _cohort(cache.manifest if cache is not None else predictions, cohort, cache_note),
-        "training": _image_file(run_dir / "training.png", "loss, MAE, RMSE, learning rate and maximum gradient norm per epoch")
+        "training": (
+            _note(f"Not trained: the weights of {train.get('init')} as they were, with only their output line to age re-fitted on each fold's training scans (epochs 0).")
+            if (train := config.get("train") or {}).get("epochs") == 0
+            else _image_file(run_dir / "training.png", "loss, MAE, RMSE, learning rate and maximum gradient norm per epoch")
+        )
         + _table(pd.DataFrame(config.get("folds") or []), "Scans and subjects per fold (split by subject)"),
         "predicted-vs-true": _image_file(run_dir / "predicted_vs_true.png", "out-of-fold predictions; the black line is the identity"),
         "bland-altman": _figure(bland_altman(predictions)),
