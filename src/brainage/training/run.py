@@ -431,6 +431,8 @@ def _fit_fold(
     L.seed_everything(seed, workers=True, verbose=False)
     module, data = fold_module(cache, fold, config, accelerator, precision, seed)
     if config.epochs == 0:
+        if rank_zero_only.rank != 0:  # nothing to train: under DDP only rank 0 predicts
+            return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(columns=HISTORY_COLUMNS)
         device = torch.device(accelerator)
         checkpoint = _recalibrated(cache, fold, data, config, device)
         test, val = _predict_fold(checkpoint, cache, fold, data, device, folder)
