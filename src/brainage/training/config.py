@@ -88,7 +88,8 @@ class TrainConfig:
     weights are kept as they are and only its output line is re-fitted on each fold's training
     scans (age regressed on its predictions, least squares): the cheapest way to carry a
     pre-trained network to a new cohort, and on the synthetic oasis2 cohort better at reading the
-    gap than fine-tuning (README, "Pre-training on more people").
+    gap than fine-tuning (README, "The pre-trained model carried to the cohort by its output line
+    alone").
 
     ``bias_correction`` (``residual``, ``cole`` or ``none``; see
     :class:`~brainage.evaluation.AgeBiasCorrector`) is fitted on the out-of-fold predictions of
