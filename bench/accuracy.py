@@ -53,7 +53,8 @@ from brainage.cohort import SUMMARY, Preset, get_preset, synthesize
 from brainage.console import console, print_table
 from brainage.evaluation import aggregate_sessions
 from brainage.preprocess import PipelineConfig, make_config, prepare
-from brainage.training import BASELINES, TUTORIAL_RECIPE, TrainConfig, TrainResult, train
+from brainage.training import TUTORIAL_RECIPE, TrainConfig, TrainResult, train
+from brainage.training.run import BASELINES
 
 
 def _cohort(root: Path, preset: Preset, seed: int, workers: int) -> dict:
@@ -153,16 +154,30 @@ def main() -> None:
     parser.add_argument("--seed-epochs", type=int, default=8, help="maximum epochs of the tutorial's recipe (it had 50)")
     parser.add_argument("--side", type=int, default=64, help="grid side of both pipelines (same field of view)")
     parser.add_argument("--seed-side", type=int, help="grid side of the tutorial's recipe alone (default: --side)")
-    parser.add_argument("--schedule", default=default.schedule, choices=TrainConfig.SCHEDULES,
-                        help="learning-rate schedule of the default model (cosine: runs every epoch, no early stop)")
+    parser.add_argument(
+        "--schedule",
+        default=default.schedule,
+        choices=TrainConfig.SCHEDULES,
+        help="learning-rate schedule of the default model (cosine: runs every epoch, no early stop)",
+    )
     parser.add_argument("--repeats-per-session", type=int, help="repeats of a session in each epoch of the default model (default: all)")
     parser.add_argument("--init", type=Path, help="fine-tune the default model from this run or checkpoint (TrainConfig.init)")
     parser.add_argument("--pretrain", metavar="PRESET", help="pre-train on a synthetic cohort of this preset first, then fine-tune from it")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="other TrainConfig fields of the default model, e.g. lr=2e-4 ema_decay=0.99 (named in its run folder)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="other TrainConfig fields of the default model, e.g. lr=2e-4 ema_decay=0.99 (named in its run folder)",
+    )
     parser.add_argument("--pretrain-people", type=int, help="people in the pre-training cohort (default: the preset's)")
-    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="TrainConfig fields of the pre-training, e.g. schedule=cosine epochs=40 (named in its run folder)")
+    parser.add_argument(
+        "--pretrain-set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="TrainConfig fields of the pre-training, e.g. schedule=cosine epochs=40 (named in its run folder)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes for synthesis and preparation")
     args = parser.parse_args()
 
@@ -189,8 +204,10 @@ def main() -> None:
            **({"min_epochs": args.epochs} if args.schedule == "cosine" else {}),
            **_settings(args.set)}  # fmt: skip
     runs = {
-        "standard": ("default", dataclasses.replace(default, model=args.model, **own, **folds)
-                     if args.model == default.model else TrainConfig(model=args.model, **own, **folds)),
+        "standard": (
+            "default",
+            dataclasses.replace(default, model=args.model, **own, **folds) if args.model == default.model else TrainConfig(model=args.model, **own, **folds),
+        ),
     }
     if args.seed_epochs > 0:
         runs["seed"] = ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds))

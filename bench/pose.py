@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from scipy import ndimage
 
 from brainage.console import console, print_problems, print_table
@@ -51,7 +50,7 @@ def _carried(scan: str, files: list[Path], poses: list, model: BrainAgeModel) ->
     spatial = find_spatial(data, affine, model.config)
     centre = grid_centre(original.data.shape, original.affine)  # what repose_voxels turned about
     volumes = []
-    for pose, path in zip(poses, files):
+    for pose, path in zip(poses, files, strict=False):
         moved = load_scan(path)
         moved_data, moved_affine = stages.reorient_ras(moved.data, moved.affine)
         world = pose.matrix(centre)
@@ -78,7 +77,7 @@ def _labels(scans: list[str]) -> dict[str, str]:
     for depth in range(1, max(len(p) for p in parts) + 1):
         labels = ["/".join(p[-depth:]) for p in parts]
         if len(set(labels)) == len(labels):
-            return dict(zip(scans, labels))
+            return dict(zip(scans, labels, strict=False))
     return {scan: scan for scan in scans}
 
 

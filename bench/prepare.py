@@ -44,8 +44,7 @@ def _peak_mb() -> float:
 
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and of its finished child processes."""
-    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 def _child(args: list[str]) -> dict:
@@ -126,8 +125,10 @@ def agreement(reference: Path, other: Path, seed_floor: bool) -> dict:
     flags = a.manifest.set_index("scan_id")["qc_flagged"]
     result = {
         "scans": len(dice),
-        "mask Dice min": round(min(dice), 4), "mask Dice mean": round(float(np.mean(dice)), 4),
-        "corner shift mean mm": round(float(np.mean(shift)), 2), "corner shift max mm": round(max(shift), 2),
+        "mask Dice min": round(min(dice), 4),
+        "mask Dice mean": round(float(np.mean(dice)), 4),
+        "corner shift mean mm": round(float(np.mean(shift)), 2),
+        "corner shift max mm": round(max(shift), 2),
         "aligned scans": int(aligned.sum()),
         "aligned: Dice min": round(min(np.compress(aligned, dice)), 4) if aligned.any() else float("nan"),
         "aligned: corner shift mean mm": round(float(np.mean(np.compress(aligned, shift))), 2) if aligned.any() else float("nan"),
@@ -164,8 +165,13 @@ def measure_load(cache: str) -> dict:
         for i in range(len(prepared)):
             total += float(prepared.volume(i).sum(dtype=np.float64))  # touches every voxel
         seconds = time.perf_counter() - start
-        result[label] = {"scans": len(prepared), "open s": round(opened, 3), "open+read s": round(seconds, 2),
-                         "scans/s": round(len(prepared) / seconds), "GB": round(len(prepared) * np.prod(prepared.shape) * prepared.volume(0).itemsize / 1e9, 2)}
+        result[label] = {
+            "scans": len(prepared),
+            "open s": round(opened, 3),
+            "open+read s": round(seconds, 2),
+            "scans/s": round(len(prepared) / seconds),
+            "GB": round(len(prepared) * np.prod(prepared.shape) * prepared.volume(0).itemsize / 1e9, 2),
+        }
     result["peak RAM MB"] = round(_peak_mb())
     result["peak RAM growth MB"] = round(_peak_mb() - rss0)
     return result
@@ -191,10 +197,10 @@ def grid_table() -> pd.DataFrame:
     detail kept (r of the 1 mm template with itself resampled to the grid and back), cache size of
     1368 fp16 scans, and one fp32 CPU forward + backward pass of the seed CNN per scan (batch 4)."""
     import torch
+    from nilearn import datasets
 
     from brainage.models import build_model
     from brainage.preprocess import make_config, stages
-    from nilearn import datasets
 
     t1 = datasets.load_mni152_template(resolution=1)
     template = t1.get_fdata(dtype=np.float32)
@@ -217,15 +223,17 @@ def grid_table() -> pd.DataFrame:
         for _ in range(2):
             model(x).sum().backward()
         step = (time.perf_counter() - start) / 8
-        rows.append({
-            "grid": label,
-            "kvoxels": round(np.prod(config.shape) / 1000),
-            "brain in grid %": round(100 * (brain & covered).sum() / brain.sum(), 1),
-            "grid in brain %": round(100 * inside.mean(), 1),
-            "detail r": round(float(np.corrcoef(back[brain], template[brain])[0, 1]), 3),
-            "cache MB": round(1368 * np.prod(config.shape) * 2 / 1e6),
-            "CNN s/scan": round(step, 3),
-        })
+        rows.append(
+            {
+                "grid": label,
+                "kvoxels": round(np.prod(config.shape) / 1000),
+                "brain in grid %": round(100 * (brain & covered).sum() / brain.sum(), 1),
+                "grid in brain %": round(100 * inside.mean(), 1),
+                "detail r": round(float(np.corrcoef(back[brain], template[brain])[0, 1]), 3),
+                "cache MB": round(1368 * np.prod(config.shape) * 2 / 1e6),
+                "CNN s/scan": round(step, 3),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -248,8 +256,9 @@ def main() -> None:
     parser.add_argument("--source", help="a cohort to take scans from (default: synthesize OASIS-2-sized scans)")
     parser.add_argument("--scans", type=int, default=4, help="scans per pipeline")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--pipelines", nargs="+", default=["standard-v1", "standard"],
-                        help="named pipelines to run; the first is the reference of the agreement table")
+    parser.add_argument(
+        "--pipelines", nargs="+", default=["standard-v1", "standard"], help="named pipelines to run; the first is the reference of the agreement table"
+    )
     parser.add_argument("--no-seed-floor", action="store_true", help="skip re-registering the reference with another seed")
     parser.add_argument("--load-scans", type=int, default=1368, help="size of the cache whose loading is timed")
     parser.add_argument("--skip-grid", action="store_true", help="skip the output-grid comparison")
@@ -258,8 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage:
         kind, *rest = args.stage
-        result = {"prepare": lambda: measure_prepare(rest[0], rest[1], rest[2], int(rest[3])),
-                  "load": lambda: measure_load(rest[0])}[kind]()
+        result = {"prepare": lambda: measure_prepare(rest[0], rest[1], rest[2], int(rest[3])), "load": lambda: measure_load(rest[0])}[kind]()
         print(json.dumps(result))
         return
 
@@ -283,20 +291,23 @@ def main() -> None:
         manifest = manifest.head(args.scans)
         write_manifest(manifest, work / "manifest.csv")
         caches = {pipeline: work / pipeline for pipeline in args.pipelines}
-        runs = [_child(["--stage", "prepare", str(work / "manifest.csv"), str(caches[pipeline]), pipeline, str(args.workers)])
-                for pipeline in args.pipelines]
+        runs = [_child(["--stage", "prepare", str(work / "manifest.csv"), str(caches[pipeline]), pipeline, str(args.workers)]) for pipeline in args.pipelines]
         table = pd.DataFrame(runs)
         reference = table.iloc[0]
         table["CPU ratio"] = (reference["CPU s/scan"] / table["CPU s/scan"]).round(2)
         table["wall ratio"] = (table["scans/s"] / reference["scans/s"]).round(2)
         load = os.getloadavg()
-        print_table(table, title=f"prepare, {len(manifest)} scans of {manifest['path'].iloc[0]}'s geometry, {args.workers} worker(s); "
-                                 f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs")
-        print_table(stage_table(caches, dict(zip(table["pipeline"], table["CPU s/scan"]))), title="CPU seconds per scan and stage")
+        print_table(
+            table,
+            title=f"prepare, {len(manifest)} scans of {manifest['path'].iloc[0]}'s geometry, {args.workers} worker(s); "
+            f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs",
+        )
+        print_table(stage_table(caches, dict(zip(table["pipeline"], table["CPU s/scan"], strict=False))), title="CPU seconds per scan and stage")
         standard = [name for name in args.pipelines[1:] if name != "seed"]
         if args.pipelines[0] != "seed" and standard:
-            rows = [{"pipeline": name, **agreement(caches[args.pipelines[0]], caches[name], not args.no_seed_floor and i == 0)}
-                    for i, name in enumerate(standard)]
+            rows = [
+                {"pipeline": name, **agreement(caches[args.pipelines[0]], caches[name], not args.no_seed_floor and i == 0)} for i, name in enumerate(standard)
+            ]
             print_table(pd.DataFrame(rows), title=f"agreement with {args.pipelines[0]} on the same scans", floatfmt="{:.4g}")
         fake_large_cache(caches[args.pipelines[-1]], work / "large", args.load_scans)
         load = _child(["--stage", "load", str(work / "large")])

@@ -40,7 +40,10 @@ def main() -> None:
     train = yaml.safe_load((args.run / "config.yaml").read_text())["train"]
     config = dataclasses.replace(TrainConfig.from_dict(train), progress=False)  # the run's own correction and controls
     rows = []
-    for name, frame in ((str(args.predictions), truth.merge(predicted, on="scan_id")), (f"{args.run} (its own out-of-fold brain age)", truth.merge(reference[["scan_id", "brain_age"]], on="scan_id"))):
+    for name, frame in (
+        (str(args.predictions), truth.merge(predicted, on="scan_id")),
+        (f"{args.run} (its own out-of-fold brain age)", truth.merge(reference[["scan_id", "brain_age"]], on="scan_id")),
+    ):
         frame, _ = correct_bias(frame, pd.DataFrame(), config, None)
         sessions = aggregate_sessions(frame)
         # The ceiling row's line of bench/accuracy.py, fitted on the brain age instead of the truth.

@@ -28,7 +28,7 @@ from brainage.console import console, print_table
 from brainage.data import Fold
 from brainage.models import build_model
 from brainage.preprocess import PreparedCache, make_config
-from brainage.training import TrainConfig, quiet_lightning, cpu_supports_bf16, fold_module, fold_trainer, resolve_accelerator, resolve_precision
+from brainage.training import TrainConfig, cpu_supports_bf16, fold_module, fold_trainer, quiet_lightning, resolve_accelerator, resolve_precision
 
 
 def synthetic_cache(root: Path, n_scans: int, side: int) -> PreparedCache:
@@ -40,9 +40,21 @@ def synthetic_cache(root: Path, n_scans: int, side: int) -> PreparedCache:
     for i in range(n_scans):
         volume = rng.standard_normal((side // 4,) * 3).astype(np.float32).repeat(4, 0).repeat(4, 1).repeat(4, 2)
         np.save(root / "volumes" / f"{i}.npy", volume)
-        rows.append({"scan_id": f"s{i}", "subject_id": f"p{i}", "session_id": f"p{i}_MR1", "age": 60 + 35 * rng.random(),
-                     "group": "Nondemented", "sex": "F", "cdr": 0.0, "cache_file": f"volumes/{i}.npy", "qc_score": 1.0, "qc_flagged": False,
-                     "config_digest": config.volume_digest()})
+        rows.append(
+            {
+                "scan_id": f"s{i}",
+                "subject_id": f"p{i}",
+                "session_id": f"p{i}_MR1",
+                "age": 60 + 35 * rng.random(),
+                "group": "Nondemented",
+                "sex": "F",
+                "cdr": 0.0,
+                "cache_file": f"volumes/{i}.npy",
+                "qc_score": 1.0,
+                "qc_flagged": False,
+                "config_digest": config.volume_digest(),
+            }
+        )
     return PreparedCache(root, pd.DataFrame(rows), config, (side,) * 3, config.affine)
 
 
@@ -165,9 +177,16 @@ def main() -> None:
         default = TrainConfig().model
         epochs, precision, channels_last = run_trainer(cache, default, args.epochs, args.batch_size, Path(tmp) / "run-default")
         own = _row(f"brainage trainer, default model ({default})", precision, channels_last, epochs)
-    ratio = {"loop": "ratio (brainage / plain)", "precision": "", "memory": "",
-             "samples/s": ours["samples/s"] / plain["samples/s"], "CPU s/sample": ours["CPU s/sample"] / plain["CPU s/sample"]}
-    print_table([plain, ours, ratio, own], title=f"seed model unless named, {args.side}³, batch {args.batch_size}, {args.scans - args.batch_size} training scans")
+    ratio = {
+        "loop": "ratio (brainage / plain)",
+        "precision": "",
+        "memory": "",
+        "samples/s": ours["samples/s"] / plain["samples/s"],
+        "CPU s/sample": ours["CPU s/sample"] / plain["CPU s/sample"],
+    }
+    print_table(
+        [plain, ours, ratio, own], title=f"seed model unless named, {args.side}³, batch {args.batch_size}, {args.scans - args.batch_size} training scans"
+    )
 
 
 if __name__ == "__main__":

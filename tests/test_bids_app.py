@@ -81,7 +81,7 @@ def test_participant_jobs_then_group_make_a_valid_derivatives_dataset(tmp_path: 
     assert sidecar["brain_age"]["Units"] == "year"
     ageless = (out / "sub-03/sub-03_scans.tsv").read_text().splitlines()[1].split("\t")
     header = (out / "sub-03/sub-03_scans.tsv").read_text().splitlines()[0].split("\t")
-    assert dict(zip(header, ageless))["brain_age_gap"] == "n/a" and dict(zip(header, ageless))["brain_age"] != "n/a"
+    assert dict(zip(header, ageless, strict=False))["brain_age_gap"] == "n/a" and dict(zip(header, ageless, strict=False))["brain_age"] != "n/a"
 
     table = pd.read_csv(out / "phenotype/brainage.tsv", sep="\t", na_values="n/a", keep_default_na=False)
     assert table["participant_id"].tolist() == ["sub-01", "sub-01", "sub-02", "sub-03"]

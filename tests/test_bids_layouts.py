@@ -51,9 +51,7 @@ def test_oasis3_days_sessions_and_repeat_scans(tmp_path: Path) -> None:
 
 def test_sessions_tsv_age_wins_over_days_since_entry(tmp_path: Path) -> None:
     root = make_oasis3(tmp_path / "oasis3")
-    pd.DataFrame({"session_id": ["ses-d0365"], "age": ["71.5"]}).to_csv(
-        root / "sub-OAS30002/sub-OAS30002_sessions.tsv", sep="\t", index=False
-    )
+    pd.DataFrame({"session_id": ["ses-d0365"], "age": ["71.5"]}).to_csv(root / "sub-OAS30002/sub-OAS30002_sessions.tsv", sep="\t", index=False)
     manifest = discover(root).manifest.set_index("session_id")
     assert manifest.loc["sub-OAS30002_ses-d0365", "age"] == 71.5
     assert manifest.loc["sub-OAS30002_ses-d1461", "age"] == pytest.approx(70 + 1461 / 365.25)

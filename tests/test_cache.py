@@ -146,8 +146,7 @@ def test_load_cache_of_a_folder_that_is_not_a_cache_names_it(tmp_path) -> None:
 
 def test_cli_prepare_prints_a_summary_and_rejects_a_bad_shard(tiny_cohort, tmp_path) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["prepare", str(tiny_cohort), "--out", str(tmp_path), "--pipeline", "seed",
-                                 "--shape", "32", "32", "32", "--shard", "4/16"])
+    result = runner.invoke(app, ["prepare", str(tiny_cohort), "--out", str(tmp_path), "--pipeline", "seed", "--shape", "32", "32", "32", "--shard", "4/16"])
     assert result.exit_code == 0, result.output
     assert "prepared now" in result.output and "scans/s" in result.output
     cache = load_cache(tmp_path)

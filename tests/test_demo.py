@@ -38,7 +38,15 @@ def test_the_tiny_demo_runs_end_to_end(tiny_cohort: Path, tmp_path: Path) -> Non
     trained = truth.loc[sorted(set(pd.read_csv(out / "run" / "predictions.csv")["session_id"]))]
     assert session_truth == pytest.approx((trained["brain_age"] - trained["Age"]).abs().mean(), abs=1e-6)  # on the very sessions predicted
     printed = " ".join(result.output.split())  # Rich wraps long cells at the runner's 80 columns
-    for text in ("perfect", f"{session_truth:.2f}", "held-out", "mean age", "ridge", "gap_fidelity: partial r",
-                 "Bias correction: bias correction refused", "report.html"):
+    for text in (
+        "perfect",
+        f"{session_truth:.2f}",
+        "held-out",
+        "mean age",
+        "ridge",
+        "gap_fidelity: partial r",
+        "Bias correction: bias correction refused",
+        "report.html",
+    ):
         assert text in printed, text
     assert "best possible" not in result.output

@@ -36,7 +36,7 @@ def test_regression_metrics_match_hand_computed_values() -> None:
 
 def test_mean_predictor_has_zero_r2_undefined_r_and_full_negative_gap_correlation() -> None:
     age = np.array([60.0, 65.0, 80.0, 95.0])
-    metrics = regression_metrics(age, np.full(4, age.mean()), true_brain_age=age + [3.0, -2.0, 1.0, 0.0])
+    metrics = regression_metrics(age, np.full(4, age.mean()), true_brain_age=age + np.array([3.0, -2.0, 1.0, 0.0]))
     assert metrics["r2"] == pytest.approx(0.0)
     assert math.isnan(metrics["r"])
     assert metrics["gap_age_r"] == pytest.approx(-1.0)
@@ -124,7 +124,7 @@ def test_controls_come_from_the_data_or_the_command_line() -> None:
     assert control_mask(pd.DataFrame({"cdr": [0.0, 0.5, np.nan]}))[0].tolist() == [True, False, False]
     assert control_mask(pd.DataFrame({"age": [70.0, 80.0]}))[0].tolist() == [True, True]
     assert control_mask(frame, ["Converted"])[0].tolist() == [False, False, True, False]
-    with pytest.raises(ValueError, match="no scans in control group.*Nondemented"):
+    with pytest.raises(ValueError, match=r"no scans in control group.*Nondemented"):
         control_mask(frame, ["healthy volunteers"])
 
 
@@ -134,9 +134,16 @@ def test_the_correction_is_fitted_at_session_level_on_controls_only() -> None:
     for subject in range(30):
         age = 60 + subject
         for group in ("Nondemented", "Demented"):
-            for scan in range(3):
-                rows.append({"subject_id": f"{group}{subject}", "session_id": f"{group}{subject}_MR1", "group": group, "age": float(age),
-                             "brain_age": 77.0 + 0.5 * (age - 77) + (8.0 if group == "Demented" else 0.0) + rng.normal(0, 1)})
+            for _scan in range(3):
+                rows.append(
+                    {
+                        "subject_id": f"{group}{subject}",
+                        "session_id": f"{group}{subject}_MR1",
+                        "group": group,
+                        "age": float(age),
+                        "brain_age": 77.0 + 0.5 * (age - 77) + (8.0 if group == "Demented" else 0.0) + rng.normal(0, 1),
+                    }
+                )
     corrector = fit_bias_correction(pd.DataFrame(rows))
     assert corrector.n_subjects_ == 30 and corrector.n_sessions_ == 30  # three repeats are one session; patients left out
     assert corrector.intercept_ + corrector.slope_ * 77 == pytest.approx(0.0, abs=0.5)  # the patients' +8 y did not pull it
@@ -194,9 +201,8 @@ def group_frame(shift: float, seed: int) -> pd.DataFrame:
         for subject in range(40):
             age = rng.uniform(60, 90)
             subject_gap = offset + rng.normal(0, 3)
-            for scan in range(2):
-                rows.append({"subject_id": f"{group}{subject}", "age": age, "group": group,
-                             "brain_age": age + subject_gap + rng.normal(0, 1)})
+            for _scan in range(2):
+                rows.append({"subject_id": f"{group}{subject}", "age": age, "group": group, "brain_age": age + subject_gap + rng.normal(0, 1)})
     return pd.DataFrame(rows)
 
 

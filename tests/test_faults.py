@@ -66,11 +66,7 @@ def wait_gone(pids: Sequence[int], timeout: float = 10.0) -> list[int]:
 
 def file_hashes(root: Path) -> dict[str, str]:
     """SHA-256 of every file under ``root``, by relative POSIX path."""
-    return {
-        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def _children(pid: int) -> list[int]:

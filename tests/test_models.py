@@ -23,7 +23,7 @@ def n_parameters(model: nn.Module) -> int:
 def test_registry_lists_every_model_and_rejects_unknown_names() -> None:
     assert available_models() == sorted(MODELS) == ["resnet", "seed", "sfcn"]
     assert set(SMALL) == set(MODELS)
-    with pytest.raises(BrainAgeError, match="unknown model 'vgg'.*resnet, seed, sfcn"):
+    with pytest.raises(BrainAgeError, match=r"unknown model 'vgg'.*resnet, seed, sfcn"):
         build_model("vgg")
 
 
@@ -34,7 +34,7 @@ def test_seed_model_matches_the_tutorial_architecture() -> None:
     conv = model.initial[0]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (1, 16, (3, 3, 3), (1, 1, 1))
     assert model.initial[3].p == pytest.approx(0.3)
-    for block, (c_in, c_out, p) in zip((model.res1, model.res2, model.res3), ((16, 32, 0.2), (32, 64, 0.3), (64, 128, 0.4))):
+    for block, (c_in, c_out, p) in zip((model.res1, model.res2, model.res3), ((16, 32, 0.2), (32, 64, 0.3), (64, 128, 0.4)), strict=False):
         assert (block.conv1.in_channels, block.conv1.out_channels, block.conv2.out_channels) == (c_in, c_out, c_out)
         assert block.dropout.p == pytest.approx(p)
         assert block.downsample[0].kernel_size == (1, 1, 1)
@@ -139,8 +139,11 @@ def test_loss_decreases_when_fitting_a_toy_batch(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "hparams"),
-    [("seed", {"strided_pool": True}), ("sfcn", {"width": 0.25, "n_bins": 20, "label_sigma": 0.3}),
-     ("resnet", {"widths": [4, 8], "norm": "group", "pool_size": 2})],
+    [
+        ("seed", {"strided_pool": True}),
+        ("sfcn", {"width": 0.25, "n_bins": 20, "label_sigma": 0.3}),
+        ("resnet", {"widths": [4, 8], "norm": "group", "pool_size": 2}),
+    ],
 )
 def test_build_model_round_trips_through_hparams_and_state_dict(name: str, hparams: dict) -> None:
     model = build_model(name, **hparams).eval()

@@ -140,7 +140,8 @@ def test_synth_writes_the_oasis1_layout_that_discovery_reads(tmp_path: Path, tin
     # the same people and voxels as the OASIS-2 layout of the same seed
     truth = pd.read_csv(out / "ground_truth.csv")
     row = truth.iloc[0]
-    original = tiny_cohort / pd.read_csv(tiny_cohort / "ground_truth.csv").set_index(["MRI ID", "scan"]).loc[
-        (row["MRI ID"].replace("OAS1_", "OAS2_"), row["scan"]), "path"
-    ]
+    original = (
+        tiny_cohort
+        / pd.read_csv(tiny_cohort / "ground_truth.csv").set_index(["MRI ID", "scan"]).loc[(row["MRI ID"].replace("OAS1_", "OAS2_"), row["scan"]), "path"]
+    )
     assert (out / row["path"]).with_suffix(".img").read_bytes() == Path(original).with_suffix(".img").read_bytes()

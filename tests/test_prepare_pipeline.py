@@ -18,8 +18,7 @@ import torch
 
 from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover, load_scan
-from brainage.preprocess import config_from_dict, load_cache, make_config, prepare, preprocess_scan
-from brainage.preprocess import stages
+from brainage.preprocess import config_from_dict, load_cache, make_config, prepare, preprocess_scan, stages
 from brainage.preprocess.cache import TIME_COLUMNS
 from brainage.preprocess.template import template_grid, template_on_grid
 
@@ -147,8 +146,14 @@ def test_a_stale_shard_row_never_hides_a_current_entry(tiny_cohort, tmp_path) ->
 
 def _leftovers(root: Path) -> list[Path]:
     """Temporary files as ``atomic_write`` names them, left as a killed writer would."""
-    files = [root / ".cache.k3j2.tmp.json", root / "volumes" / ".abc.x1y2.tmp.npy", root / "volumes" / ".abc.x1y3.tmp.json",
-             root / "qc" / ".abc.q9.tmp.png", root / "hashes" / ".def.h7.tmp.json", root / "spatial" / ".abc.s4.tmp.npz"]
+    files = [
+        root / ".cache.k3j2.tmp.json",
+        root / "volumes" / ".abc.x1y2.tmp.npy",
+        root / "volumes" / ".abc.x1y3.tmp.json",
+        root / "qc" / ".abc.q9.tmp.png",
+        root / "hashes" / ".def.h7.tmp.json",
+        root / "spatial" / ".abc.s4.tmp.npz",
+    ]
     for file in files:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(b"partial")
@@ -169,9 +174,13 @@ def test_temporary_files_survive_while_another_prepare_of_the_cache_runs(tiny_co
     prepare(manifest, tmp_path, "seed")
     leftovers = _leftovers(tmp_path)
     holder = subprocess.Popen(  # holds the lock as a running prepare does
-        [sys.executable, "-c", f"import fcntl, sys, time; f = open({str(tmp_path / '.lock')!r}, 'a'); "
-         "fcntl.flock(f, fcntl.LOCK_SH); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl, sys, time; f = open({str(tmp_path / '.lock')!r}, 'a'); fcntl.flock(f, fcntl.LOCK_SH); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

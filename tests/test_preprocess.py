@@ -19,8 +19,8 @@ from brainage.preprocess import (
     config_from_dict,
     make_config,
     preprocess_scan,
+    stages,
 )
-from brainage.preprocess import stages
 from brainage.preprocess.template import template_on_grid
 
 #: Measured on one scan of each of the 24 tiny-cohort sessions: registered, they score 0.547–0.694

@@ -341,7 +341,7 @@ def test_pose_matrix_and_inverse() -> None:
     pose = Pose((10.0, -5.0, 15.0), (3.0, -15.0, 7.0))
     centre = np.array([5.0, -20.0, 10.0])
     np.testing.assert_allclose(pose.matrix(centre) @ pose.inverse().matrix(centre), np.eye(4), atol=1e-12)
-    np.testing.assert_allclose(pose.matrix(centre) @ np.append(centre, 1), np.append(centre + [3.0, -15.0, 7.0], 1))
+    np.testing.assert_allclose(pose.matrix(centre) @ np.append(centre, 1), np.append(centre + np.array([3.0, -15.0, 7.0]), 1))
     rotation = pose.matrix(centre)[:3, :3]
     np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(rotation) == pytest.approx(1.0)
@@ -394,6 +394,7 @@ def test_both_ways_of_reposing_put_the_head_in_the_same_place() -> None:
     by_voxels = np.asanyarray(repose_voxels(image, pose, order=1).dataobj).astype(float)
     by_header = resample_from_to(repose_header(image, pose), (image.shape, image.affine), order=1, cval=0.0)
     np.testing.assert_allclose(by_header.get_fdata(), by_voxels, atol=1.0)  # int16 rounding only
+
     # and the head's centre of mass moved by the pose in world space
     def centre(volume: np.ndarray) -> np.ndarray:
         from scipy import ndimage
@@ -438,7 +439,7 @@ def test_the_spaghetti_plot_draws_each_persons_change_on_the_identity_when_brain
 
     predictions = _cohort(subjects=4, visits=3, repeats=2, scan_sd=0.0)
     predictions["mr_delay"] = (predictions["session_id"].str[-1].astype(int) - 1) * 365.25 * 2.5  # visits 2.5 years apart
-    absolute, change = spaghetti_figure(predictions).axes
+    _absolute, change = spaghetti_figure(predictions).axes
     people = [line for line in change.get_lines() if len(line.get_xdata()) == 3]
     assert len(people) == 4
     for line in people:

@@ -9,8 +9,8 @@ import torch
 import yaml
 from sklearn.model_selection import GroupShuffleSplit
 
-from brainage.errors import InputError
 from brainage.data import AugmentConfig, EpochShuffle, SplitError, SubjectLeakError, check_subject_leak, make_folds, subject_holdout
+from brainage.errors import InputError
 from brainage.training import ConfigError, TrainConfig, load_config
 
 
@@ -23,14 +23,16 @@ def _manifest(n_subjects: int = 20, sessions: int = 2, repeats: int = 2, seed: i
         group = ("Nondemented", "Demented", "Converted")[s % 3]
         for v in range(sessions):
             for r in range(repeats):
-                rows.append({
-                    "scan_id": f"OAS2_{s:04d}_MR{v + 1}_mpr-{r + 1}",
-                    "subject_id": f"OAS2_{s:04d}",
-                    "session_id": f"OAS2_{s:04d}_MR{v + 1}",
-                    "age": age + 1.5 * v,
-                    "group": group,
-                    "qc_flagged": False,
-                })
+                rows.append(
+                    {
+                        "scan_id": f"OAS2_{s:04d}_MR{v + 1}_mpr-{r + 1}",
+                        "subject_id": f"OAS2_{s:04d}",
+                        "session_id": f"OAS2_{s:04d}_MR{v + 1}",
+                        "age": age + 1.5 * v,
+                        "group": group,
+                        "qc_flagged": False,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -70,11 +72,11 @@ def test_kfold_stratifies_age_so_every_test_fold_spans_the_age_range() -> None:
 def test_same_seed_gives_the_same_folds_and_another_seed_other_folds() -> None:
     manifest = _manifest()
     first, again, other = (make_folds(manifest, folds=4, seed=seed) for seed in (7, 7, 8))
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=False):
         np.testing.assert_array_equal(a.train, b.train)
         np.testing.assert_array_equal(a.val, b.val)
         np.testing.assert_array_equal(a.test, b.test)
-    assert any(not np.array_equal(a.test, c.test) for a, c in zip(first, other))
+    assert any(not np.array_equal(a.test, c.test) for a, c in zip(first, other, strict=False))
 
 
 def test_leak_check_refuses_the_tutorials_session_grouped_split() -> None:
@@ -85,7 +87,7 @@ def test_leak_check_refuses_the_tutorials_session_grouped_split() -> None:
     assert shared  # grouping by session puts people on both sides
     with pytest.raises(SubjectLeakError, match=sorted(shared)[0]):
         check_subject_leak(manifest, {"train": train, "test": test})
-    check_subject_leak(manifest, dict(zip(("train", "test"), subject_holdout(manifest, 0.2, 42))))
+    check_subject_leak(manifest, dict(zip(("train", "test"), subject_holdout(manifest, 0.2, 42), strict=False)))
 
 
 def test_train_groups_restrict_training_but_every_group_is_tested() -> None:
@@ -145,8 +147,14 @@ def test_blur_smooths_by_at_most_its_sd_and_keeps_the_mean() -> None:
 
 
 def test_train_config_round_trips_through_yaml(tmp_path) -> None:
-    config = TrainConfig(model="resnet", model_hparams={"widths": (8, 16)}, folds=5, train_groups=("Nondemented",),
-                         augmentation=AugmentConfig(affine=True, gamma=True, blur=True), devices=2)
+    config = TrainConfig(
+        model="resnet",
+        model_hparams={"widths": (8, 16)},
+        folds=5,
+        train_groups=("Nondemented",),
+        augmentation=AugmentConfig(affine=True, gamma=True, blur=True),
+        devices=2,
+    )
     assert TrainConfig.from_dict(config.to_dict()) == config
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"train": config.to_dict()}))

@@ -7,6 +7,7 @@ subject, 1 epoch each, on the ``seed``-pipeline cache of the tiny cohort.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import shutil
 from pathlib import Path
@@ -21,15 +22,26 @@ from typer.testing import CliRunner
 from brainage.cli import app
 from brainage.data import BrainAgeDataModule, make_folds
 from brainage.errors import BrainAgeError, InputError
-from brainage.models import build_model
-from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 from brainage.inference import BrainAgeEnsemble, predict_batches
+from brainage.models import build_model
 from brainage.predict import BrainAgeModel
+from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.report import build_report
 from brainage.training import (
-    BrainAgeModule, ConfigError, RunFolderError, TrainConfig, TrainingDiverged, calibrate_intervals, combine, correct_bias, load_checkpoint,
-    load_config, recompute_batch_norm, save_checkpoint, train,
+    BrainAgeModule,
+    ConfigError,
+    RunFolderError,
+    TrainConfig,
+    TrainingDiverged,
+    calibrate_intervals,
+    combine,
+    correct_bias,
+    load_checkpoint,
+    load_config,
+    recompute_batch_norm,
+    save_checkpoint,
+    train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
@@ -225,7 +237,7 @@ def test_training_age_statistics_come_from_training_scans_only(cache: PreparedCa
 def test_an_unreadable_checkpoint_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "model.ckpt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(InputError, match="model.ckpt") as error:
+    with pytest.raises(InputError, match=r"model.ckpt") as error:
         load_checkpoint(bad)
     assert "\n" not in str(error.value)
 
@@ -289,7 +301,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_last_epoch() -
         optimizer.step()
         cosine["scheduler"].step()
     assert lrs[:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
-    assert all(later < earlier for earlier, later in zip(lrs[2:], lrs[3:]))  # falls every epoch after the warm-up
+    assert all(later < earlier for earlier, later in itertools.pairwise(lrs[2:]))  # falls every epoch after the warm-up
     assert lrs[-1] == pytest.approx(1e-5)
     with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="step")
@@ -334,7 +346,7 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
     assert elsewhere is not None
     with pytest.raises(RunFolderError, match="not trained on the same split_digest"):
         combine([tiny_run, elsewhere.run_dir], tmp_path / "mixed")
-    with pytest.raises(InputError, match="no config.yaml"):
+    with pytest.raises(InputError, match=r"no config.yaml"):
         combine([tiny_run, tmp_path], tmp_path / "mixed")
     report = build_report(tmp_path / "combined", saliency_scans=2).read_text(encoding="utf-8")
     assert re.search(rf"<td>combined from</td>\s*<td>{re.escape(str(other.run_dir.resolve()))} \(1 network\(s\) a fold\)</td>", report)
@@ -348,7 +360,9 @@ def _oriented(run: Path, cache: PreparedCache, folder: Path, rising: bool) -> Pa
     """A copy of ``run``'s fold-0 checkpoint whose predictions rise (``rising``) or fall with age
     over the cohort: its age scale mirrored where needed (the one-epoch tiny run has no sign of its own)."""
     checkpoint = load_checkpoint(run / "fold_0" / "model.ckpt")
-    predicted = predict_batches(BrainAgeEnsemble([checkpoint]), [torch.from_numpy(np.stack([cache.volume(i) for i in range(len(cache.manifest))]))[:, None].float()])[:, 0]
+    predicted = predict_batches(
+        BrainAgeEnsemble([checkpoint]), [torch.from_numpy(np.stack([cache.volume(i) for i in range(len(cache.manifest))]))[:, None].float()]
+    )[:, 0]
     r = np.corrcoef(predicted, cache.manifest["age"].to_numpy(dtype=float))[0, 1]
     if (r > 0) != rising:
         checkpoint.age_std = -checkpoint.age_std

@@ -47,9 +47,7 @@ def tabular_baseline(
         numeric_steps = make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
         transformers.append(("numeric", numeric_steps, list(numeric)))
     if categorical:
-        categorical_steps = make_pipeline(
-            SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
-        )
+        categorical_steps = make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore"))
         transformers.append(("categorical", categorical_steps, list(categorical)))
     if not transformers:
         raise ValueError("tabular_baseline needs at least one column")
@@ -63,7 +61,7 @@ class CappedPCA(TransformerMixin, BaseEstimator):
         self.n_components = n_components
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: object = None) -> "CappedPCA":
+    def fit(self, X: np.ndarray, y: object = None) -> CappedPCA:
         n_components = min(self.n_components, X.shape[0], X.shape[1])
         self.pca_ = PCA(n_components=n_components, random_state=self.random_state).fit(X)
         return self

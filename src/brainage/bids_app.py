@@ -24,6 +24,7 @@ Scans without an age are predicted too (no gap). Input: a raw BIDS dataset or fM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -122,7 +123,7 @@ def input_scans(bids_dir: Path, labels: Sequence[str] = ()) -> tuple[pd.DataFram
         known, problems = found.manifest, list(found.problems)
     except InputError as error:  # e.g. no participants.tsv: predict without ages
         known, problems = pd.DataFrame(columns=["path", "age"]), [Problem.from_error(error)]
-    ages = dict(zip(known["path"].astype(str), known["age"]))
+    ages = dict(zip(known["path"].astype(str), known["age"], strict=False))
     rows = []
     for path in paths:
         above = path.parent.parent
@@ -256,10 +257,8 @@ def write_description(output_dir: Path, bids_dir: Path) -> Path:
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(description, indent=2) + "\n")
         os.chmod(tmp, 0o644)
-        try:
-            os.link(tmp, path)  # atomic and exclusive: fails if another job was first
-        except FileExistsError:
-            pass
+        with contextlib.suppress(FileExistsError):  # another job was first
+            os.link(tmp, path)  # atomic and exclusive
     finally:
         os.unlink(tmp)
     return path

@@ -81,7 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         values = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise InputError(path, "no such checkpoint") from None
-    except Exception as error:  # noqa: BLE001 - any unreadable file is one user-facing error
+    except Exception as error:
         raise InputError(path, f"not a readable brainage checkpoint ({type(error).__name__})") from error
     if not isinstance(values, dict) or values.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, "not a brainage model checkpoint")

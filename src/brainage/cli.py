@@ -85,9 +85,13 @@ def train_command(
     model: str | None = typer.Option(None, "--model", help="Network by name (see brainage.models.available_models())."),
     folds: int | None = typer.Option(None, "--folds", min=2, help="K-fold by subject: out-of-fold predictions for every scan."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", min=0.01, max=0.99, help="Without --folds: hold out this fraction of the subjects."),
-    train_groups: list[str] | None = typer.Option(None, "--train-groups", help="Train on these groups only (repeatable, e.g. Nondemented); every group is still predicted."),
+    train_groups: list[str] | None = typer.Option(
+        None, "--train-groups", help="Train on these groups only (repeatable, e.g. Nondemented); every group is still predicted."
+    ),
     control_group: list[str] | None = typer.Option(
-        None, "--control-group", help="Group value(s) that count as controls for the bias correction (repeatable); default: from the data (Nondemented, control, HC, CDR 0)."
+        None,
+        "--control-group",
+        help="Group value(s) that count as controls for the bias correction (repeatable); default: from the data (Nondemented, control, HC, CDR 0).",
     ),
     bias_correction: str | None = typer.Option(None, "--bias-correction", help="residual (default), cole, or none."),
     init: Path | None = typer.Option(None, "--init", help="Fine-tune: start every fold from this checkpoint or run folder (same model)."),
@@ -119,12 +123,24 @@ def train_command(
         raise BrainAgeError("choose either --folds or --val-fraction, not both")
     base = load_config(config_file) if config_file else TrainConfig()
     given = {
-        "model": model, "folds": folds, "val_fraction": val_fraction, "ensemble": ensemble, "epochs": epochs, "batch_size": batch_size,
-        "lr": lr, "accelerator": accelerator, "precision": precision, "seed": seed, "deterministic": deterministic,
-        "baselines": baselines, "train_groups": tuple(train_groups) if train_groups else None,
-        "control_group": tuple(control_group) if control_group else None, "bias_correction": bias_correction,
+        "model": model,
+        "folds": folds,
+        "val_fraction": val_fraction,
+        "ensemble": ensemble,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "accelerator": accelerator,
+        "precision": precision,
+        "seed": seed,
+        "deterministic": deterministic,
+        "baselines": baselines,
+        "train_groups": tuple(train_groups) if train_groups else None,
+        "control_group": tuple(control_group) if control_group else None,
+        "bias_correction": bias_correction,
         "init": str(init) if init else None,
-        "devices": (int(devices) if devices.isdigit() else devices) if devices else None, "num_nodes": num_nodes,
+        "devices": (int(devices) if devices.isdigit() else devices) if devices else None,
+        "num_nodes": num_nodes,
     }
     if model is not None and model != base.model:
         base = dataclasses.replace(base, model_hparams={})  # the other model's hyper-parameters do not apply
@@ -250,14 +266,22 @@ def bids_command(
 def prepare_command(
     source: Path = typer.Argument(..., help="An OASIS-2 folder, a BIDS folder, or a CSV of path,subject_id,age."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder (created; an existing cache is reused)."),
-    pipeline: str = typer.Option("standard", "--pipeline", help="standard (skull strip + MNI registration), standard-v1 (the earlier default, to reproduce its caches) or seed (the tutorial's)."),
+    pipeline: str = typer.Option(
+        "standard",
+        "--pipeline",
+        help="standard (skull strip + MNI registration), standard-v1 (the earlier default, to reproduce its caches) or seed (the tutorial's).",
+    ),
     shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Output grid shape, e.g. --shape 64 64 64."),
     voxel_size: float | None = typer.Option(None, "--voxel-size", help="Output voxel size in mm."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes."),
     device: str = typer.Option("cpu", "--device", help="Where skull stripping runs: cpu, cuda, mps or auto (CPU where the device is missing)."),
     demographics: Path | None = typer.Option(None, "--demographics", help="OASIS-2 demographics spreadsheet, if not beside the scans."),
     shard: str | None = typer.Option(None, "--shard", help="I/N: prepare only the I-th of N shares (1 ≤ I ≤ N), e.g. one per SLURM array task."),
-    no_session_reuse: bool = typer.Option(False, "--no-session-reuse", help="standard: strip and register every repeat of a session itself instead of aligning it to the session's first scan (slower; independent repeats for test-retest)."),
+    no_session_reuse: bool = typer.Option(
+        False,
+        "--no-session-reuse",
+        help="standard: strip and register every repeat of a session itself instead of aligning it to the session's first scan (slower; independent repeats for test-retest).",
+    ),
 ) -> None:
     """Preprocess every scan once into a cache that training reads memory-mapped."""
     from brainage.console import console, print_problems, print_table
@@ -283,7 +307,11 @@ def prepare_command(
 @reports_errors
 def synth_command(
     out: Path = typer.Argument(..., help="New or empty folder to write the cohort into."),
-    preset: str = typer.Option("demo", "--preset", help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans), oasis1 (416 people aged 18–96) or pretrain (1000 people, one scan each)."),
+    preset: str = typer.Option(
+        "demo",
+        "--preset",
+        help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans), oasis1 (416 people aged 18–96) or pretrain (1000 people, one scan each).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
     layout: str = typer.Option("oasis2", "--layout", help="oasis2 (OAS2_RAW_PART*/ + demographics .xlsx) or oasis1 (disc*/ + oasis_cross-sectional.csv)."),
@@ -349,8 +377,7 @@ def export_command(
 
     result = export_onnx(model, out, scan=scan, tolerance=tolerance)
     console.print(
-        f"ONNX Runtime vs PyTorch on {result.check_input}: max abs difference {result.max_abs_difference:.2e} years "
-        f"(tolerance {result.tolerance:g})",
+        f"ONNX Runtime vs PyTorch on {result.check_input}: max abs difference {result.max_abs_difference:.2e} years (tolerance {result.tolerance:g})",
         soft_wrap=True,
     )
     console.print(

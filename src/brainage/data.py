@@ -91,8 +91,12 @@ class AugmentConfig:
         if self.affine:
             steps.append(
                 tio.RandomAffine(
-                    scales=self.affine_scales, degrees=self.affine_degrees,
-                    translation=self.affine_translation, default_pad_value="minimum", p=p, **own,
+                    scales=self.affine_scales,
+                    degrees=self.affine_degrees,
+                    translation=self.affine_translation,
+                    default_pad_value="minimum",
+                    p=p,
+                    **own,
                 )
             )
         if self.bias_field:
@@ -290,9 +294,7 @@ class EpochShuffle(Sampler[int]):
     epoch draws afresh at most ``per_group`` items of each group: one repeat per session per epoch
     visits every session as often as plain shuffling at a fraction of the cost."""
 
-    def __init__(
-        self, size: int, seed: int, generator: torch.Generator, groups: Sequence[object] | None = None, per_group: int | None = None
-    ) -> None:
+    def __init__(self, size: int, seed: int, generator: torch.Generator, groups: Sequence[object] | None = None, per_group: int | None = None) -> None:
         self.size = size
         self.seed = seed
         self.generator = generator

@@ -26,7 +26,8 @@ from brainage.preprocess import make_config, prepare
 from brainage.preprocess.pipelines import PIPELINES, PipelineConfig
 from brainage.reliability import coverage
 from brainage.report import build_report
-from brainage.training import BASELINES, TrainConfig, train
+from brainage.training import TrainConfig, train
+from brainage.training.run import BASELINES
 from brainage.utils import write_csv
 
 
@@ -188,9 +189,5 @@ def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame) -
         "brain age, bias-corrected": f"{model}, bias-corrected",
         "mean training age": f"baseline: {BASELINES['mean_age']}",
     }
-    rows += [
-        {"model": labels[row.prediction], "sessions": "held-out people", "n": row.n, "mae": row.mae}
-        for row in heldout.itertuples()
-        if row.n
-    ]
+    rows += [{"model": labels[row.prediction], "sessions": "held-out people", "n": row.n, "mae": row.mae} for row in heldout.itertuples() if row.n]
     return pd.DataFrame(rows).astype({"n": int})

@@ -31,5 +31,5 @@ class Problem:
     cause: str
 
     @classmethod
-    def from_error(cls, error: InputError) -> "Problem":
+    def from_error(cls, error: InputError) -> Problem:
         return cls(error.path, error.cause)

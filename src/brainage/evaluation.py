@@ -124,7 +124,7 @@ class AgeBiasCorrector:
         self.min_subjects = min_subjects
         self.confidence = confidence
 
-    def fit(self, age: ArrayLike, predicted: ArrayLike, subjects: ArrayLike | None = None) -> "AgeBiasCorrector":
+    def fit(self, age: ArrayLike, predicted: ArrayLike, subjects: ArrayLike | None = None) -> AgeBiasCorrector:
         """Fit on session-level ``age`` and ``predicted`` brain age of controls; ``subjects`` (one id
         per row) counts the people behind them (default: every row its own)."""
         age, predicted = _as_pair(age, predicted)
@@ -132,7 +132,7 @@ class AgeBiasCorrector:
         age, predicted = age[keep], predicted[keep]
         ids = np.arange(age.size) if subjects is None else np.asarray(subjects, dtype=object).ravel()[keep]
         self.n_sessions_ = int(age.size)
-        self.n_subjects_ = int(len(set(ids.tolist())))
+        self.n_subjects_ = len(set(ids.tolist()))
         self.slope_ = self.intercept_ = math.nan
         self.slope_ci_ = (math.nan, math.nan)
         self.refused_: str | None = None
@@ -190,7 +190,7 @@ class AgeBiasCorrector:
         }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AgeBiasCorrector":
+    def from_dict(cls, values: dict[str, Any]) -> AgeBiasCorrector:
         """The fitted corrector that :meth:`to_dict` described."""
         corrector = cls(str(values.get("method", "residual")), int(values.get("min_subjects", 20)), float(values.get("confidence", 0.95)))
         corrector.slope_ = float(values["slope"])
@@ -236,7 +236,9 @@ def fit_bias_correction(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return AgeBiasCorrector(method).fit([], [])
-    sessions = aggregate_sessions(predictions[[*SESSION_KEYS, "age", column, *[c for c in ("group", "cdr") if c in predictions]]].rename(columns={column: "brain_age"}))
+    sessions = aggregate_sessions(
+        predictions[[*SESSION_KEYS, "age", column, *[c for c in ("group", "cdr") if c in predictions]]].rename(columns={column: "brain_age"})
+    )
     mask, _ = control_mask(sessions, control_group)
     controls = sessions[mask]
     with warnings.catch_warnings():
@@ -285,14 +287,12 @@ def summarize_predictions(predictions: pd.DataFrame, column: str = "brain_age") 
         frame["true_brain_age"] = predictions["true_brain_age"]
     rows = []
     for level, table in (("scan", frame), ("session", aggregate_sessions(frame))):
-        truth = table["true_brain_age"] if "true_brain_age" in table else None
+        truth = table.get("true_brain_age", None)
         rows.append({"level": level, **regression_metrics(table["age"], table["brain_age"], truth)})
     return pd.DataFrame(rows)
 
 
-def gap_by_group(
-    predictions: pd.DataFrame, by: str = "group", column: str = "brain_age"
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def gap_by_group(predictions: pd.DataFrame, by: str = "group", column: str = "brain_age") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Brain-age gap (``column − age``) by clinical group, with a test of a difference.
 
     Repeat scans and visits are not independent, so each subject's gaps are first averaged
@@ -305,13 +305,9 @@ def gap_by_group(
     _require(predictions, ("subject_id", "age", column, by))
     frame = predictions.dropna(subset=[by]).assign(gap=lambda f: f[column] - f["age"]).dropna(subset=["gap"])
     per_subject = frame.groupby([by, "subject_id"], sort=True)["gap"].agg(["mean", "size"]).reset_index()
-    table = (
-        per_subject.groupby(by, sort=True)
-        .agg(n=("mean", "size"), n_scans=("size", "sum"), mean_gap=("mean", "mean"), sd_gap=("mean", "std"))
-        .reset_index()
-    )
+    table = per_subject.groupby(by, sort=True).agg(n=("mean", "size"), n_scans=("size", "sum"), mean_gap=("mean", "mean"), sd_gap=("mean", "std")).reset_index()
     samples = {level: g["mean"].to_numpy() for level, g in per_subject.groupby(by, sort=True) if len(g) >= 2}
-    means = dict(zip(table[by].astype(str), table["mean_gap"]))
+    means = dict(zip(table[by].astype(str), table["mean_gap"], strict=False))
     difference = means["Demented"] - means["Nondemented"] if {"Demented", "Nondemented"} <= set(means) else float("nan")
     result: dict[str, Any] = {
         "test": "none", "statistic": float("nan"), "p_value": float("nan"),

@@ -106,8 +106,7 @@ def export_onnx(
         difference = _max_abs_difference(expected, actual)
         if not difference <= tolerance:
             raise ExportMismatchError(
-                f"ONNX Runtime and PyTorch differ by {difference:.3g} years on {check_input} "
-                f"(tolerance {tolerance:g}); {out} was not written"
+                f"ONNX Runtime and PyTorch differ by {difference:.3g} years on {check_input} (tolerance {tolerance:g}); {out} was not written"
             )
     return ExportResult(Path(out), check_input, difference, tolerance, len(model.checkpoints))
 

@@ -20,7 +20,7 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path) -> Path:
     panels = (("loss", "Loss (z units)"), ("mae", "MAE (years)"), ("rmse", "RMSE (years)"), ("lr", "Learning rate"), ("max_grad_norm", "Max gradient norm"))
     members = "member" in history and history["member"].nunique() > 1
     folds = list(history.groupby(["fold", "member"] if members else "fold")) if "fold" in history else [(None, history)]
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=False):
         for fold, table in folds:
             label = "" if fold is None else f"fold {'-'.join(map(str, fold)) if members else fold} "
             if key in ("loss", "mae", "rmse"):
@@ -47,7 +47,7 @@ def plot_predictions(predictions: pd.DataFrame, path: str | Path) -> Path:
     groups = predictions["group"].fillna("unknown") if "group" in predictions else pd.Series("all", index=predictions.index)
     low = float(np.nanmin(predictions[["age", *variants]].to_numpy())) - 2
     high = float(np.nanmax(predictions[["age", *variants]].to_numpy())) + 2
-    for ax, column in zip(axes, variants):
+    for ax, column in zip(axes, variants, strict=False):
         for group, rows in predictions.groupby(groups, sort=True):
             ax.scatter(rows["age"], rows[column], s=14, alpha=0.7, label=str(group))
         ax.plot([low, high], [low, high], color="black", lw=1)

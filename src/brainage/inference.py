@@ -71,7 +71,7 @@ class BrainAgeEnsemble(nn.Module):
         size = volumes.shape[0]
         mirrored = torch.cat([volumes, torch.flip(volumes, dims=(2 + LEFT_RIGHT_AXIS,))])
         ages = []
-        for k, (member, flip) in enumerate(zip(self.members, self.flips)):
+        for k, (member, flip) in enumerate(zip(self.members, self.flips, strict=False)):
             if flip:
                 z = member.predict_z(member(mirrored))
                 z = (z[:size] + z[size:]) / 2

@@ -171,7 +171,7 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
     problems: list[Problem] = []
     keep: list[bool] = []
     ages: list[float] = []
-    for number, row in zip(frame.index + 2, frame.to_dict("records")):
+    for number, row in zip(frame.index + 2, frame.to_dict("records"), strict=False):
         age, cause = (math.nan, None) if is_missing(row.get("age")) else parse_age(row["age"])
         if is_missing(row["path"]):
             problems.append(Problem(str(path), f"row {number}: missing path"))
@@ -195,13 +195,13 @@ def _complete(rows: pd.DataFrame) -> pd.DataFrame:
     rows["path"] = rows["path"].astype(str)
     stems = [scan_stem(path) for path in rows["path"]]
     duplicated = pd.Series(stems).duplicated(keep=False).to_numpy()
-    default_ids = [str(Path(path).with_name(stem)) if twice else stem for path, stem, twice in zip(rows["path"], stems, duplicated)]
-    rows["scan_id"] = [default if is_missing(value) else str(value) for value, default in zip(rows["scan_id"], default_ids)]
+    default_ids = [str(Path(path).with_name(stem)) if twice else stem for path, stem, twice in zip(rows["path"], stems, duplicated, strict=False)]
+    rows["scan_id"] = [default if is_missing(value) else str(value) for value, default in zip(rows["scan_id"], default_ids, strict=False)]
     rows["session_id"] = [
         (subject if not is_missing(subject) else scan) if is_missing(session) else str(session)
-        for session, subject, scan in zip(rows["session_id"], rows["subject_id"], rows["scan_id"])
+        for session, subject, scan in zip(rows["session_id"], rows["subject_id"], rows["scan_id"], strict=False)
     ]
-    rows["subject_id"] = [session if is_missing(value) else str(value) for value, session in zip(rows["subject_id"], rows["session_id"])]
+    rows["subject_id"] = [session if is_missing(value) else str(value) for value, session in zip(rows["subject_id"], rows["session_id"], strict=False)]
     rows["age"] = pd.to_numeric(rows["age"], errors="coerce").astype(float)
     return rows[list(CARRIED_COLUMNS)]
 
@@ -256,7 +256,7 @@ class BrainAgeModel:
             raise BrainAgeError("a BrainAgeModel needs at least one checkpoint")
         configs = [config_from_dict(checkpoint.preprocessing) for checkpoint in checkpoints]
         names = [str(path) for path in paths] or [f"checkpoint {k}" for k in range(len(checkpoints))]
-        for name, config in zip(names[1:], configs[1:]):
+        for name, config in zip(names[1:], configs[1:], strict=False):
             if config.volume_digest() != configs[0].volume_digest():
                 raise InputError(name, f"its preprocessing differs from that of {names[0]}; an ensemble needs one preprocessing")
         self.checkpoints = list(checkpoints)
@@ -267,7 +267,7 @@ class BrainAgeModel:
         self.problems_: list[Problem] = []
 
     @classmethod
-    def load(cls, path_or_paths: str | Path | Iterable[str | Path], device: str = "auto") -> "BrainAgeModel":
+    def load(cls, path_or_paths: str | Path | Iterable[str | Path], device: str = "auto") -> BrainAgeModel:
         """Checkpoints (``model.ckpt``) and run folders (all their fold models); several are averaged."""
         paths = resolve_checkpoints(path_or_paths)
         return cls([load_checkpoint(path) for path in paths], paths, device)
@@ -343,7 +343,7 @@ class BrainAgeModel:
         known_ages = rows["age"].to_numpy(dtype=float)
         predicted: dict[int, tuple[float, float, float, float]] = {}
         for indices, volumes, scores in _batches(self._volumes(rows, hashes, caches, workers, problems), batch_size):
-            for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores):
+            for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores, strict=False):
                 predicted[index] = (float(ages[0]), float(ages[1]), float(ages[2]), score)
         self.problems_ = sorted(problems, key=lambda problem: natural_key(problem.path))
         table = self._table(rows, predicted, hashes, interval)
@@ -363,13 +363,10 @@ class BrainAgeModel:
         """``(row index, volume, QC score)`` for every usable row: cached ones first, then the others
         as their preprocessing finishes. Failures are appended to ``problems``."""
         lookup = {
-            content: (found, i)
-            for found in caches
-            if "content_hash" in found.manifest
-            for i, content in enumerate(found.manifest["content_hash"].astype(str))
+            content: (found, i) for found in caches if "content_hash" in found.manifest for i, content in enumerate(found.manifest["content_hash"].astype(str))
         }
         to_prepare: dict[str, list[int]] = {}
-        for index, (path, digest) in enumerate(zip(rows["path"], hashes)):
+        for index, (path, digest) in enumerate(zip(rows["path"], hashes, strict=False)):
             hit = lookup.get(digest) if lookup and digest else None
             if hit is not None:
                 found, i = hit
@@ -413,7 +410,7 @@ class BrainAgeModel:
         members = len(self.checkpoints)
         table["warnings"] = [
             _warnings(age, score, flagged, low, high, threshold, trained_by, members)
-            for age, score, flagged, trained_by in zip(table["age"], table["qc_score"], table["qc_flagged"], seen)
+            for age, score, flagged, trained_by in zip(table["age"], table["qc_score"], table["qc_flagged"], seen, strict=False)
         ]
         extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
         return table[[*PREDICTION_COLUMNS, *extra]]

@@ -84,7 +84,7 @@ class ReliabilityResult:
     details: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @classmethod
-    def unavailable(cls, figure: str, reason: str) -> "ReliabilityResult":
+    def unavailable(cls, figure: str, reason: str) -> ReliabilityResult:
         """A figure the data cannot give, with the reason."""
         return cls(figure=figure, available=False, reason=reason)
 
@@ -147,12 +147,12 @@ def test_retest(predictions: pd.DataFrame, column: str = "brain_age", repeats: i
     k = _choose_repeats(repeated["n_scans"].to_numpy(), repeats)
     complete = repeated.loc[repeated["n_scans"] >= k, ["subject_id", "session_id"]]
     values: dict[str, Any] = {
-        "n_sessions": int(len(repeated)),
+        "n_sessions": len(repeated),
         "n_scans": int(repeated["n_scans"].sum()),
         "within_sd": within_sd,
         "repeatability": 2.77 * within_sd,
         "k": int(k),
-        "n_icc_sessions": int(len(complete)),
+        "n_icc_sessions": len(complete),
     }
     rows = [
         {"measure": "within-session SD (years)", "value": within_sd, "ci_low": math.nan, "ci_high": math.nan,
@@ -182,7 +182,7 @@ def _in_scan_order(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows sorted by subject, session, then natural ``scan_id`` order (mpr-2 before mpr-10)."""
     keys = [
         (str(subject), str(session), natural_key(str(scan)))
-        for subject, session, scan in zip(frame["subject_id"], frame["session_id"], frame["scan_id"])
+        for subject, session, scan in zip(frame["subject_id"], frame["session_id"], frame["scan_id"], strict=False)
     ]
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return frame.iloc[order]
@@ -331,7 +331,7 @@ def _longitudinal_row(name: str, subjects: pd.DataFrame, has_truth: bool) -> dic
     slopes = subjects["slope"].dropna()
     row: dict[str, Any] = {
         "group": name,
-        "n_subjects": int(len(slopes)),
+        "n_subjects": len(slopes),
         "n_visits": int(subjects.loc[slopes.index, "n_visits"].sum()),
         "years_median": float(subjects.loc[slopes.index, "years"].median()) if len(slopes) else math.nan,
         "slope_median": float(slopes.median()) if len(slopes) else math.nan,
@@ -356,9 +356,7 @@ def _native(value: Any) -> Any:
 # --- per-scan intervals ---------------------------------------------------------------------------
 
 
-def session_residuals(
-    predictions: pd.DataFrame, column: str = "brain_age", level: str = "scan", sd_column: str | None = None
-) -> pd.DataFrame:
+def session_residuals(predictions: pd.DataFrame, column: str = "brain_age", level: str = "scan", sd_column: str | None = None) -> pd.DataFrame:
     """One calibration residual (``column − age``) per session, for :class:`ConformalInterval`.
 
     ``predictions`` must be out of fold (each scan predicted by a model that never trained on its
@@ -430,7 +428,7 @@ class ConformalInterval:
         self.coverage = float(coverage)
         self.epsilon = epsilon
 
-    def fit(self, residuals: ArrayLike, member_sd: ArrayLike | None = None) -> "ConformalInterval":
+    def fit(self, residuals: ArrayLike, member_sd: ArrayLike | None = None) -> ConformalInterval:
         """Calibrate on out-of-fold residuals (brain age − age, one per session); with ``member_sd``
         (one per residual) the intervals are normalized by the ensemble members' disagreement."""
         residuals = np.asarray(residuals, dtype=float).ravel()
@@ -492,9 +490,7 @@ class ConformalInterval:
             raise ValueError("member_sd must be finite and non-negative")
         return q * (sd + self.epsilon_) if self.normalized_ else np.sqrt(q**2 + sd**2)
 
-    def interval(
-        self, brain_age: ArrayLike, member_sd: ArrayLike | None = None, coverage: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def interval(self, brain_age: ArrayLike, member_sd: ArrayLike | None = None, coverage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(lower, upper)`` arrays around the predicted ``brain_age`` (years) at ``coverage``
         (default: the fitted one)."""
         centre = np.asarray(brain_age, dtype=float)
@@ -515,7 +511,7 @@ class ConformalInterval:
         }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ConformalInterval":
+    def from_dict(cls, values: dict[str, Any]) -> ConformalInterval:
         """The fitted interval that :meth:`to_dict` described."""
         interval = cls(coverage=float(values.get("coverage", 0.9)), epsilon=values.get("epsilon"))
         interval.normalized_ = bool(values["normalized"])
@@ -587,7 +583,7 @@ class Pose:
         transform[:3, 3] = centre - rotation @ centre + np.asarray(self.shift_mm, dtype=float)
         return transform
 
-    def inverse(self) -> "Pose":
+    def inverse(self) -> Pose:
         """The pose that undoes this one (about the same centre)."""
         inverse = self.rotation().inv()
         shift = -inverse.apply(np.asarray(self.shift_mm, dtype=float))
@@ -665,9 +661,7 @@ def repose_header(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose
     return _nifti(data, pose.matrix(centre) @ affine)
 
 
-def repose_voxels(
-    image: nib.spatialimages.SpatialImage | str | Path, pose: Pose, order: int = 1, centre: ArrayLike | None = None
-) -> nib.Nifti1Image:
+def repose_voxels(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose, order: int = 1, centre: ArrayLike | None = None) -> nib.Nifti1Image:
     """The head moved by ``pose`` in world space by resampling the voxels into the original grid
     (affine unchanged; ``order`` of the spline interpolation, outside the field of view is 0, as a
     scanner would miss what moved out). Integer images stay integer (rounded, clipped). ``centre``
@@ -694,9 +688,7 @@ def repose_voxels(
     return _nifti(moved.astype(data.dtype), affine)
 
 
-def write_poses(
-    path: str | Path, poses: Sequence[Pose], out_dir: str | Path, mode: str = "header", order: int = 1
-) -> list[Path]:
+def write_poses(path: str | Path, poses: Sequence[Pose], out_dir: str | Path, mode: str = "header", order: int = 1) -> list[Path]:
     """Write one NIfTI per pose of the scan ``path`` (any format nibabel reads: NIfTI, Analyze
     pairs, MGZ) into ``out_dir`` as ``<stem>_<mode>_pose<k>.nii.gz``; ``mode`` is ``"header"``
     (:func:`repose_header`) or ``"voxels"`` (:func:`repose_voxels`). Returns the paths in pose order.

@@ -101,7 +101,9 @@ def build_report(
         "configuration": _configuration(config),
         "cohort": _cohort(cache.manifest if cache is not None else predictions, cohort, cache_note),
         "training": (
-            _note(f"Not trained: the weights of {train.get('init')} as they were, with only their output line to age re-fitted on each fold's training scans (epochs 0).")
+            _note(
+                f"Not trained: the weights of {train.get('init')} as they were, with only their output line to age re-fitted on each fold's training scans (epochs 0)."
+            )
             if (train := config.get("train") or {}).get("epochs") == 0
             else _image_file(run_dir / "training.png", "loss, MAE, RMSE, learning rate and maximum gradient norm per epoch")
         )
@@ -137,7 +139,7 @@ def find_cohort_summary(paths: pd.Series | list[str]) -> dict[str, Any] | None:
     """The ``cohort.json`` of a synthetic cohort holding the first scan (searched a few folders up)."""
     if len(paths) == 0:
         return None
-    for folder in list(Path(str(list(paths)[0])).parents)[:COHORT_SEARCH_DEPTH]:
+    for folder in list(Path(str(next(iter(paths)))).parents)[:COHORT_SEARCH_DEPTH]:
         candidate = folder / "cohort.json"
         if candidate.is_file():
             try:
@@ -159,7 +161,7 @@ def bland_altman(predictions: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(6 * len(columns) + 1.5, 4.5), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(columns)))
     groups = predictions["group"].fillna("unknown") if "group" in predictions else pd.Series("all", index=predictions.index)
-    for ax, column in zip(axes, columns):
+    for ax, column in zip(axes, columns, strict=False):
         mean = (predictions[column] + predictions["age"]) / 2
         difference = predictions[column] - predictions["age"]
         for group, rows in predictions.groupby(groups, sort=True):
@@ -168,7 +170,9 @@ def bland_altman(predictions: pd.DataFrame) -> Figure:
         ax.axhline(bias, color="black", lw=1)
         for limit in (bias - spread, bias + spread):
             ax.axhline(limit, color="black", lw=1, ls="--")
-        ax.set_title(f"{'bias-corrected' if column.endswith('corrected') else 'uncorrected'}: mean {bias:+.2f} y, limits {bias - spread:+.1f} to {bias + spread:+.1f} y")
+        ax.set_title(
+            f"{'bias-corrected' if column.endswith('corrected') else 'uncorrected'}: mean {bias:+.2f} y, limits {bias - spread:+.1f} to {bias + spread:+.1f} y"
+        )
         ax.set(xlabel="Mean of age and brain age (years)", ylabel="Brain age − age (years)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plots, not over the points
@@ -208,7 +212,7 @@ def spaghetti_figure(predictions: pd.DataFrame, column: str = "brain_age") -> Fi
     colours = {name: f"C{k}" for k, name in enumerate(sorted(groups.unique()))}
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     absolute, change = figure.subplots(1, 2)
-    for subject, rows in sessions.groupby("subject_id", sort=True):
+    for _subject, rows in sessions.groupby("subject_id", sort=True):
         colour = colours[groups[rows.index[0]]]
         style = {"color": colour, "marker": "o", "ms": 3, "lw": 1, "alpha": 0.7}
         absolute.plot(rows["age"], rows["brain_age"], **style)
@@ -248,7 +252,7 @@ def interval_figure(predictions: pd.DataFrame, nominal: float | None = None, hel
     table = coverage_table(predictions, heldout)
     positions = np.arange(len(table))
     bars.barh(positions, 100 * table["coverage"], color=["tab:orange" if name.startswith("held-out") else "tab:blue" for name in table["set"]])
-    for y, (share, count) in enumerate(zip(table["coverage"], table["scans"])):
+    for y, (share, count) in enumerate(zip(table["coverage"], table["scans"], strict=False)):
         bars.text(102, y, f"{share:.1%} of {count}", va="center", fontsize=8)  # right of every bar and of the band
     title = "Measured coverage"
     if nominal is not None:
@@ -272,7 +276,9 @@ def coverage_table(predictions: pd.DataFrame, heldout: pd.DataFrame | None = Non
         if len(known):
             inside = covered(known["brain_age_lower"], known["brain_age_upper"], known["age"])
             width = known["brain_age_upper"] - known["brain_age_lower"]
-            rows.append({"set": name, "scans": len(known), "inside": int(inside.sum()), "coverage": float(inside.mean()), "median_width": float(width.median())})
+            rows.append(
+                {"set": name, "scans": len(known), "inside": int(inside.sum()), "coverage": float(inside.mean()), "median_width": float(width.median())}
+            )
 
     add("out of fold, all scans", predictions)
     if "group" in predictions and predictions["group"].notna().any():
@@ -289,11 +295,19 @@ def pose_figure(poses: pd.DataFrame) -> Figure:
     modes = list(dict.fromkeys(poses["mode"]))
     figure = Figure(figsize=(6 * len(modes), 4), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(modes), sharey=True))
-    for ax, mode in zip(axes, modes):
+    for ax, mode in zip(axes, modes, strict=False):
         for k, (scan, rows) in enumerate(poses[poses["mode"] == mode].groupby("scan", sort=False)):
             identity = rows.loc[rows["pose"] == 0, "brain_age"]
             base = float(identity.iloc[0]) if len(identity) else float(rows["brain_age"].mean())
-            ax.plot(rows["pose"], rows["brain_age"] - base, marker="o", ms=4, lw=1, color=f"C{k}", label=f"{_short_scan(str(scan))}: SD {rows['brain_age'].std(ddof=1):.2f} y")
+            ax.plot(
+                rows["pose"],
+                rows["brain_age"] - base,
+                marker="o",
+                ms=4,
+                lw=1,
+                color=f"C{k}",
+                label=f"{_short_scan(str(scan))}: SD {rows['brain_age'].std(ddof=1):.2f} y",
+            )
         ax.axhspan(-POSE_TARGET_SD, POSE_TARGET_SD, color="tab:green", alpha=0.12, label=f"±{POSE_TARGET_SD:g} y (the target is on the SD)")
         ax.axhline(0, color="black", lw=0.8)
         ax.set(xlabel="Pose (0: identity)", ylabel="Brain age − brain age at the identity (years)", title=f"re-posed as {mode}")
@@ -310,17 +324,17 @@ def qc_montage(cache: PreparedCache, rows: list[int]) -> Figure:
 
     figure = Figure(figsize=(7.5, 2.4 * len(rows)), layout="constrained")
     axes = np.atleast_2d(figure.subplots(len(rows), 3))
-    for row_axes, i in zip(axes, rows):
+    for row_axes, i in zip(axes, rows, strict=False):
         volume = np.asarray(cache.volume(i), dtype=np.float32)
         low = float(volume.min())
         foreground = volume[volume > low]
         high = float(np.percentile(foreground, 99)) if foreground.size else low + 1
         centre = ndimage.center_of_mass(volume - low) if foreground.size else [n / 2 for n in volume.shape]
-        x, y, z = (min(int(c), n - 1) for c, n in zip(centre, volume.shape))
+        x, y, z = (min(int(c), n - 1) for c, n in zip(centre, volume.shape, strict=False))
         record = cache.manifest.iloc[i]
         flagged = " (flagged)" if bool(record.get("qc_flagged", False)) else ""
         row_axes[0].set_ylabel(f"{record['scan_id']}\nQC r={float(record['qc_score']):.2f}{flagged}", fontsize=8)
-        for ax, image, label in zip(row_axes, (volume[x], volume[:, y], volume[:, :, z]), ("sagittal", "coronal", "axial")):
+        for ax, image, label in zip(row_axes, (volume[x], volume[:, y], volume[:, :, z]), ("sagittal", "coronal", "axial"), strict=False):
             ax.imshow(image.T, origin="lower", cmap="gray", vmin=low, vmax=high)
             ax.set_title(label, fontsize=8)
             ax.set_xticks([])
@@ -339,7 +353,7 @@ def saliency_figure(saliency: np.ndarray, background: np.ndarray, mask: np.ndarr
     low, high = np.percentile(background, (1, 99))
     figure = Figure(figsize=(11, 4), layout="constrained")
     axes = figure.subplots(1, 3)
-    for ax, axis, label in zip(axes, range(3), ("sagittal", "coronal", "axial")):
+    for ax, axis, label in zip(axes, range(3), ("sagittal", "coronal", "axial"), strict=False):
         take = [slice(None)] * 3
         take[axis] = peak[axis]
         ax.imshow(background[tuple(take)].T, origin="lower", cmap="gray", vmin=low, vmax=high)
@@ -397,7 +411,12 @@ def _cohort(manifest: pd.DataFrame, cohort: dict[str, Any] | None, cache_note: s
         best = _true_brain_age_mae(cohort)
         preset = cohort.get("preset", {})
         rows.append(("synthetic cohort", f"preset {preset.get('name', '?')}, seed {cohort.get('seed')}"))
-        rows.append(("MAE of the true brain age (a perfect brain reader)", f"{best.get('scan', math.nan):.2f} y per scan, {best.get('session', math.nan):.2f} y per session"))
+        rows.append(
+            (
+                "MAE of the true brain age (a perfect brain reader)",
+                f"{best.get('scan', math.nan):.2f} y per scan, {best.get('session', math.nan):.2f} y per session",
+            )
+        )
     text = "" if not cache_note else _note(f"{cache_note}; the counts are those of the predicted scans.")
     return _table(pd.DataFrame(rows, columns=["", "value"]).astype(str)) + text
 
@@ -412,7 +431,9 @@ def _groups(predictions: pd.DataFrame) -> str:
         line = "Too few subjects per group for a test."
     else:
         line = f"{test['test']} on per-subject mean gaps ({', '.join(map(str, test['groups']))}): statistic {test['statistic']:.2f}, p = {test['p_value']:.3g}."
-    caption = f"Gap = {column.replace('_', ' ')} − age, averaged per subject first" + ("" if corrected else " (no bias correction was fitted: see bias_correction.yaml)")
+    caption = f"Gap = {column.replace('_', ' ')} − age, averaged per subject first" + (
+        "" if corrected else " (no bias correction was fitted: see bias_correction.yaml)"
+    )
     return _table(table, caption) + f"<p>{html.escape(line)}</p>" + _figure(gap_figure(predictions, column))
 
 
@@ -456,7 +477,11 @@ def _intervals(predictions: pd.DataFrame, config: dict[str, Any], heldout: pd.Da
         f"{nominal_text}split-conformal intervals of the uncorrected brain age, out of fold: each fold's scans from a calibration on the "
         "other folds' people (one residual per session, its first scan's); coverage is the share of ages inside their scan's interval; "
         "width in years."
-        + (" Held-out people: people the run never saw, predicted by the trained models with the calibration stored in their checkpoints." if heldout is not None else "")
+        + (
+            " Held-out people: people the run never saw, predicted by the trained models with the calibration stored in their checkpoints."
+            if heldout is not None
+            else ""
+        )
     )
     shown = pd.DataFrame({
         "set": table["set"], "scans": table["scans"], "ages inside": table["inside"],
@@ -464,7 +489,9 @@ def _intervals(predictions: pd.DataFrame, config: dict[str, Any], heldout: pd.Da
         "median width (years)": [f"{value:.1f}" for value in table["median_width"]],
     })  # fmt: skip
     if nominal is not None:
-        shown[f"within ±{COVERAGE_TOLERANCE * 100:.0f} points of {float(nominal):.0%}"] = ["yes" if abs(value - float(nominal)) <= COVERAGE_TOLERANCE else "no" for value in table["coverage"]]
+        shown[f"within ±{COVERAGE_TOLERANCE * 100:.0f} points of {float(nominal):.0%}"] = [
+            "yes" if abs(value - float(nominal)) <= COVERAGE_TOLERANCE else "no" for value in table["coverage"]
+        ]
     held = heldout is not None and "held-out people" in set(table["set"])
     text = _table(shown, caption) + ("" if held or heldout is None else _note("The held-out predictions have no intervals or no ages."))
     return text + _figure(interval_figure(predictions, float(nominal) if nominal is not None else None, heldout))
@@ -483,7 +510,7 @@ def _pose(path: Path) -> str:
     if missing:
         return _note(f"Pose invariance: {path} lacks the columns {', '.join(sorted(missing))}.")
     rows = []
-    for k, ((scan, mode), frame) in enumerate(poses.groupby(["scan", "mode"], sort=False)):
+    for _k, ((scan, mode), frame) in enumerate(poses.groupby(["scan", "mode"], sort=False)):
         ages = frame["brain_age"].dropna()
         moved = frame.loc[frame["pose"] > 0, "brain_age"].dropna()
         rows.append({
@@ -519,8 +546,8 @@ def _retest_display(table: pd.DataFrame) -> pd.DataFrame:
     digits = [3 if measure.startswith("ICC") else 2 for measure in table["measure"]]
     return pd.DataFrame({
         "measure": table["measure"],
-        "value": [_number(value, d) for value, d in zip(table["value"], digits)],
-        "95 % interval": ["–" if math.isnan(low) else f"{low:.{d}f} to {high:.{d}f}" for low, high, d in zip(table["ci_low"], table["ci_high"], digits)],
+        "value": [_number(value, d) for value, d in zip(table["value"], digits, strict=False)],
+        "95 % interval": ["–" if math.isnan(low) else f"{low:.{d}f} to {high:.{d}f}" for low, high, d in zip(table["ci_low"], table["ci_high"], digits, strict=False)],
         "sessions": table["n_sessions"],
         "scans": table["n_scans"],
     })  # fmt: skip
@@ -528,8 +555,12 @@ def _retest_display(table: pd.DataFrame) -> pd.DataFrame:
 
 def _visits_display(table: pd.DataFrame) -> pd.DataFrame:
     """The longitudinal table as text: medians with their quartiles in brackets."""
+
     def spread(prefix: str) -> list[str]:
-        return ["–" if math.isnan(m) else f"{m:.2f} [{a:.2f}, {b:.2f}]" for m, a, b in zip(table[f"{prefix}_median"], table[f"{prefix}_q1"], table[f"{prefix}_q3"])]
+        return [
+            "–" if math.isnan(m) else f"{m:.2f} [{a:.2f}, {b:.2f}]"
+            for m, a, b in zip(table[f"{prefix}_median"], table[f"{prefix}_q1"], table[f"{prefix}_q3"], strict=False)
+        ]
 
     shown = pd.DataFrame({
         "group": table["group"], "subjects": table["n_subjects"], "visits": table["n_visits"],
@@ -606,7 +637,9 @@ def _saliency(run_dir: Path, predictions: pd.DataFrame, cache: PreparedCache, me
         mask = background > background.min() + 0.05 * np.ptp(background)
         where = f"the mean of these scans, inside the head (the {cache.config.name} pipeline does not register to the template)"
     unit = "|∂ brain age / ∂ voxel|" if method == "gradient" else "|change of brain age| when an 8-voxel cube is occluded (years)"
-    caption = f"{method.capitalize()} saliency, {unit}, averaged over {count} test scans (each by the fold's networks, which did not train on it), over {where}."
+    caption = (
+        f"{method.capitalize()} saliency, {unit}, averaged over {count} test scans (each by the fold's networks, which did not train on it), over {where}."
+    )
     figure = saliency_figure((total / count).astype(np.float32), np.asarray(background, dtype=np.float32), np.asarray(mask, dtype=bool), f"{method} saliency")
     return _note(caption) + _figure(figure)
 

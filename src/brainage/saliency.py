@@ -65,7 +65,7 @@ def occlusion_saliency(network: nn.Module, volumes: Iterable[np.ndarray], patch:
             for k, (x, y, z) in enumerate(chosen):
                 batch[k, 0, x : x + patch, y : y + patch, z : z + patch] = float(volume.min())
             changes = (_brain_age(network, batch) - reference).abs().double().cpu().numpy()
-            for (x, y, z), change in zip(chosen, changes):
+            for (x, y, z), change in zip(chosen, changes, strict=False):
                 saliency[x : x + patch, y : y + patch, z : z + patch] = change
         total = saliency if total is None else total + saliency
         count += 1

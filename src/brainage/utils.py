@@ -116,7 +116,7 @@ def parallel_map(
             for item in items:
                 try:
                     result: R | BaseException = func(item)
-                except Exception as error:  # noqa: BLE001 - reported to the caller per item
+                except Exception as error:
                     result = error
                 progress.advance(task)
                 yield item, result
@@ -129,7 +129,7 @@ def parallel_map(
                 yield futures[future], (error if error is not None else future.result())
 
 
-def write_csv(frame: "pd.DataFrame", path: str | Path) -> Path:
+def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``frame`` (no index) atomically."""
     path = Path(path)
     with atomic_write(path) as tmp:

@@ -145,8 +145,8 @@ def _load_templates() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, n
 
 def _box(shape: tuple[int, ...], offset: np.ndarray, voxel: float) -> np.ndarray:
     """Boolean map of :data:`VENTRICLE_BOX_MM` on a grid of ``voxel`` mm starting at ``offset``."""
-    axes = [np.arange(n) * voxel + o for n, o in zip(shape, offset)]
-    masks = [(lo < a) & (a < hi) for a, (lo, hi) in zip(axes, VENTRICLE_BOX_MM)]
+    axes = [np.arange(n) * voxel + o for n, o in zip(shape, offset, strict=False)]
+    masks = [(lo < a) & (a < hi) for a, (lo, hi) in zip(axes, VENTRICLE_BOX_MM, strict=False)]
     return masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
 
 
@@ -191,7 +191,7 @@ def _unit_gradient(field: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 def _neck(shape: tuple[int, int, int], resolution: float) -> np.ndarray:
     """Soft-tissue column under the skull, fading out downwards like head-coil sensitivity."""
-    x, y, z = (np.arange(n, dtype=np.float32) * resolution + lo for n, lo in zip(shape, LOWER_MM))
+    x, y, z = (np.arange(n, dtype=np.float32) * resolution + lo for n, lo in zip(shape, LOWER_MM, strict=False))
     radius = np.sqrt((x[:, None, None] / 50.0) ** 2 + ((y[None, :, None] + 32.0) / 44.0) ** 2)
     inside = 1.0 / (1.0 + np.exp(np.minimum((radius - 1.0) / 0.06, 60.0)))
     below = 1.0 / (1.0 + np.exp((z[None, None, :] + 50.0) / 6.0))
@@ -204,7 +204,7 @@ class _Grid:
 
     def __init__(self, resolution: float) -> None:
         self.resolution = resolution
-        self.shape = tuple(int(np.floor((hi - lo) / resolution + 1e-6)) + 1 for lo, hi in zip(LOWER_MM, UPPER_MM))
+        self.shape = tuple(int(np.floor((hi - lo) / resolution + 1e-6)) + 1 for lo, hi in zip(LOWER_MM, UPPER_MM, strict=False))
 
     def sample(self, array: np.ndarray, offset: np.ndarray, source_resolution: float) -> np.ndarray:
         """Gaussian anti-aliasing when shrinking, then linear interpolation (edges padded)."""
@@ -214,6 +214,4 @@ class _Grid:
         start = (np.asarray(LOWER_MM) - offset) / source_resolution
         with warnings.catch_warnings():  # a 1-D matrix means a diagonal one: the fast zoom-and-shift path
             warnings.simplefilter("ignore", UserWarning)
-            return ndimage.affine_transform(
-                array, np.full(3, step), offset=start, output_shape=self.shape, order=1, mode="nearest", output=np.float32
-            )
+            return ndimage.affine_transform(array, np.full(3, step), offset=start, output_shape=self.shape, order=1, mode="nearest", output=np.float32)

@@ -8,9 +8,7 @@ import numpy as np
 _BSPLINE_GAIN = (151.0 / 315.0) ** -1.5
 
 
-def bspline_field(
-    rng: np.random.Generator, sd: float, spacing: float, shape: tuple[int, int, int], voxel: float
-) -> np.ndarray:
+def bspline_field(rng: np.random.Generator, sd: float, spacing: float, shape: tuple[int, int, int], voxel: float) -> np.ndarray:
     """Smooth random scalar field (SD ≈ ``sd``) on a grid of ``voxel`` units: a tensor cubic
     B-spline with N(0, 1) coefficients on control points every ``spacing`` units, starting one
     spacing before the grid's first point."""
@@ -31,6 +29,4 @@ def _bspline_basis(n: int, step: float) -> np.ndarray:
     t = np.arange(n) * step
     controls = np.arange(-1, int(np.ceil(t[-1])) + 3)
     u = np.abs(t[:, None] - controls[None, :])
-    return np.where(u < 1.0, 2.0 / 3.0 - u**2 + u**3 / 2.0, np.where(u < 2.0, (2.0 - u) ** 3 / 6.0, 0.0)).astype(
-        np.float32
-    )
+    return np.where(u < 1.0, 2.0 / 3.0 - u**2 + u**3 / 2.0, np.where(u < 2.0, (2.0 - u) ** 3 / 6.0, 0.0)).astype(np.float32)

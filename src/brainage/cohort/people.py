@@ -8,6 +8,7 @@ given a record.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -269,14 +270,14 @@ def _sample_subject(
     baseline = _truncated_normal(rng, d.baseline_age_mean, d.baseline_age_sd, youngest, d.max_age - span_years)
     offset = float(rng.normal(0.0, ageing.offset_sd))
     onset = _onset_days(rng, group, delays)
-    educ_values, educ_shares = zip(*d.education)
+    educ_values, educ_shares = zip(*d.education, strict=False)
     educ = int(rng.choice(educ_values, p=np.asarray(educ_shares) / sum(educ_shares)))
     ses = float(np.clip(round(5 - (educ - 6) / 4 + rng.normal(0, d.ses_sd)), 1, 5))
     cdrs = _cdr_course(rng, group, delays, onset, d)
     scale_mean, scale_sd = a.head_scale_women if sex == "F" else a.head_scale_men
 
     sessions = []
-    for visit, delay, cdr, n_scans, no_mmse in zip(visit_numbers, delays, cdrs, repeats, mmse_missing):
+    for visit, delay, cdr, n_scans, no_mmse in zip(visit_numbers, delays, cdrs, repeats, mmse_missing, strict=False):
         age = baseline + delay / 365.25
         since_onset = None if onset is None else (delay - onset) / 365.25
         mmse = _mmse(rng, cdr, d)
@@ -352,18 +353,16 @@ def _onset_days(rng: np.random.Generator, group: str, delays: list[int]) -> floa
     return None
 
 
-def _cdr_course(
-    rng: np.random.Generator, group: str, delays: list[int], onset: float | None, d: Demographics
-) -> list[float]:
+def _cdr_course(rng: np.random.Generator, group: str, delays: list[int], onset: float | None, d: Demographics) -> list[float]:
     """CDR at each visit: 0 when healthy, 0.5 from conversion on, progressing stages when Demented."""
     if group == "Nondemented":
         return [0.0] * len(delays)
     if group == "Converted":
         return [0.5 if delay >= onset else 0.0 for delay in delays]  # type: ignore[operator]
-    stages, shares = zip(*d.demented_cdr)
+    stages, shares = zip(*d.demented_cdr, strict=False)
     cdr = float(rng.choice(stages, p=np.asarray(shares) / sum(shares)))
     course = [cdr]
-    for previous, delay in zip(delays, delays[1:]):
+    for previous, delay in itertools.pairwise(delays):
         years = (delay - previous) / 365.25
         if cdr < 2.0 and rng.random() < 1.0 - math.exp(-d.cdr_step_per_year * years):
             cdr = 1.0 if cdr == 0.5 else 2.0

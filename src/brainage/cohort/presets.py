@@ -111,8 +111,14 @@ OASIS1 = Preset(
     zooms=(1.0, 1.0, 1.25),
     resolution=1.5,
     demographics=(
-        ("baseline_age_mean", 45.0), ("baseline_age_sd", 27.0), ("min_age", 18.0), ("max_age", 97.0),
-        ("min_gap_days", 1), ("gap_shape", 1.5), ("gap_scale_days", 14.0), ("skipped_visit_share", 0.0),
+        ("baseline_age_mean", 45.0),
+        ("baseline_age_sd", 27.0),
+        ("min_age", 18.0),
+        ("max_age", 97.0),
+        ("min_gap_days", 1),
+        ("gap_shape", 1.5),
+        ("gap_scale_days", 14.0),
+        ("skipped_visit_share", 0.0),
         ("id_span", 457 / 416),
     ),
 )

@@ -142,9 +142,7 @@ def ageing_displacement(space: SubjectAnatomy, brain_age: float, ageing: AgeingM
         outside + np.float32(0.5 * space.anatomy.resolution),
     )
     return (
-        np.float32(ageing.sulcal_mm * atrophy) * space.sulcal
-        + np.float32(ageing.retraction_mm * atrophy) * space.retraction
-        - inward * space.ventricle_normal
+        np.float32(ageing.sulcal_mm * atrophy) * space.sulcal + np.float32(ageing.retraction_mm * atrophy) * space.retraction - inward * space.ventricle_normal
     )
 
 
@@ -244,12 +242,12 @@ def acquire(
     matrix = scale * rotation.T @ affine[:3, :3]
     offset = scale * rotation.T @ (affine[:3, 3] - shift) + (np.asarray(HEAD_CENTRE_MM) - anatomy.origin) / anatomy.resolution
     # resample only the part of the field of view that the head's bounding box can reach
-    corners = np.array(list(itertools.product(*zip(*space.support)))).T
+    corners = np.array(list(itertools.product(*zip(*space.support, strict=False)))).T
     reach = np.linalg.solve(matrix, corners - offset[:, None])
     lower = np.clip(np.floor(reach.min(1)).astype(int) - 1, 0, preset.shape)
     upper = np.clip(np.ceil(reach.max(1)).astype(int) + 2, 0, preset.shape)
     image = np.zeros(preset.shape, dtype=np.float32)
-    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper))
+    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=False))
     ndimage.affine_transform(
         signal, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant",
         output=image[box],
@@ -295,14 +293,10 @@ def _random_deformation(seed: int, sd_mm: float, anatomy: Anatomy) -> np.ndarray
     control points every :data:`DEFORMATION_SPACING_MM` in template space, so a subject's warp is
     the same at every resolution."""
     rng = np.random.default_rng(seed)
-    return np.stack(
-        [bspline_field(rng, sd_mm, DEFORMATION_SPACING_MM, anatomy.shape, anatomy.resolution) for _ in range(3)]
-    )
+    return np.stack([bspline_field(rng, sd_mm, DEFORMATION_SPACING_MM, anatomy.shape, anatomy.resolution) for _ in range(3)])
 
 
-def _head_signal(
-    distance: np.ndarray, height_mm: np.ndarray, neck: np.ndarray, subject: SubjectRecord, resolution: float
-) -> np.ndarray:
+def _head_signal(distance: np.ndarray, height_mm: np.ndarray, neck: np.ndarray, subject: SubjectRecord, resolution: float) -> np.ndarray:
     """T1 signal outside the intracranial surface: skull and scalp layers by distance (mm) to the
     surface, ending at the skull base, and the neck's soft tissue below and around them."""
     layers = [(t * subject.skull_thickness, v) for t, v in SKULL_LAYERS]

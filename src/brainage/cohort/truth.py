@@ -24,7 +24,7 @@ def true_brain_ages(paths: Sequence[str] | pd.Series) -> np.ndarray | None:
         for root in list(Path(path).parents)[:SEARCH_DEPTH]:
             if root not in tables and (root / GROUND_TRUTH).is_file():
                 truth = pd.read_csv(root / GROUND_TRUTH, usecols=["path", "brain_age"])
-                tables[root] = dict(zip(truth["path"].astype(str), truth["brain_age"].astype(float)))
+                tables[root] = dict(zip(truth["path"].astype(str), truth["brain_age"].astype(float), strict=False))
             if root in tables:
                 relative = Path(path).relative_to(root).as_posix()
                 values[i] = tables[root].get(relative, np.nan)

@@ -40,7 +40,13 @@ from brainage import __version__
 from brainage.cohort.ageing import AGEING, GROUPS, AgeingModel
 from brainage.cohort.anatomy import load_anatomy
 from brainage.cohort.people import (
-    ACQUISITION, DEMOGRAPHICS, MEASUREMENT, ScanRecord, SessionRecord, SubjectRecord, sample_cohort,
+    ACQUISITION,
+    DEMOGRAPHICS,
+    MEASUREMENT,
+    ScanRecord,
+    SessionRecord,
+    SubjectRecord,
+    sample_cohort,
 )  # fmt: skip
 from brainage.cohort.presets import Preset
 from brainage.cohort.render import Volumes, acquire, aged_tissues, bias_field, measure, scanner_affine, subject_anatomy, t1_signal
@@ -397,8 +403,7 @@ def _summary(
         "age_range": [int(demographics["Age"].min()), int(demographics["Age"].max())],
         "true_brain_age_mae": {k: round(v, 4) for k, v in true_brain_age_mae(subjects).items()},
         "true_brain_age_mae_description": (
-            "MAE of the true brain age against Age (a perfect brain reader); not a floor: a prediction "
-            "regressed towards the mean age can score below it"
+            "MAE of the true brain age against Age (a perfect brain reader); not a floor: a prediction regressed towards the mean age can score below it"
         ),
         "measurement_model": asdict(MEASUREMENT),
         "spreadsheet": {
@@ -420,7 +425,7 @@ def _summary(
 
 def _xyz(name: str, values: tuple[float, float, float]) -> dict[str, float]:
     stem, unit = name.rsplit("_", 1)
-    return {f"{stem}_{axis}_{unit}": value for axis, value in zip("xyz", values)}
+    return {f"{stem}_{axis}_{unit}": value for axis, value in zip("xyz", values, strict=False)}
 
 
 def _cell(value: object) -> object:

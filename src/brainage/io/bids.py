@@ -32,18 +32,13 @@ DAYS_PER_YEAR = 365.25
 
 def looks_like_bids(root: Path) -> bool:
     """True for a folder with ``dataset_description.json`` or ``sub-*/[ses-*/]anat`` folders."""
-    return (root / "dataset_description.json").is_file() or any(
-        path.is_dir() for pattern in ("sub-*/anat", "sub-*/ses-*/anat") for path in root.glob(pattern)
-    )
+    return (root / "dataset_description.json").is_file() or any(path.is_dir() for pattern in ("sub-*/anat", "sub-*/ses-*/anat") for path in root.glob(pattern))
 
 
 def find_t1w(root: Path) -> list[Path]:
     """Every T1-weighted NIfTI of the dataset, in natural order."""
     found = {
-        Path(os.path.abspath(path))
-        for pattern in T1W_PATTERNS
-        for path in root.glob(pattern)
-        if image_suffix(path) in (".nii", ".nii.gz") and path.is_file()
+        Path(os.path.abspath(path)) for pattern in T1W_PATTERNS for path in root.glob(pattern) if image_suffix(path) in (".nii", ".nii.gz") and path.is_file()
     }
     return sorted(found, key=lambda path: natural_key(str(path)))
 

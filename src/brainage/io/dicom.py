@@ -235,7 +235,7 @@ def discover_dicom(root: Path, convert_dir: Path | None = None) -> Discovery:
     rows, problems = dicom_rows(root, convert_dir)
     if not rows.empty:
         ageless = rows["age"].isna()
-        for path, first in rows.loc[ageless, ["path", "dicom_series"]].itertuples(index=False):
+        for _path, first in rows.loc[ageless, ["path", "dicom_series"]].itertuples(index=False):
             problems.append(Problem(first, "no age: the series has no PatientAge"))
         rows = rows.loc[~ageless]
     return finish(root, "dicom", rows, problems)

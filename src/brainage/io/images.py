@@ -110,7 +110,7 @@ def _open_header(path: Path) -> tuple[SpatialImage, tuple[int, int, int]]:
         raise InputError(path, f"cannot read the file ({error.strerror})") from None
     try:
         image = nib.load(path, mmap=False)
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types for a bad header
+    except Exception as error:
         if _is_gzip(path):
             _data_length(path, expected=-1)  # a cut gzip stream is the likelier cause: say so
         raise InputError(path, f"unreadable image header ({_one_line(error)})") from None

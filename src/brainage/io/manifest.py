@@ -102,7 +102,7 @@ def sort_manifest(frame: pd.DataFrame) -> pd.DataFrame:
     """Sort rows by subject, session and scan in natural order (``mpr-2`` before ``mpr-10``)."""
     keys = [
         (natural_key(subject), natural_key(session), natural_key(scan))
-        for subject, session, scan in zip(frame["subject_id"], frame["session_id"], frame["scan_id"])
+        for subject, session, scan in zip(frame["subject_id"], frame["session_id"], frame["scan_id"], strict=False)
     ]
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return frame.iloc[order].reset_index(drop=True)
@@ -164,7 +164,7 @@ def check_sex_column(values: pd.Series, source: str | Path, column: str) -> None
     the column would silently become missing."""
     given = [str(value).strip() for value in values if not is_missing(value)]
     if given and all(value.lower() not in _SEX for value in given):
-        found = ", ".join(repr(value) for value in dict.fromkeys(given[:50]).keys())
+        found = ", ".join(repr(value) for value in dict.fromkeys(given[:50]))
         raise InputError(source, f"column {column}: no value reads as M or F (found {found}); recode it as M/F")
 
 

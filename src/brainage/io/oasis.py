@@ -57,10 +57,7 @@ def find_demographics(root: str | Path) -> Path:
         found = [
             path
             for path in sorted(folder.iterdir())
-            if path.is_file()
-            and "demographics" in path.name.lower()
-            and path.suffix.lower() in (".xlsx", ".csv")
-            and not path.name.startswith(("~$", "."))
+            if path.is_file() and "demographics" in path.name.lower() and path.suffix.lower() in (".xlsx", ".csv") and not path.name.startswith(("~$", "."))
         ]
         for suffix in (".xlsx", ".csv"):
             candidates = [path for path in found if path.suffix.lower() == suffix]
@@ -154,7 +151,7 @@ def _usable_rows(sheet: Path) -> tuple[list[dict[str, object]], list[Problem], s
         problems.append(Problem(str(sheet), f"duplicate MRI ID {session} (rows {numbers}): left out"))
         bad_sessions.add(session)
     rows: list[dict[str, object]] = []
-    for index, row in zip(frame.index, frame.to_dict("records")):
+    for index, row in zip(frame.index, frame.to_dict("records"), strict=False):
         session = ids[index]
         if session in bad_sessions:
             continue

@@ -126,7 +126,7 @@ def _usable_rows(sheet: Path) -> tuple[dict[str, dict[str, object]], list[Proble
     problems: list[Problem] = []
     bad: set[str] = set()
     parsed: dict[str, dict[str, object]] = {}
-    for index, row in zip(frame.index, frame.to_dict("records")):
+    for index, row in zip(frame.index, frame.to_dict("records"), strict=False):
         label = f"row {index + 2}"
         session = None if is_missing(row["ID"]) else str(row["ID"]).strip()
         match = SESSION_ID.match(session or "")

@@ -30,10 +30,7 @@ def read_spreadsheet(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        if suffix == ".xlsx":
-            frame = pd.read_excel(path, dtype=str)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str)
+        frame = pd.read_excel(path, dtype=str) if suffix == ".xlsx" else pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str)
     except OSError as error:
         raise InputError(path, f"cannot read the table ({error.strerror or error})") from None
     except (ValueError, zipfile.BadZipFile, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
@@ -55,7 +52,7 @@ def discover_table(path: Path) -> Discovery:
         raise InputError(path, f"missing column(s): {', '.join(missing)} (a scan table needs path, subject_id, age)")
     problems: list[Problem] = []
     keep: list[bool] = []
-    for number, row in zip(frame.index + 2, frame.to_dict("records")):
+    for number, row in zip(frame.index + 2, frame.to_dict("records"), strict=False):
         empty = [column for column in ("path", "subject_id") if is_missing(row[column])]
         age, cause = parse_age(row["age"])
         if empty:
@@ -79,7 +76,7 @@ def _fill(rows: pd.DataFrame, column: str, defaults: list[str]) -> list[str]:
     """The column's values, with ``defaults`` where the column is absent or a cell is empty."""
     if column not in rows.columns:
         return defaults
-    return [default if is_missing(value) else value for value, default in zip(rows[column], defaults)]
+    return [default if is_missing(value) else value for value, default in zip(rows[column], defaults, strict=False)]
 
 
 def _default_scan_ids(rows: pd.DataFrame) -> list[str]:
@@ -87,4 +84,4 @@ def _default_scan_ids(rows: pd.DataFrame) -> list[str]:
     stems = [scan_stem(path) for path in rows["path"]]
     if len(set(stems)) == len(stems):
         return stems
-    return [f"{session}_{stem}" for session, stem in zip(rows["session_id"], stems)]
+    return [f"{session}_{stem}" for session, stem in zip(rows["session_id"], stems, strict=False)]

@@ -88,9 +88,7 @@ class CompactResNet(AgeRegressor):
             "pool_size": pool_size,
             "dropout": dropout,
         }
-        self.stem = nn.Sequential(
-            nn.Conv3d(1, stem_width, 3, stride=stem_stride, padding=1, bias=False), make_norm(norm, stem_width), nn.ReLU(inplace=True)
-        )
+        self.stem = nn.Sequential(nn.Conv3d(1, stem_width, 3, stride=stem_stride, padding=1, bias=False), make_norm(norm, stem_width), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         in_channels = stem_width
         for width in widths:

@@ -27,9 +27,7 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else None
         self.downsample = None
         if in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv3d(in_channels, out_channels, kernel_size=1), nn.BatchNorm3d(out_channels)
-            )
+            self.downsample = nn.Sequential(nn.Conv3d(in_channels, out_channels, kernel_size=1), nn.BatchNorm3d(out_channels))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

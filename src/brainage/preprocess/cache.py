@@ -44,6 +44,7 @@ import pandas as pd
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.io.images import pair_partner
 from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
+from brainage.preprocess.external_mask import external_mask_path, external_spatial
 from brainage.preprocess.pipelines import (
     STAGES,
     PipelineConfig,
@@ -55,7 +56,6 @@ from brainage.preprocess.pipelines import (
     make_config,
     preprocess_scan,
 )
-from brainage.preprocess.external_mask import external_mask_path, external_spatial
 from brainage.preprocess.qc import save_qc_png
 from brainage.preprocess.stages import torch_device
 from brainage.utils import atomic_write, parallel_map
@@ -187,7 +187,7 @@ def prepare(
     masks = manifest["mask_path"] if "mask_path" in manifest else [None] * len(manifest)
     jobs = {
         str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask), device)
-        for path, scan_id, mask in zip(manifest["path"], manifest["scan_id"], masks)
+        for path, scan_id, mask in zip(manifest["path"], manifest["scan_id"], masks, strict=False)
     }  # a path listed twice is prepared once
     sessions = _shard(_sessions(jobs, manifest, config), shard)
     manifest = manifest[manifest["path"].astype(str).isin({job.path for session in sessions for job in session})]
@@ -195,7 +195,7 @@ def prepare(
     with _running(root):
         unit = ", sessions" if len(sessions) < len(jobs) else ""
         for session, results in parallel_map(_prepare_session, sessions, workers, description=f"prepare ({config.name}{unit})"):
-            for job, result in zip(session, results if isinstance(results, list) else [results] * len(session)):
+            for job, result in zip(session, results if isinstance(results, list) else [results] * len(session), strict=False):
                 if isinstance(result, InputError):
                     problems.append(Problem.from_error(result))
                 elif isinstance(result, BaseException):
@@ -286,7 +286,7 @@ def _sessions(jobs: dict[str, _Job], manifest: pd.DataFrame, config: PipelineCon
     registration; one job a group otherwise, and for a scan with an external brain mask."""
     reuse = isinstance(config, StandardConfig) and config.session_reuse
     groups: dict[object, list[_Job]] = {}
-    for path, subject, session in zip(manifest["path"].astype(str), manifest["subject_id"], manifest["session_id"]):
+    for path, subject, session in zip(manifest["path"].astype(str), manifest["subject_id"], manifest["session_id"], strict=False):
         job = jobs[path]
         alone = not reuse or external_mask_path(job.path, job.mask_path) is not None
         group = groups.setdefault(path if alone else (subject, session), [])
@@ -304,7 +304,7 @@ def _prepare_session(jobs: tuple[_Job, ...]) -> list[dict[str, Any] | Exception]
     for job in jobs:
         try:
             record, prepared_alone = _prepare_one(job, reference, len(jobs) > 1)
-        except Exception as error:  # noqa: BLE001 - reported per scan, like parallel_map's items
+        except Exception as error:
             results.append(error)
             continue
         reference = reference or prepared_alone
@@ -380,14 +380,13 @@ def _read_spatial(path: Path) -> Spatial | None:
 
 
 def _write_spatial(path: Path, spatial: Spatial) -> None:
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(
-                handle,
-                mask=np.packbits(spatial.mask.ravel()),
-                shape=np.asarray(spatial.mask.shape),
-                world_to_source=spatial.world_to_source,
-            )
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle,
+            mask=np.packbits(spatial.mask.ravel()),
+            shape=np.asarray(spatial.mask.shape),
+            world_to_source=spatial.world_to_source,
+        )
 
 
 def _manifest(source: str | Path | pd.DataFrame, demographics: str | Path | None) -> tuple[pd.DataFrame, list[Problem]]:

@@ -134,8 +134,13 @@ class StandardConfig(PipelineConfig):
 
     name: ClassVar[str] = "standard"
     LEGACY: ClassVar[dict[str, Any]] = {
-        "skull_strip": "deepbet", "registration_margin": None, "registration_iterations": (2100, 1200, 200),
-        "session_reuse": False, "rigid_voxel_size": 4.0, "rigid_iterations": (20, 10, 5), "antialias": 0.0,
+        "skull_strip": "deepbet",
+        "registration_margin": None,
+        "registration_iterations": (2100, 1200, 200),
+        "session_reuse": False,
+        "rigid_voxel_size": 4.0,
+        "rigid_iterations": (20, 10, 5),
+        "antialias": 0.0,
     }
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
@@ -159,8 +164,16 @@ class StandardConfig(PipelineConfig):
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (
-        "bias_correction", "n4_shrink_factor", "skull_strip", "strip_shape", "strip_threshold", "registration",
-        "registration_voxel_size", "registration_sampling", "registration_margin", "registration_iterations",
+        "bias_correction",
+        "n4_shrink_factor",
+        "skull_strip",
+        "strip_shape",
+        "strip_threshold",
+        "registration",
+        "registration_voxel_size",
+        "registration_sampling",
+        "registration_margin",
+        "registration_iterations",
     )
     SESSION_FIELDS: ClassVar[tuple[str, ...]] = ("session_reuse", "rigid_voxel_size", "rigid_iterations")
     SKULL_STRIPS: ClassVar[tuple[str, ...]] = ("deepbet-coarse", "deepbet")
@@ -301,8 +314,11 @@ def _run_seed(path: Path, config: SeedConfig, timer: StageTimer) -> np.ndarray:
     with timer("resample"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # nilearn's "casting data from int16 to float32"
         resampled = resample_img(
-            nib.Nifti1Image(scan.data, affine), target_affine=config.affine, target_shape=config.shape,
-            force_resample=True, copy_header=True,
+            nib.Nifti1Image(scan.data, affine),
+            target_affine=config.affine,
+            target_shape=config.shape,
+            force_resample=True,
+            copy_header=True,
         )
     with timer("normalise"):
         return stages.zscore(stages.squeeze_trailing(resampled.get_fdata(dtype=np.float32)))
@@ -336,9 +352,7 @@ def _run_standard(
         return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
 
 
-def find_spatial(
-    data: np.ndarray, affine: np.ndarray, config: StandardConfig, timer: StageTimer | None = None, device: str = "cpu"
-) -> Spatial:
+def find_spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig, timer: StageTimer | None = None, device: str = "cpu") -> Spatial:
     """Skull-strip a RAS volume, then register its brain to the MNI152 brain."""
     timer = timer or StageTimer()
     with timer("strip"):
@@ -372,8 +386,14 @@ def align_to_reference(data: np.ndarray, affine: np.ndarray, reference: SessionR
 def register_brain(brain: np.ndarray, affine: np.ndarray, config: StandardConfig, seed: int = 1) -> np.ndarray:
     """:func:`register_to_template` with ``config``'s registration settings."""
     return register_to_template(
-        brain, affine, config.registration_voxel_size, config.registration, config.registration_sampling,
-        config.registration_margin, config.registration_iterations, seed,
+        brain,
+        affine,
+        config.registration_voxel_size,
+        config.registration,
+        config.registration_sampling,
+        config.registration_margin,
+        config.registration_iterations,
+        seed,
     )
 
 

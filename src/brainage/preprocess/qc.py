@@ -37,11 +37,11 @@ def save_qc_png(volume: np.ndarray, path: str | Path, title: str = "") -> None:
     volume = np.asarray(volume, dtype=np.float32)
     content = volume - volume.min()
     centre = ndimage.center_of_mass(content) if content.any() else [n / 2 for n in volume.shape]
-    x, y, z = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, volume.shape))
+    x, y, z = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(centre, volume.shape, strict=False))
     slices = (volume[x, :, :], volume[:, y, :], volume[:, :, z])
     low, high = np.percentile(volume, (1, 99))
     figure = Figure(figsize=(6, 2.2), dpi=80)
-    for k, (image, label) in enumerate(zip(slices, ("sagittal", "coronal", "axial"))):
+    for k, (image, label) in enumerate(zip(slices, ("sagittal", "coronal", "axial"), strict=False)):
         axis = figure.add_subplot(1, 3, k + 1)
         axis.imshow(image.T, origin="lower", cmap="gray", vmin=low, vmax=high)
         axis.set_title(label, fontsize=8)

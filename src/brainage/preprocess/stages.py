@@ -165,9 +165,7 @@ def resample(
     mapping = np.linalg.inv(affine) @ (np.eye(4) if world_to_source is None else world_to_source) @ target_affine
     if antialias:
         data = ndimage.gaussian_filter(data.astype(np.float32, copy=False), antialias_sigmas(mapping, antialias), mode="constant")
-    out = ndimage.affine_transform(
-        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target_shape), order=order, cval=0.0
-    )
+    out = ndimage.affine_transform(data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(target_shape), order=order, cval=0.0)
     return out.astype(np.float32)
 
 
@@ -197,9 +195,7 @@ def box_grid(affine: np.ndarray, mask: np.ndarray, voxel_size: float, margin: fl
     return _grid_over(affine, *mask_bounds(mask), voxel_size, margin)
 
 
-def _grid_over(
-    affine: np.ndarray, low: np.ndarray, high: np.ndarray, voxel_size: float, margin: float = 0.0
-) -> tuple[np.ndarray, tuple[int, int, int]]:
+def _grid_over(affine: np.ndarray, low: np.ndarray, high: np.ndarray, voxel_size: float, margin: float = 0.0) -> tuple[np.ndarray, tuple[int, int, int]]:
     """An axis-aligned RAS grid of ``voxel_size`` mm over the world box of voxel indices
     ``low``–``high`` (inclusive) grown by ``margin`` mm."""
     corners = np.array([[i, j, k, 1.0] for i in (low[0], high[0]) for j in (low[1], high[1]) for k in (low[2], high[2])])
@@ -236,10 +232,10 @@ def carry_mask(
     coarse_affine[:3, 3] = target_affine[:3, :3] @ start + target_affine[:3, 3]
     coarse_shape = tuple(int(n) for n in size // 2 + 1)  # 2 (n - 1) ≥ size - 1: the upsampled grid covers the part
     coarse = resample(crop.astype(np.float32), crop_affine, coarse_affine, coarse_shape, world_to_source)  # type: ignore[arg-type]
-    fine = F.interpolate(
-        torch.from_numpy(coarse)[None, None], size=tuple(2 * n - 1 for n in coarse_shape), mode="trilinear", align_corners=True
-    )[0, 0, : size[0], : size[1], : size[2]]
-    out[tuple(slice(a, a + n) for a, n in zip(start, size))] = fine.numpy() > 0.5
+    fine = F.interpolate(torch.from_numpy(coarse)[None, None], size=tuple(2 * n - 1 for n in coarse_shape), mode="trilinear", align_corners=True)[
+        0, 0, : size[0], : size[1], : size[2]
+    ]
+    out[tuple(slice(a, a + n) for a, n in zip(start, size, strict=False))] = fine.numpy() > 0.5
     return out
 
 
@@ -249,7 +245,7 @@ def crop_to(mask: np.ndarray, affine: np.ndarray, *arrays: np.ndarray) -> tuple[
     outside of which everything is 0 (``resample``'s fill value)."""
     low, high = mask_bounds(mask)
     low, high = np.maximum(low - 1, 0), np.minimum(high + 2, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(low, high))
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=False))
     cut_affine = affine.copy()
     cut_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
     return (mask[box], *(array[box] for array in arrays), cut_affine)

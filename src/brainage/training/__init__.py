@@ -12,14 +12,35 @@ The checkpoint format is :mod:`brainage.checkpoint` and the inference path :mod:
 from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, save_checkpoint
 from brainage.training.combine import combine
 from brainage.training.config import (
-    TUTORIAL_RECIPE, ConfigError, TrainConfig, cpu_supports_bf16, load_config, resolve_accelerator, resolve_channels_last, resolve_precision,
+    TUTORIAL_RECIPE,
+    ConfigError,
+    TrainConfig,
+    cpu_supports_bf16,
+    load_config,
+    resolve_accelerator,
+    resolve_channels_last,
+    resolve_precision,
 )  # fmt: skip
 from brainage.training.module import (
-    HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, TrainingCurves, TrainingDiverged, recompute_batch_norm,
+    BrainAgeModule,
+    FiniteLoss,
+    MaxGradientNorm,
+    PreciseBatchNorm,
+    TrainingCurves,
+    TrainingDiverged,
+    recompute_batch_norm,
 )  # fmt: skip
 from brainage.training.run import (
-    BASELINES, PREDICTION_COLUMNS, RunFolderError, TrainResult, baseline_predictions, calibrate_intervals, correct_bias, fold_module, fold_trainer,
-    quiet_lightning, summarize_run, train,
+    RunFolderError,
+    TrainResult,
+    baseline_predictions,
+    calibrate_intervals,
+    correct_bias,
+    fold_module,
+    fold_trainer,
+    quiet_lightning,
+    summarize_run,
+    train,
 )  # fmt: skip
 from brainage.utils import write_csv
 

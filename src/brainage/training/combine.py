@@ -21,7 +21,14 @@ from brainage.checkpoint import fold_folder, load_checkpoint, save_checkpoint
 from brainage.errors import InputError
 from brainage.training.config import TrainConfig, _plain
 from brainage.training.run import (
-    BASELINES, IDS, RunFolderError, TrainResult, _member_mean, _read_predictions, _write_yaml, finish_run,
+    BASELINES,
+    IDS,
+    RunFolderError,
+    TrainResult,
+    _member_mean,
+    _read_predictions,
+    _write_yaml,
+    finish_run,
 )  # fmt: skip
 from brainage.utils import write_csv
 
@@ -46,11 +53,11 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     run_dir = Path(out)
     configs = [_finished_run(run) for run in runs]
     first = configs[0]
-    for run, values in zip(runs[1:], configs[1:]):
+    for run, values in zip(runs[1:], configs[1:], strict=False):
         differs = [key for key in SHARED if values.get(key) != first.get(key)]
         if differs:
             raise RunFolderError(f"{run} was not trained on the same {', '.join(differs)} as {runs[0]}; only runs on the same folds can be combined")
-    sources = [{"run": str(run.resolve()), "members": _members(values), "train": values["train"]} for run, values in zip(runs, configs)]
+    sources = [{"run": str(run.resolve()), "members": _members(values), "train": values["train"]} for run, values in zip(runs, configs, strict=False)]
     _start_combined_folder(run_dir, first, sources)
     config = dataclasses.replace(TrainConfig.from_dict(first["train"]), progress=progress)
 
@@ -58,7 +65,7 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     fold_predictions, validation, histories, checkpoints = [], [], [], []
     for fold in sorted({int(row["fold"]) for row in first["folds"]}):
         tests, vals, member = [], [], 0
-        for run, source, history in zip(runs, sources, run_histories):
+        for run, source, history in zip(runs, sources, run_histories, strict=False):
             for own in range(source["members"]):
                 folder, target = fold_folder(run, fold, own), fold_folder(run_dir, fold, member)
                 checkpoint = load_checkpoint(folder / "model.ckpt")

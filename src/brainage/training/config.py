@@ -20,8 +20,14 @@ from brainage.evaluation import AgeBiasCorrector
 from brainage.inference import resolve_accelerator
 
 __all__ = [
-    "ConfigError", "TrainConfig", "TUTORIAL_RECIPE", "load_config", "resolve_accelerator", "cpu_supports_bf16",
-    "resolve_precision", "resolve_channels_last",
+    "TUTORIAL_RECIPE",
+    "ConfigError",
+    "TrainConfig",
+    "cpu_supports_bf16",
+    "load_config",
+    "resolve_accelerator",
+    "resolve_channels_last",
+    "resolve_precision",
 ]  # fmt: skip
 
 
@@ -159,7 +165,10 @@ class TrainConfig:
                 (self.epochs == 0 and self.ensemble > 1, f"epochs 0 re-calibrates one model: ensemble must be 1, got {self.ensemble}"),
                 (self.ensemble < 1, f"ensemble must be at least 1, got {self.ensemble}"),
                 (self.batch_size < 2, f"batch_size must be at least 2 (batch norm), got {self.batch_size}"),
-                (self.repeats_per_session is not None and self.repeats_per_session < 1, f"repeats_per_session must be at least 1, got {self.repeats_per_session}"),
+                (
+                    self.repeats_per_session is not None and self.repeats_per_session < 1,
+                    f"repeats_per_session must be at least 1, got {self.repeats_per_session}",
+                ),
                 (self.lr <= 0, f"lr must be positive, got {self.lr}"),
                 (self.schedule not in self.SCHEDULES, f"schedule must be one of {', '.join(self.SCHEDULES)}, got {self.schedule!r}"),
                 (self.ema_decay is not None and not 0 < self.ema_decay < 1, f"ema_decay must be between 0 and 1, got {self.ema_decay}"),
@@ -184,7 +193,7 @@ class TrainConfig:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """The configuration described by ``values``; unknown keys are an error."""
         values = dict(values)
         augmentation = dict(values.get("augmentation") or {})
@@ -200,8 +209,21 @@ class TrainConfig:
 #: The tutorial's training recipe (its network and optimisation, batch-norm running averages as
 #: they were), for side-by-side comparison.
 TUTORIAL_RECIPE = TrainConfig(
-    model="seed", tta_flip=False, epochs=50, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_epochs=3, plateau_factor=0.5,
-    plateau_patience=5, min_lr=1e-6, early_stopping_patience=10, min_epochs=0, gradient_clip=1.0, precise_bn=False, ema_decay=None,
+    model="seed",
+    tta_flip=False,
+    epochs=50,
+    batch_size=8,
+    lr=1e-3,
+    weight_decay=0.05,
+    warmup_epochs=3,
+    plateau_factor=0.5,
+    plateau_patience=5,
+    min_lr=1e-6,
+    early_stopping_patience=10,
+    min_epochs=0,
+    gradient_clip=1.0,
+    precise_bn=False,
+    ema_decay=None,
     augmentation=AugmentConfig(noise=True, intensity=True, flip=True, affine=False, bias_field=False, gamma=False, blur=False),
 )
 
@@ -224,9 +246,7 @@ def cpu_supports_bf16() -> bool:
     (torch 2.13's oneDNN, 2-core AMD EPYC), bf16 backward passes of the default network gave
     infinite and NaN gradient norms within its first 20 steps, so training diverged."""
     try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_amx_tile_supported()
-        )
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -248,5 +268,3 @@ def resolve_channels_last(channels_last: bool | str, precision: str) -> bool:
     if channels_last == "auto":
         return precision in ("bf16-mixed", "16-mixed")
     return bool(channels_last)
-
-

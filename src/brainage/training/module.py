@@ -170,7 +170,7 @@ def recompute_batch_norm(
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     for images, *_ in itertools.islice(loader, max_batches):
         model(images.to(device).contiguous(memory_format=memory_format))
-    for norm, momentum in zip(norms, momenta):
+    for norm, momentum in zip(norms, momenta, strict=False):
         norm.momentum = momentum
     model.train(was_training)
 

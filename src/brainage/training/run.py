@@ -43,12 +43,18 @@ from sklearn.linear_model import LinearRegression
 from brainage import __version__
 from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
 from brainage.checkpoint import BrainAgeCheckpoint, fold_folder, load_checkpoint, save_checkpoint
+from brainage.cohort.truth import true_brain_ages
 from brainage.console import console
 from brainage.data import BrainAgeDataModule, Fold, make_folds
 from brainage.errors import BrainAgeError, InputError
-from brainage.cohort.truth import true_brain_ages
 from brainage.evaluation import (
-    TRUE_BRAIN_AGE_LABEL, AgeBiasCorrector, control_mask, demented_vs_nondemented, fit_bias_correction, gap_by_group, summarize_predictions,
+    TRUE_BRAIN_AGE_LABEL,
+    AgeBiasCorrector,
+    control_mask,
+    demented_vs_nondemented,
+    fit_bias_correction,
+    gap_by_group,
+    summarize_predictions,
 )  # fmt: skip
 from brainage.figures import plot_predictions, plot_training_curves
 from brainage.inference import BrainAgeEnsemble, predict_batches
@@ -201,13 +207,15 @@ def correct_bias(
         fit_on = predictions[predictions["fold"] != fold] if k_fold else validation[validation.get("fold", pd.Series(dtype=int)) == fold]
         corrector = fit_bias_correction(fit_on, config.control_group, config.bias_correction)
         predictions.loc[rows.index, "brain_age_corrected"] = corrector.transform(rows["brain_age"], rows["age"])
-        record["folds"].append({
-            "fold": int(fold),
-            "fitted_on": "out-of-fold predictions of the other folds" if k_fold else "validation predictions of the training side",
-            "subjects": sorted(set(_controls(fit_on, config).astype(str))),
-            "description": corrector.describe(),
-            **corrector.to_dict(),
-        })
+        record["folds"].append(
+            {
+                "fold": int(fold),
+                "fitted_on": "out-of-fold predictions of the other folds" if k_fold else "validation predictions of the training side",
+                "subjects": sorted(set(_controls(fit_on, config).astype(str))),
+                "description": corrector.describe(),
+                **corrector.to_dict(),
+            }
+        )
         if config.progress and k_fold:
             console.print(f"[bold]fold {fold}[/]: {corrector.describe()}", style=None if corrector.applicable else "yellow")
     final = fit_bias_correction(predictions if k_fold else validation, config.control_group, config.bias_correction)
@@ -219,9 +227,7 @@ def correct_bias(
     return predictions, final
 
 
-def calibrate_intervals(
-    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig
-) -> tuple[pd.DataFrame, ConformalInterval | None]:
+def calibrate_intervals(predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, ConformalInterval | None]:
     """Add ``brain_age_lower``/``brain_age_upper`` (coverage ``config.interval``) to out-of-fold
     ``predictions``, each fold's from a split-conformal calibration on the other folds' residuals
     (one per session; one hold-out: on the validation predictions); return the final calibration
@@ -248,7 +254,9 @@ def _controls(frame: pd.DataFrame, config: TrainConfig) -> pd.Series:
     return frame["subject_id"][mask]
 
 
-def _start_run_folder(run_dir: Path, cache: PreparedCache, config: TrainConfig, folds: pd.DataFrame, split_digest: str, accelerator: str, precision: str) -> None:
+def _start_run_folder(
+    run_dir: Path, cache: PreparedCache, config: TrainConfig, folds: pd.DataFrame, split_digest: str, accelerator: str, precision: str
+) -> None:
     """Write ``config.yaml``, or check that the one there describes this same run."""
     values = {
         "brainage_version": __version__,
@@ -310,7 +318,12 @@ def quiet_lightning() -> Iterator[None]:
     lightning_log.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            for message in (".*does not have many workers.*", ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*", ".*exists and is not empty.*"):
+            for message in (
+                ".*does not have many workers.*",
+                ".*smaller than the logging interval.*",
+                ".*LeafSpec.*is deprecated.*",
+                ".*exists and is not empty.*",
+            ):
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:
@@ -324,7 +337,12 @@ def fold_module(
     from ``seed``, by default the fold's) and a fresh model around it, starting from
     ``config.init``'s weights when given."""
     data = BrainAgeDataModule(
-        cache, fold, config.batch_size, config.augmentation, config.num_workers, pin_memory=accelerator == "cuda",
+        cache,
+        fold,
+        config.batch_size,
+        config.augmentation,
+        config.num_workers,
+        pin_memory=accelerator == "cuda",
         seed=config.seed + fold.index if seed is None else seed,
         repeats_per_session=config.repeats_per_session,
     )
@@ -601,12 +619,18 @@ def summarize_run(predictions: pd.DataFrame, model_name: str, correction: str = 
         )
         rows.append(
             table.assign(
-                model=name, correction=how, dementia_gap=dementia["difference"], dementia_p=dementia["p_value"],
-                retest_sd=retest.values.get("within_sd", np.nan), icc2=retest.values.get("icc2", np.nan),
-                icc2_low=retest.values.get("icc2_low", np.nan), icc2_high=retest.values.get("icc2_high", np.nan),
-                visit_slope=visits.values.get("slope_median", np.nan), visit_slope_true=visits.values.get("slope_true_median", np.nan),
+                model=name,
+                correction=how,
+                dementia_gap=dementia["difference"],
+                dementia_p=dementia["p_value"],
+                retest_sd=retest.values.get("within_sd", np.nan),
+                icc2=retest.values.get("icc2", np.nan),
+                icc2_low=retest.values.get("icc2_low", np.nan),
+                icc2_high=retest.values.get("icc2_high", np.nan),
+                visit_slope=visits.values.get("slope_median", np.nan),
+                visit_slope_true=visits.values.get("slope_true_median", np.nan),
                 coverage=inside,
-            )  # fmt: skip
+            )
         )
     summary = pd.concat(rows, ignore_index=True)
     order = {"session": 0, "scan": 1}
