@@ -1,0 +1,108 @@
+"""Subject-level bootstrap intervals on cases whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage.bootstrap import at_level, bootstrap_gap_fidelity, bootstrap_mae, bootstrap_mae_difference, cluster_bootstrap
+
+
+def _frame(people: int = 40, scans: int = 2, seed: int = 0) -> pd.DataFrame:
+    """``scans`` scans (one session each pair) of ``people`` people, with a true brain age and a noisy brain age."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for person in range(people):
+        age = float(rng.integers(60, 90))
+        truth = age + rng.normal(0, 3)
+        for scan in range(scans):
+            rows.append({
+                "scan_id": f"s{person}-{scan}", "subject_id": f"p{person}", "session_id": f"p{person}-v{scan // 2}",
+                "age": age, "true_brain_age": truth, "brain_age": truth + rng.normal(0, 2),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("level", ["scan", "session"])
+def test_identical_columns_differ_by_exactly_zero(level: str) -> None:
+    frame = _frame().assign(copy=lambda f: f["brain_age"])
+    difference = bootstrap_mae_difference(frame, "brain_age", "copy", level=level, resamples=200)
+    assert (difference.value, difference.low, difference.high) == (0.0, 0.0, 0.0)
+    assert not difference.excludes_zero()
+
+
+@pytest.mark.parametrize("level", ["scan", "session"])
+def test_a_prediction_one_year_off_for_everyone_has_mae_one(level: str) -> None:
+    frame = _frame().assign(off=lambda f: f["age"] + np.where(np.arange(len(f)) % 4 < 2, 1.0, -1.0))
+    mae = bootstrap_mae(frame, "off", level=level, resamples=200)
+    assert mae.value == pytest.approx(1.0) and mae.low == pytest.approx(1.0) and mae.high == pytest.approx(1.0)
+
+
+def test_mae_against_the_true_brain_age() -> None:
+    frame = _frame().assign(off=lambda f: f["true_brain_age"] - 2.0)
+    mae = bootstrap_mae(frame, "off", target="true_brain_age", resamples=200)
+    assert mae.value == pytest.approx(2.0) and mae.low == pytest.approx(2.0) and mae.high == pytest.approx(2.0)
+
+
+def test_a_large_true_difference_excludes_zero_and_a_null_one_does_not() -> None:
+    frame = _frame(people=60)
+    rng = np.random.default_rng(1)
+    frame["worse"] = frame["age"] + rng.normal(0, 8, len(frame))
+    frame["good"] = frame["age"] + rng.normal(0, 2, len(frame))
+    frame["also_good"] = frame["age"] + rng.normal(0, 2, len(frame))
+    ahead = bootstrap_mae_difference(frame, "good", "worse", resamples=500)
+    assert ahead.value < 0 and ahead.high < 0 and ahead.excludes_zero()
+    assert ahead.low <= ahead.value <= ahead.high
+    same = bootstrap_mae_difference(frame, "good", "also_good", resamples=500)
+    assert same.low < 0 < same.high
+
+
+def test_resampling_is_by_subject_so_many_scans_of_one_person_do_not_narrow_the_interval() -> None:
+    """40 people; one of them holds 100 scans. Resampled as independent scans the interval would be
+    much narrower; by subject it stays about as wide as with one scan of each person."""
+    rng = np.random.default_rng(2)
+    errors = rng.normal(0, 4, 40)
+    one_each = pd.DataFrame({"subject_id": [f"p{i}" for i in range(40)], "age": 70.0, "brain_age": 70.0 + errors})
+    heavy = pd.concat([one_each, pd.DataFrame({"subject_id": ["p0"] * 99, "age": 70.0, "brain_age": 70.0 + errors[0]})], ignore_index=True)
+    by_subject = bootstrap_mae(heavy, "brain_age", resamples=1000)
+    as_scans = bootstrap_mae(heavy.assign(subject_id=[f"scan{i}" for i in range(len(heavy))]), "brain_age", resamples=1000)
+    assert by_subject.high - by_subject.low > 3 * (as_scans.high - as_scans.low)
+
+
+def test_the_interval_is_seeded() -> None:
+    frame = _frame()
+    assert bootstrap_mae(frame, "brain_age", resamples=300, seed=5) == bootstrap_mae(frame, "brain_age", resamples=300, seed=5)
+    assert bootstrap_mae(frame, "brain_age", resamples=300, seed=5) != bootstrap_mae(frame, "brain_age", resamples=300, seed=6)
+
+
+def test_gap_fidelity_of_the_truth_is_one_and_of_noise_is_about_zero() -> None:
+    frame = _frame(people=80)
+    frame["noise"] = frame["age"] + np.random.default_rng(3).normal(0, 3, len(frame))
+    perfect = bootstrap_gap_fidelity(frame.assign(perfect=lambda f: f["true_brain_age"] + 5), "perfect", level="session", resamples=200)
+    assert perfect.value == pytest.approx(1.0) and perfect.low == pytest.approx(1.0)
+    noise = bootstrap_gap_fidelity(frame, "noise", resamples=500)
+    assert noise.low < 0 < noise.high
+    read = bootstrap_gap_fidelity(frame, "brain_age", resamples=500)
+    assert 0 < read.low < read.value < read.high < 1
+
+
+def test_session_level_averages_repeats() -> None:
+    frame = _frame(people=3, scans=4)
+    sessions = at_level(frame, ["brain_age"], "session")
+    assert len(sessions) == 6 and set(sessions.columns) == {"subject_id", "age", "brain_age", "true_brain_age"}
+    expected = frame.groupby("session_id")["brain_age"].mean().sort_index().to_numpy()
+    assert np.allclose(sessions["brain_age"], expected)
+
+
+def test_the_statistic_of_all_people_is_the_point_estimate() -> None:
+    frame = _frame()
+    estimate = cluster_bootstrap(at_level(frame, ["brain_age"]), lambda a: float(np.mean(a["brain_age"] - a["age"])), resamples=100)
+    assert estimate.value == pytest.approx(float((frame["brain_age"] - frame["age"]).mean()))
+
+
+def test_missing_columns_are_named() -> None:
+    with pytest.raises(ValueError, match="true_brain_age"):
+        bootstrap_gap_fidelity(_frame().drop(columns="true_brain_age"), "brain_age")
+    with pytest.raises(ValueError, match="ridge"):
+        bootstrap_mae(_frame(), "ridge")
