@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.bootstrap import at_level, bootstrap_gap_fidelity, bootstrap_mae, bootstrap_mae_difference, cluster_bootstrap
+from brainage.bootstrap import at_level, bootstrap_gap_fidelity, bootstrap_mae, bootstrap_mae_difference, cluster_bootstrap, compare_predictors
+from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 
 
 def _frame(people: int = 40, scans: int = 2, seed: int = 0) -> pd.DataFrame:
@@ -106,3 +107,19 @@ def test_missing_columns_are_named() -> None:
         bootstrap_gap_fidelity(_frame().drop(columns="true_brain_age"), "brain_age")
     with pytest.raises(ValueError, match="ridge"):
         bootstrap_mae(_frame(), "ridge")
+
+
+def test_compare_predictors_ranks_the_baselines_and_says_whether_the_network_is_ahead() -> None:
+    frame = _frame(people=60)
+    rng = np.random.default_rng(4)
+    frame["mean_age"] = frame["age"].mean()
+    frame["ridge"] = frame["age"] + rng.normal(0, 12, len(frame))
+    rows = compare_predictors(frame, {"brain_age": "network"}, {"mean_age": "mean age", "ridge": "ridge", "absent": "absent"}, "session", resamples=300)
+    by_name = {row["predictor"]: row for row in rows}
+    assert list(by_name) == ["network", "mean age", "ridge", TRUE_BRAIN_AGE_LABEL]
+    network = by_name["network"]
+    best = min(("mean age", "ridge"), key=lambda name: by_name[name]["mae"])
+    assert network["best_baseline"] == best and network["ahead"] is True
+    assert network["diff_high"] < 0 and network["diff"] == pytest.approx(network["mae"] - by_name[best]["mae"])
+    assert by_name["mean age"]["gap_fidelity"] is None and "diff" not in by_name["mean age"]
+    assert network["n"] == 60 and network["mae_low"] < network["mae"] < network["mae_high"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from brainage.evaluation import aggregate_sessions, gap_fidelity
+from brainage.evaluation import TRUE_BRAIN_AGE_LABEL, aggregate_sessions, gap_fidelity
 
 LEVELS = ("scan", "session")
 #: Default number of resamples and seed.
@@ -141,3 +141,50 @@ def bootstrap_mae_difference(
     frame = frame.dropna(subset=list(dict.fromkeys([column, reference, target]))).reset_index(drop=True)
     first, second = _mae(column, target), _mae(reference, target)
     return cluster_bootstrap(frame, lambda a: first(a) - second(a), resamples, seed)
+
+
+def _ci(prefix: str, estimate: Estimate | None) -> dict[str, float | None]:
+    if estimate is None:
+        return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
+    return {prefix: estimate.value, f"{prefix}_low": estimate.low, f"{prefix}_high": estimate.high}
+
+
+def compare_predictors(
+    predictions: pd.DataFrame,
+    networks: Mapping[str, str],
+    baselines: Mapping[str, str],
+    level: str = "scan",
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> list[dict[str, object]]:
+    """One record per predictor column (``networks`` then ``baselines``, each ``{column: name}``,
+    those with no prediction left out) at ``level``: ``n`` rows, ``mae`` against age, ``mae_true``
+    against the true brain age and ``gap_fidelity``, each with ``_low``/``_high`` (subject-level
+    95 % CI); for the networks also ``diff``, the paired MAE difference against the best baseline
+    (the lowest MAE here) with its CI, ``best_baseline``, and ``ahead`` (the CI lies below zero).
+    Where the true brain age is known it closes the table as a predictor of age."""
+    truth = "true_brain_age" in predictions and predictions["true_brain_age"].notna().any()
+    present = {column: name for column, name in {**networks, **baselines}.items() if column in predictions and predictions[column].notna().any()}
+    records: dict[str, dict[str, object]] = {}
+    for column, name in present.items():
+        frame = at_level(predictions, [column], level)
+        known = bool(truth) and frame[column].nunique() > 1  # a constant predictor has no gap to follow
+        records[column] = {
+            "predictor": name,
+            "n": int(frame[column].notna().sum()),
+            **_ci("mae", bootstrap_mae(predictions, column, level, resamples=resamples, seed=seed)),
+            **_ci("mae_true", bootstrap_mae(predictions, column, level, "true_brain_age", resamples, seed) if truth else None),
+            **_ci("gap_fidelity", bootstrap_gap_fidelity(predictions, column, level, resamples, seed) if known else None),
+        }
+    maes = {column: float(str(records[column]["mae"])) for column in baselines if column in records}
+    best = min(maes, key=maes.__getitem__) if maes else None
+    for column in networks:
+        if column in records and best is not None:
+            difference = bootstrap_mae_difference(predictions, column, best, level, resamples=resamples, seed=seed)
+            records[column].update(_ci("diff", difference), best_baseline=baselines[best], ahead=bool(difference.high < 0))
+    rows = list(records.values())
+    if truth:
+        rows.append({"predictor": TRUE_BRAIN_AGE_LABEL, "n": int(at_level(predictions, [], level)["true_brain_age"].notna().sum()),
+                     **_ci("mae", bootstrap_mae(predictions, "true_brain_age", level, resamples=resamples, seed=seed)),
+                     "mae_true": 0.0, "gap_fidelity": 1.0})  # fmt: skip
+    return rows

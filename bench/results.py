@@ -1,0 +1,125 @@
+"""One results file per benchmark run: the numbers beside the command, the commit and the machine
+that made them, so that ``docs/benchmarks.md`` is rendered from data (``docs/make_benchmarks_md.py``)
+and a table can never be older than its run.
+
+A results file is JSON: ``command`` (argv as run), ``commit`` (``{"sha", "dirty"}``), ``date`` (UTC,
+ISO 8601), ``machine`` (:func:`machine`), ``precision``, ``wall_s`` (seconds per step) and ``tables``
+(a list of ``{"title", "records", "notes"}``, each record one row). Written atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from brainage.utils import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def commit(root: Path = ROOT) -> dict[str, Any]:
+    """``{"sha": HEAD, "dirty": whether tracked files differ from it}`` (None where git is not there)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha, "dirty": bool(status.strip())}
+
+
+def _cpu() -> tuple[str, set[str]]:
+    """The CPU model and its feature flags from /proc/cpuinfo (the platform's name elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores usable by this process, memory, whether AVX-512 and AMX are reported, the
+    torch version, ``ATEN_CPU_CAPABILITY`` if set, and the GPU's name if there is one."""
+    model, flags = _cpu()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    described: dict[str, Any] = {
+        "cpu": model,
+        "cores": cores,
+        "memory_gib": _memory_gib(),
+        "avx512": any(flag.startswith("avx512") for flag in flags),
+        "amx": any(flag.startswith("amx") for flag in flags),
+        "python": platform.python_version(),
+        "torch": None,
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        described["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            described["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return described
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars as Python values, NaN and infinities as None."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def write_results(
+    path: str | Path,
+    tables: Sequence[Mapping[str, Any]],
+    wall_s: Mapping[str, float],
+    precision: str,
+    argv: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a results file (the module docstring's fields, then ``extra``) atomically to ``path``.
+
+    Each table is ``{"title": str, "records": [row, ...], "notes": [str, ...]}`` (notes optional).
+    """
+    document = {
+        "command": list(argv if argv is not None else sys.argv),
+        "commit": commit(),
+        "date": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "machine": machine(),
+        "precision": precision,
+        "wall_s": {step: round(float(seconds), 1) for step, seconds in wall_s.items()},
+        "tables": [{"title": table["title"], "records": list(table["records"]), "notes": list(table.get("notes", []))} for table in tables],
+        **(extra or {}),
+    }
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(_plain(document), indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    return path
