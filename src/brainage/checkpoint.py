@@ -3,28 +3,43 @@
 A checkpoint is a plain dict saved with ``torch.save`` (so ``torch.load(weights_only=True)`` reads
 it): weights, the model's registry name and hyper-parameters, the preprocessing configuration,
 the training age statistics, the age-bias correction, the split-conformal interval calibrated on
-out-of-fold residuals, whether predictions average the left–right flip, the content hashes of the
-scans it was fitted on, and provenance in ``extra``.
+out-of-fold residuals, whether predictions average the left–right flip, what it was fitted on (the
+content hashes of those scans, their subject and session ids and the folder their dataset lies in)
+and provenance in ``extra``.
+
+What a model was fitted on lets a reuse refuse a leak (:func:`refuse_overlap`: ``train --init`` and
+``combine`` must never test a model on people it was fitted on) and ``predict`` warn about scans
+that are not out-of-sample. Subject ids name people only within one dataset (``sub-01`` of two BIDS
+datasets, or ``OAS2_0001`` of two synthetic cohorts, are different people), so ids are compared only
+where the scans lie in the folder of the model's dataset; content hashes are compared everywhere.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from brainage import __version__
-from brainage.errors import InputError
+from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import AgeBiasCorrector
 from brainage.models import AgeRegressor, build_model
 from brainage.reliability import ConformalInterval
 from brainage.utils import atomic_write
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 CHECKPOINT_FORMAT = "brainage-model"
-#: 2: residual (controls-fitted) bias correction, ``tta_flip``, ``train_content_hashes``.
+#: 2: residual (controls-fitted) bias correction, ``tta_flip``, ``train_content_hashes``. Later
+#: optional keys (``train_subject_ids``, ``train_session_ids``, ``train_data_root``) keep format 2:
+#: older brainage ignores them, and checkpoints without them still load.
 CHECKPOINT_VERSION = 2
 
 
@@ -41,6 +56,9 @@ class BrainAgeCheckpoint:
     train_age_range: tuple[float, float] = (math.nan, math.nan)
     tta_flip: bool = True
     train_content_hashes: tuple[str, ...] = ()
+    train_subject_ids: tuple[str, ...] = ()
+    train_session_ids: tuple[str, ...] = ()
+    train_data_root: str = ""
     interval: ConformalInterval | None = None
     brainage_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +79,9 @@ class BrainAgeCheckpoint:
             "train_age_range": [float(v) for v in self.train_age_range],
             "tta_flip": bool(self.tta_flip),
             "train_content_hashes": [str(h) for h in self.train_content_hashes],
+            "train_subject_ids": [str(s) for s in self.train_subject_ids],
+            "train_session_ids": [str(s) for s in self.train_session_ids],
+            "train_data_root": str(self.train_data_root),
             "interval": self.interval.to_dict() if self.interval is not None else None,
             "extra": dict(self.extra),
         }
@@ -107,6 +128,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         train_age_range=tuple(values.get("train_age_range", (math.nan, math.nan))),
         tta_flip=bool(values.get("tta_flip", True)),
         train_content_hashes=tuple(values.get("train_content_hashes", ())),
+        train_subject_ids=tuple(values.get("train_subject_ids", ())),
+        train_session_ids=tuple(values.get("train_session_ids", ())),
+        train_data_root=str(values.get("train_data_root", "")),
         interval=ConformalInterval.from_dict(values["interval"]) if values.get("interval") else None,
         brainage_version=values.get("brainage_version", "unknown"),
         extra=values.get("extra", {}),
@@ -116,3 +140,89 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def fold_folder(run_dir: Path, fold: int, member: int = 0) -> Path:
     """The folder of ensemble member ``member`` of fold ``fold`` in a run folder: ``fold_K``, then ``fold_K-1``, …"""
     return run_dir / (f"fold_{fold}-{member}" if member else f"fold_{fold}")
+
+
+# --- what a model was fitted on, and reuse without leaks -----------------------------------------
+
+
+class TrainingOverlapError(BrainAgeError):
+    """A model to reuse (``--init``, a ``combine`` member) was fitted on people it would be tested on."""
+
+
+def fitted_on(manifest: pd.DataFrame, rows: Sequence[int]) -> dict[str, Any]:
+    """The :class:`BrainAgeCheckpoint` fields that record what a model was fitted on: ``rows`` of the
+    cache ``manifest`` (training and validation scans). The data root is the folder holding every
+    scan of the cache, so that all its people, fitted on or not, lie in it."""
+    fitted = manifest.iloc[list(rows)]
+    return {
+        "train_content_hashes": tuple(fitted["content_hash"].astype(str)) if "content_hash" in manifest else (),
+        "train_subject_ids": tuple(sorted(set(fitted["subject_id"].astype(str)))) if "subject_id" in manifest else (),
+        "train_session_ids": tuple(sorted(set(fitted["session_id"].astype(str)))) if "session_id" in manifest else (),
+        "train_data_root": data_root(manifest["path"]) if "path" in manifest else "",
+    }
+
+
+def data_root(paths: Iterable[str | Path]) -> str:
+    """The deepest folder holding every one of ``paths`` (empty for none)."""
+    folders = [os.path.dirname(os.path.abspath(str(path))) for path in paths]
+    return os.path.commonpath(folders) if folders else ""
+
+
+def same_dataset(checkpoint: BrainAgeCheckpoint, where: str | Path | None) -> bool:
+    """Whether subject ids of scans at ``where`` (a scan, or a folder holding scans) name the people
+    the checkpoint's ids name: one lies inside the other's folder, or either is unknown."""
+    if not checkpoint.train_data_root or not where:
+        return True
+    root, other = Path(checkpoint.train_data_root), Path(os.path.abspath(str(where)))
+    return other.is_relative_to(root) or root.is_relative_to(other)
+
+
+def overlap(
+    checkpoint: BrainAgeCheckpoint, subject_ids: Iterable[str], content_hashes: Iterable[str | None], where: str | Path | None = None
+) -> tuple[int, int]:
+    """``(fitted, people)``: how many of the people of the given scans (``subject_ids`` and
+    ``content_hashes`` side by side) the checkpoint was fitted on, and how many people they are. A
+    person counts by subject id (where ``where``, the scans' folder, is in the checkpoint's
+    dataset: :func:`same_dataset`) or by the content hash of any of their scans."""
+    ids = set(checkpoint.train_subject_ids) if same_dataset(checkpoint, where) else set()
+    hashes = set(checkpoint.train_content_hashes)
+    people: set[str] = set()
+    fitted: set[str] = set()
+    for subject, digest in zip(subject_ids, content_hashes, strict=True):
+        people.add(str(subject))
+        if str(subject) in ids or (digest and str(digest) in hashes):
+            fitted.add(str(subject))
+    return len(fitted), len(people)
+
+
+def refuse_overlap(
+    checkpoint: BrainAgeCheckpoint, what: str, fold: int, subject_ids: Iterable[str], content_hashes: Iterable[str | None], where: str | Path | None = None
+) -> None:
+    """Raise :class:`TrainingOverlapError` (one line naming ``fold`` and the number of people) when
+    the model ``what`` was fitted on any of fold ``fold``'s test people (see :func:`overlap`). A
+    checkpoint written before subject ids were kept is checked by content hash only, with a warning."""
+    fitted, people = overlap(checkpoint, subject_ids, content_hashes, where)
+    how = "by subject id or content hash" if checkpoint.train_subject_ids else "by content hash: it records no subject ids"
+    if fitted:
+        raise TrainingOverlapError(
+            f"{what} was fitted on {fitted} of the {people} test people of fold {fold} ({how}), so its predictions on them "
+            "would not be out-of-sample; reuse a model fitted on other people, or on the training side of these same folds"
+        )
+    if not checkpoint.train_subject_ids:
+        kept = "by content hash only" if checkpoint.train_content_hashes else "not at all: it records neither subject ids nor content hashes"
+        warnings.warn(f"{what} was written before checkpoints kept subject ids; its overlap with test people was checked {kept}", stacklevel=2)
+
+
+def people_seen(
+    checkpoints: Sequence[BrainAgeCheckpoint], subject_ids: Sequence[str], session_ids: Sequence[str], paths: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Per scan, how many of ``checkpoints`` were fitted on its person (by subject id) and on its
+    session (by session id), where the scan lies in that checkpoint's dataset (:func:`same_dataset`)."""
+    people, sessions = [0] * len(paths), [0] * len(paths)
+    for checkpoint in checkpoints:
+        ids, visits = set(checkpoint.train_subject_ids), set(checkpoint.train_session_ids)
+        for i, (subject, session, path) in enumerate(zip(subject_ids, session_ids, paths, strict=True)):
+            if (str(subject) in ids or str(session) in visits) and same_dataset(checkpoint, path):
+                people[i] += 1
+                sessions[i] += str(session) in visits
+    return people, sessions
