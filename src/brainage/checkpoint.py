@@ -149,7 +149,7 @@ class TrainingOverlapError(BrainAgeError):
     """A model to reuse (``--init``, a ``combine`` member) was fitted on people it would be tested on."""
 
 
-def fitted_on(manifest: pd.DataFrame, rows: Sequence[int]) -> dict[str, Any]:
+def fitted_scans(manifest: pd.DataFrame, rows: Sequence[int]) -> dict[str, Any]:
     """The :class:`BrainAgeCheckpoint` fields that record what a model was fitted on: ``rows`` of the
     cache ``manifest`` (training and validation scans). The data root is the folder holding every
     scan of the cache, so that all its people, fitted on or not, lie in it."""

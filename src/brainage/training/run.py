@@ -42,7 +42,7 @@ from sklearn.linear_model import LinearRegression
 
 from brainage import __version__
 from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
-from brainage.checkpoint import BrainAgeCheckpoint, fold_folder, load_checkpoint, save_checkpoint
+from brainage.checkpoint import BrainAgeCheckpoint, data_root, fitted_scans, fold_folder, load_checkpoint, refuse_overlap, save_checkpoint
 from brainage.cohort.truth import true_brain_ages
 from brainage.console import console
 from brainage.data import BrainAgeDataModule, Fold, make_folds
@@ -352,6 +352,7 @@ def fold_module(
     model = build_model(config.model, **hparams)
     if config.init:
         source = initial_checkpoint(config.init, fold.index)
+        _refuse_init_overlap(source, cache, fold, config)
         if source.model_name != config.model or dict(source.model.hparams) != dict(model.hparams):
             raise ConfigError(
                 f"--init {config.init}: its model is {source.model_name} {dict(source.model.hparams)}, "
@@ -368,6 +369,14 @@ def initial_checkpoint(init: str | Path, fold: int) -> BrainAgeCheckpoint:
     members = resolve_checkpoints(init)
     chosen = fold_folder(Path(init), fold) / "model.ckpt"
     return load_checkpoint(chosen if chosen in members else members[0])
+
+
+def _refuse_init_overlap(source: BrainAgeCheckpoint, cache: PreparedCache, fold: Fold, config: TrainConfig) -> None:
+    """Refuse ``config.init``'s ``source`` for ``fold`` if it was fitted on any of the fold's test people."""
+    tested = cache.manifest.iloc[fold.test]
+    hashes = tested["content_hash"] if "content_hash" in tested else [None] * len(tested)
+    where = data_root(cache.manifest["path"]) if "path" in cache.manifest else None
+    refuse_overlap(source, f"--init {config.init}", fold.index, tested["subject_id"].astype(str), hashes, where)
 
 
 def fold_trainer(
@@ -496,7 +505,6 @@ def _fold_checkpoint(
     manifest = cache.manifest
     train_ages = manifest["age"].to_numpy(dtype=float)[fold.train]
     fitted_on = np.concatenate([fold.train, fold.val])
-    hashes = manifest["content_hash"].iloc[fitted_on].astype(str).tolist() if "content_hash" in manifest else []
     return BrainAgeCheckpoint(
         model=model.cpu().eval(),
         model_name=config.model,
@@ -505,7 +513,7 @@ def _fold_checkpoint(
         preprocessing=cache.config.to_dict(),
         train_age_range=(float(train_ages.min()), float(train_ages.max())),
         tta_flip=config.tta_flip,
-        train_content_hashes=tuple(hashes),
+        **fitted_scans(manifest, fitted_on),
         extra={
             "fold": fold.index, **extra, "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None, "train_config": config.to_dict(),
         },
@@ -518,6 +526,7 @@ def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, co
     validation scans, folded into the checkpoint's age scale (``age_mean``, ``age_std``) so that
     ``brainage predict`` applies it. The fold's test people are not used."""
     source = initial_checkpoint(config.init, fold.index)
+    _refuse_init_overlap(source, cache, fold, config)
     source.tta_flip = config.tta_flip
     fitted_on = np.concatenate([fold.train, fold.val])
     predicted = predict_batches(BrainAgeEnsemble([source]), data.loader(fitted_on), device=device)[:, 0]
