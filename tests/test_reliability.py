@@ -13,21 +13,10 @@ import pandas as pd
 import pytest
 from nibabel.processing import resample_from_to
 
-from brainage import reliability
-from brainage.reliability import (
-    NO_REPEATS,
-    NO_VISITS,
-    ConformalInterval,
-    Pose,
-    coverage,
-    longitudinal,
-    random_poses,
-    repose_header,
-    repose_voxels,
-    session_residuals,
-    test_retest,
-    write_poses,
-)
+from brainage import conformal, pose, reliability, retest
+from brainage.conformal import ConformalInterval, coverage, session_residuals
+from brainage.pose import Pose, random_poses, repose_header, repose_voxels, write_poses
+from brainage.retest import NO_REPEATS, NO_VISITS, gap_retest, longitudinal, test_retest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +124,20 @@ def test_test_retest_without_repeats_says_so() -> None:
     one_pair = _cohort(subjects=1, visits=1, repeats=2)
     partial = test_retest(one_pair)
     assert partial.available and "ICC not available" in partial.reason and "icc2" not in partial.values
+
+
+def test_gap_icc_fails_where_brain_age_icc_cannot() -> None:
+    # Brain age = age + scan noise: the ages' spread makes brain age look reliable, the gap is pure noise.
+    predictions = _cohort(subjects=200, visits=1, repeats=3, scan_sd=0.0, seed=3)
+    predictions["brain_age"] = predictions["age"] + np.random.default_rng(4).normal(0, 3.0, len(predictions))
+    assert test_retest(predictions).values["icc2"] > 0.8
+    gap = gap_retest(predictions)
+    assert gap.available and "gap" in gap.figure
+    assert abs(gap.values["icc2"]) < 0.15 and gap.values["icc2_low"] < 0 < gap.values["icc2_high"]
+    assert gap.values["within_sd"] == pytest.approx(test_retest(predictions).values["within_sd"])  # age is fixed within a session
+    # A gap that carries each person's offset (SD 5 y) beside the same noise is reliable again: about 25 / (25 + 9).
+    predictions["brain_age"] = predictions["true_brain_age"] + np.random.default_rng(4).normal(0, 3.0, len(predictions))
+    assert gap_retest(predictions).values["icc2"] == pytest.approx(25 / 34, abs=0.1)
 
 
 # --- longitudinal --------------------------------------------------------------------------------
@@ -430,8 +433,9 @@ def _save(image: nib.Nifti1Image, path: Path) -> Path:
 
 def test_every_public_name_has_an_example_in_api_md() -> None:
     code = "\n".join(re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "api.md").read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL))
-    missing = [name for name in reliability.__all__ if not re.search(rf"\b{name}\b", code)]
-    assert not missing, f"docs/api.md has no example of brainage.reliability.{', '.join(missing)}"
+    for module in (reliability, retest, conformal, pose):
+        missing = [name for name in module.__all__ if not re.search(rf"\b{name}\b", code)]
+        assert not missing, f"docs/api.md has no example of {module.__name__}.{', '.join(missing)}"
 
 
 def test_the_spaghetti_plot_draws_each_persons_change_on_the_identity_when_brain_age_follows_age() -> None:

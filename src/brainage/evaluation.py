@@ -202,28 +202,51 @@ class AgeBiasCorrector:
         return corrector
 
 
-def control_mask(frame: pd.DataFrame, control_group: Sequence[str] | None = None) -> tuple[np.ndarray, str]:
-    """Which rows are healthy controls, and a phrase saying how that was decided.
+def _groups(frame: pd.DataFrame) -> pd.Series:
+    return frame["group"].astype("string").str.strip() if "group" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
 
-    ``control_group`` names the group values that count (``--control-group``); without it, a
+
+def check_control_group(groups: Sequence[object], control_group: Sequence[str] | None) -> None:
+    """A ``ValueError`` (one line, listing the groups present) when a name of ``control_group`` is
+    not among ``groups`` (case-insensitive): a typo must not silently pick other controls."""
+    if not control_group:
+        return
+    present = sorted({str(g).strip() for g in groups if not pd.isna(g)})
+    missing = [name for name in control_group if str(name).strip().lower() not in {g.lower() for g in present}]
+    if missing:
+        raise ValueError(f"no scans in control group(s) {', '.join(missing)}; groups present: {', '.join(present) or 'none'}")
+
+
+def control_mask(frame: pd.DataFrame, control_group: Sequence[str] | None = None) -> tuple[np.ndarray, str]:
+    """Which rows are healthy controls, and a phrase saying how that was decided: the one definition
+    of controls used by the bias correction, the visit slopes and the report.
+
+    ``control_group`` names the group values that count (``--control-group``, case-insensitive;
+    a name absent from the data is refused, see :func:`check_control_group`); without it, a
     ``group`` value among :data:`CONTROL_LABELS` (``Nondemented``, ``control``, ``HC`` …), else
     ``cdr == 0``, else everyone (a cohort with no clinical information).
     """
-    groups = frame["group"].astype("string").str.strip() if "group" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
+    groups = _groups(frame)
     if control_group:
+        check_control_group(groups.dropna().tolist(), control_group)
         wanted = {str(g).strip().lower() for g in control_group}
-        mask = groups.str.lower().isin(wanted).fillna(False).to_numpy(dtype=bool)
-        if not mask.any():
-            present = ", ".join(sorted(groups.dropna().unique())) or "none"
-            raise ValueError(f"no scans in control group(s) {', '.join(control_group)}; groups present: {present}")
-        return mask, f"group {' or '.join(control_group)}"
-    lowered = groups.str.lower()
-    mask = lowered.isin(CONTROL_LABELS).fillna(False).to_numpy(dtype=bool)
+        return groups.str.lower().isin(wanted).fillna(False).to_numpy(dtype=bool), f"group {' or '.join(control_group)}"
+    mask = groups.str.lower().isin(CONTROL_LABELS).fillna(False).to_numpy(dtype=bool)
     if mask.any():
         return mask, f"group {' or '.join(sorted(groups[mask].unique()))}"
     if "cdr" in frame and pd.to_numeric(frame["cdr"], errors="coerce").notna().any():
         return (pd.to_numeric(frame["cdr"], errors="coerce") == 0).to_numpy(), "CDR 0"
     return np.ones(len(frame), dtype=bool), "everyone (no clinical group in the data)"
+
+
+def control_labels(frame: pd.DataFrame, control_group: Sequence[str] | None = None) -> list[str]:
+    """The ``group`` values of ``frame`` that :func:`control_mask` counts as controls (sorted; empty
+    where controls are decided by CDR or the data has no groups)."""
+    groups = _groups(frame)
+    if not groups.notna().any():
+        return []
+    mask, how = control_mask(frame, control_group)
+    return sorted(groups[mask].dropna().unique()) if how.startswith("group") else []
 
 
 def fit_bias_correction(
@@ -252,7 +275,8 @@ def _native(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _require(predictions: pd.DataFrame, columns: tuple[str, ...]) -> None:
+def require_columns(predictions: pd.DataFrame, columns: Sequence[str]) -> None:
+    """A ``ValueError`` naming the columns ``predictions`` lacks."""
     missing = [column for column in columns if column not in predictions.columns]
     if missing:
         raise ValueError(f"predictions lack column(s): {', '.join(missing)}")
@@ -266,7 +290,7 @@ def aggregate_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
     Other columns (``group``, ``fold``, …) keep their first value; ``scan_id`` is dropped and
     ``n_scans`` counts the scans averaged.
     """
-    _require(predictions, (*SESSION_KEYS, "age", "brain_age"))
+    require_columns(predictions, (*SESSION_KEYS, "age", "brain_age"))
     rest = [c for c in predictions.columns if c not in (*SESSION_KEYS, "scan_id")]
     averaged = [c for c in rest if c in ("age", "brain_age") or pd.api.types.is_float_dtype(predictions[c])]
     kept = [c for c in rest if c not in averaged]
@@ -281,7 +305,7 @@ def aggregate_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
 def summarize_predictions(predictions: pd.DataFrame, column: str = "brain_age") -> pd.DataFrame:
     """Metrics of ``column`` at scan and session level (one row each: ``level``, then
     :data:`METRIC_KEYS`); against ``true_brain_age`` too where the frame has it."""
-    _require(predictions, (*SESSION_KEYS, "age", column))
+    require_columns(predictions, (*SESSION_KEYS, "age", column))
     frame = predictions[[*SESSION_KEYS, "age"]].assign(brain_age=predictions[column])
     if "true_brain_age" in predictions:
         frame["true_brain_age"] = predictions["true_brain_age"]
@@ -302,7 +326,7 @@ def gap_by_group(predictions: pd.DataFrame, by: str = "group", column: str = "br
     mean_gap, sd_gap``) and ``{"test", "statistic", "p_value", "groups", "difference"}``;
     ``difference`` is Demented minus Nondemented mean gap where both groups are there, else NaN.
     """
-    _require(predictions, ("subject_id", "age", column, by))
+    require_columns(predictions, ("subject_id", "age", column, by))
     frame = predictions.dropna(subset=[by]).assign(gap=lambda f: f[column] - f["age"]).dropna(subset=["gap"])
     per_subject = frame.groupby([by, "subject_id"], sort=True)["gap"].agg(["mean", "size"]).reset_index()
     table = per_subject.groupby(by, sort=True).agg(n=("mean", "size"), n_scans=("size", "sum"), mean_gap=("mean", "mean"), sd_gap=("mean", "std")).reset_index()
