@@ -190,7 +190,7 @@ def overlap(
     fitted: set[str] = set()
     for subject, digest in zip(subject_ids, content_hashes, strict=True):
         people.add(str(subject))
-        if str(subject) in ids or (digest and str(digest) in hashes):
+        if str(subject) in ids or (str(digest) not in ("", "None", "nan") and str(digest) in hashes):
             fitted.add(str(subject))
     return len(fitted), len(people)
 

@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from brainage.checkpoint import fold_folder, load_checkpoint, save_checkpoint
-from brainage.errors import InputError
+from brainage.checkpoint import fold_folder, load_checkpoint, refuse_overlap, save_checkpoint
+from brainage.errors import BrainAgeError, InputError
+from brainage.preprocess import load_cache
 from brainage.training.config import TrainConfig, _plain
 from brainage.training.run import (
     BASELINES,
@@ -40,7 +41,7 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     """Combine finished runs (``brainage train`` run folders) into the run folder ``out``.
 
     The runs must have tested the same scans in the same folds (same cache and split: the same
-    ``--seed`` and ``--folds`` or ``--val-fraction``). Member ``m`` of fold ``k`` of the combined run
+    ``--seed`` and ``--folds`` or ``--test-fraction``). Member ``m`` of fold ``k`` of the combined run
     (``fold_k``, ``fold_k-1``, …) is a copy of a run's checkpoint, in the order the runs are given;
     each network weighs the same, in the out-of-fold prediction as in ``brainage predict``. The
     correction, the intervals and every other setting of the summary are the first run's; the
@@ -53,6 +54,7 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     run_dir = Path(out)
     configs = [_finished_run(run) for run in runs]
     first = configs[0]
+    _refuse_overlaps(runs, configs)
     for run, values in zip(runs[1:], configs[1:], strict=False):
         differs = [key for key in SHARED if values.get(key) != first.get(key)]
         if differs:
@@ -109,6 +111,25 @@ def _finished_run(run: Path) -> dict[str, Any]:
             if not (fold_folder(run, fold, member) / "model.ckpt").is_file():
                 raise InputError(fold_folder(run, fold, member), "no model.ckpt: this run is incomplete")
     return values
+
+
+def _refuse_overlaps(runs: Sequence[Path], configs: Sequence[dict[str, Any]]) -> None:
+    """Refuse any member fitted on a test person of fold k of the combined run (the first run's folds),
+    by subject id and by the content hashes of the first run's cache where it can be read."""
+    try:
+        manifest = load_cache(configs[0]["cache"]).manifest
+        hashes = dict(zip(manifest["scan_id"].astype(str), manifest["content_hash"].astype(str), strict=False))
+    except (BrainAgeError, KeyError, TypeError):
+        hashes = {}
+    for fold in sorted({int(row["fold"]) for row in configs[0].get("folds") or []}):
+        tests = _read_predictions(fold_folder(runs[0], fold) / "predictions.csv")
+        where = load_checkpoint(fold_folder(runs[0], fold) / "model.ckpt").train_data_root or None
+        for run, values in zip(runs, configs, strict=False):
+            for member in range(_members(values)):
+                path = fold_folder(run, fold, member) / "model.ckpt"
+                if path.is_file() and not tests.empty:
+                    tested = [hashes.get(scan) for scan in tests["scan_id"]]
+                    refuse_overlap(load_checkpoint(path), f"combine: {path}", fold, tests["subject_id"], tested, where)
 
 
 def _history(run: Path) -> pd.DataFrame:
