@@ -213,16 +213,19 @@ def refuse_overlap(
         warnings.warn(f"{what} was written before checkpoints kept subject ids; its overlap with test people was checked {kept}", stacklevel=2)
 
 
-def people_seen(
-    checkpoints: Sequence[BrainAgeCheckpoint], subject_ids: Sequence[str], session_ids: Sequence[str], paths: Sequence[str]
-) -> tuple[list[int], list[int]]:
-    """Per scan, how many of ``checkpoints`` were fitted on its person (by subject id) and on its
-    session (by session id), where the scan lies in that checkpoint's dataset (:func:`same_dataset`)."""
-    people, sessions = [0] * len(paths), [0] * len(paths)
-    for checkpoint in checkpoints:
-        ids, visits = set(checkpoint.train_subject_ids), set(checkpoint.train_session_ids)
-        for i, (subject, session, path) in enumerate(zip(subject_ids, session_ids, paths, strict=True)):
-            if (str(subject) in ids or str(session) in visits) and same_dataset(checkpoint, path):
-                people[i] += 1
-                sessions[i] += str(session) in visits
-    return people, sessions
+def seen_by_id(checkpoints: Sequence[BrainAgeCheckpoint], subject_ids: Sequence[str], session_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+    """Per scan, a warning where any of ``checkpoints`` was fitted on its person (by subject id) or
+    its session (by session id) and the scan lies in that checkpoint's dataset (:func:`same_dataset`);
+    empty where none was. Another scan or visit of a training person is not out-of-sample either."""
+    notes = []
+    known = [(checkpoint, set(checkpoint.train_subject_ids), set(checkpoint.train_session_ids)) for checkpoint in checkpoints]
+    for subject, session, path in zip(subject_ids, session_ids, paths, strict=True):
+        fitted = [(c, visits) for c, people, visits in known if (str(subject) in people or str(session) in visits) and same_dataset(c, path)]
+        sessions = sum(str(session) in visits for _, visits in fitted)
+        notes.append(
+            f"this {'session' if sessions else 'person'} was in the training data of {len(fitted)} of {len(checkpoints)} model(s) by "
+            f"{'session' if sessions else 'subject'} id, though not these bytes: its prediction is not out-of-sample"
+            if fitted
+            else ""
+        )
+    return notes

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import yaml
 
-from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint
+from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, seen_by_id
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.evaluation import aggregate_sessions, regression_metrics
 from brainage.inference import BrainAgeEnsemble, predict_batches, resolve_accelerator
@@ -408,9 +408,10 @@ class BrainAgeModel:
         table["qc_flagged"] = (table["qc_score"].isna() | (table["qc_score"] < threshold)) if threshold is not None else False
         low, high = self.train_age_range
         members = len(self.checkpoints)
+        by_id = seen_by_id(self.checkpoints, table["subject_id"], table["session_id"], table["path"])  # a warning where the bytes differ
         table["warnings"] = [
-            _warnings(age, score, flagged, low, high, threshold, trained_by, members)
-            for age, score, flagged, trained_by in zip(table["age"], table["qc_score"], table["qc_flagged"], seen, strict=False)
+            "; ".join(part for part in (_warnings(age, score, flagged, low, high, threshold, trained_by, members), "" if trained_by else note) if part)
+            for age, score, flagged, trained_by, note in zip(table["age"], table["qc_score"], table["qc_flagged"], seen, by_id, strict=False)
         ]
         extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
         return table[[*PREDICTION_COLUMNS, *extra]]
