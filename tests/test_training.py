@@ -138,7 +138,7 @@ def test_no_fold_is_corrected_with_a_fit_on_its_own_people(tiny_run: Path, confi
 
 
 def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
-    fold = make_folds(cache.manifest, config.folds, config.val_fraction, config.early_stopping_fraction, config.seed)[0]
+    fold = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed)[0]
     checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
     train_ages = cache.manifest["age"].to_numpy()[fold.train]
     assert checkpoint.model_name == config.model and checkpoint.model.hparams["width"] == config.model_hparams["width"]
@@ -169,7 +169,7 @@ def test_predict_on_a_folds_test_scans_reproduces_the_out_of_fold_predictions(ti
 def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_what_validation_measured(
     tiny_run: Path, config: TrainConfig, cache: PreparedCache
 ) -> None:
-    fold = make_folds(cache.manifest, config.folds, config.val_fraction, config.early_stopping_fraction, config.seed)[0]
+    fold = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed)[0]
     checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
     data = BrainAgeDataModule(cache, fold, batch_size=config.batch_size, num_workers=0)
     # The first batch norm's running mean is the average over training batches of its input's channel means.
@@ -379,7 +379,7 @@ def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
     assert "Not trained: the weights of" in build_report(tmp_path / "line", saliency_scans=0).read_text(encoding="utf-8")
     source = load_checkpoint(init)
     ages = cache.manifest["age"].to_numpy(dtype=float)
-    for fold in make_folds(cache.manifest, line.folds, line.val_fraction, line.early_stopping_fraction, line.seed):
+    for fold in make_folds(cache.manifest, line.folds, line.test_fraction, line.early_stopping_fraction, line.seed):
         refitted = load_checkpoint(tmp_path / "line" / f"fold_{fold.index}" / "model.ckpt")
         assert refitted.extra["fine_tuned_from"] == str(init.resolve()) and "age = " in refitted.extra["recalibration"]
         for name, weight in source.model.state_dict().items():  # every weight and batch-norm statistic as it was

@@ -84,7 +84,10 @@ def train_command(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write; a folder holding this same run is resumed."),
     model: str | None = typer.Option(None, "--model", help="Network by name (see brainage.models.available_models())."),
     folds: int | None = typer.Option(None, "--folds", min=2, help="K-fold by subject: out-of-fold predictions for every scan."),
-    val_fraction: float | None = typer.Option(None, "--val-fraction", min=0.01, max=0.99, help="Without --folds: hold out this fraction of the subjects."),
+    test_fraction: float | None = typer.Option(
+        None, "--test-fraction", min=0.01, max=0.99, help="Without --folds: test on this fraction of the subjects, held out of training."
+    ),
+    val_fraction: float | None = typer.Option(None, "--val-fraction", min=0.01, max=0.99, hidden=True, help="Deprecated name of --test-fraction."),
     train_groups: list[str] | None = typer.Option(
         None, "--train-groups", help="Train on these groups only (repeatable, e.g. Nondemented); every group is still predicted."
     ),
@@ -119,13 +122,18 @@ def train_command(
 
     from brainage.training import TrainConfig, load_config, train
 
-    if folds is not None and val_fraction is not None:
-        raise BrainAgeError("choose either --folds or --val-fraction, not both")
+    if val_fraction is not None:
+        if test_fraction is not None:
+            raise BrainAgeError("--val-fraction is the old name of --test-fraction: give one of them")
+        err_console.print("[yellow]warning:[/] --val-fraction is deprecated and will be removed; use --test-fraction (the same fraction)", soft_wrap=True)
+        test_fraction = val_fraction
+    if folds is not None and test_fraction is not None:
+        raise BrainAgeError("choose either --folds or --test-fraction, not both")
     base = load_config(config_file) if config_file else TrainConfig()
     given = {
         "model": model,
         "folds": folds,
-        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
         "ensemble": ensemble,
         "epochs": epochs,
         "batch_size": batch_size,
@@ -144,7 +152,7 @@ def train_command(
     }
     if model is not None and model != base.model:
         base = dataclasses.replace(base, model_hparams={})  # the other model's hyper-parameters do not apply
-    if val_fraction is not None:
+    if test_fraction is not None:
         base = dataclasses.replace(base, folds=None)
     config = dataclasses.replace(base, **{key: value for key, value in given.items() if value is not None})
     result = train(cache, out, config)

@@ -242,13 +242,13 @@ def subject_kfold(manifest: pd.DataFrame, k: int, seed: int, n_age_bins: int = 5
 def make_folds(
     manifest: pd.DataFrame,
     folds: int | None = None,
-    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     early_stopping_fraction: float = 0.15,
     seed: int = 42,
     train_groups: Sequence[str] | None = None,
 ) -> list[Fold]:
     """Subject-grouped folds: ``folds`` (K-fold, every scan tested once) or one hold-out of
-    ``val_fraction`` of the subjects. Inside each training side, ``early_stopping_fraction`` of its
+    ``test_fraction`` of the subjects. Inside each training side, ``early_stopping_fraction`` of its
     subjects (at least two when there are four or more) become the validation set. QC-flagged scans and, with ``train_groups``, scans of other
     groups are kept out of train/val but stay in the test side. Refuses a split with a subject leak.
     """
@@ -258,7 +258,7 @@ def make_folds(
             raise SplitError(f"no scans in group(s) {', '.join(unknown)}; groups present: {', '.join(sorted(manifest['group'].dropna().astype(str).unique()))}")
     flagged = manifest["qc_flagged"].fillna(False).astype(bool).to_numpy() if "qc_flagged" in manifest else np.zeros(len(manifest), bool)
     in_group = manifest["group"].astype(str).isin(train_groups).to_numpy() if train_groups else np.ones(len(manifest), bool)
-    outer = subject_kfold(manifest, folds, seed) if folds else [subject_holdout(manifest, val_fraction, seed)]
+    outer = subject_kfold(manifest, folds, seed) if folds else [subject_holdout(manifest, test_fraction, seed)]
     result = []
     for index, (training_side, test) in enumerate(outer):
         eligible = training_side[in_group[training_side] & ~flagged[training_side]]

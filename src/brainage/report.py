@@ -372,7 +372,8 @@ def _configuration(config: dict[str, Any]) -> str:
     train = config.get("train", {})
     preprocessing = config.get("preprocessing", {})
     resolved = config.get("resolved", {})
-    split = f"{train.get('folds')}-fold by subject" if train.get("folds") else f"hold-out of {train.get('val_fraction')} of the subjects"
+    held_out = train.get("test_fraction", train.get("val_fraction"))  # val_fraction: its name in older runs
+    split = f"{train.get('folds')}-fold by subject" if train.get("folds") else f"hold-out of {held_out} of the subjects"
     rows = [
         ("model", f"{train.get('model')} {json.dumps(train.get('model_hparams') or {})}"),
         ("preprocessing", f"{preprocessing.get('pipeline')}, grid {preprocessing.get('shape')} at {preprocessing.get('voxel_size')} mm"),

@@ -68,8 +68,8 @@ class TrainConfig:
     Optimisation follows the tutorial: AdamW, linear warm-up over ``warmup_epochs``, then
     reduce-on-plateau of the validation loss (``schedule="cosine"``: a cosine decay to ``min_lr``
     over the remaining epochs instead), gradient clipping, early stopping and the best
-    checkpoint on validation MAE. ``folds`` (K-fold) or ``val_fraction`` (one hold-out) choose the
-    subject-grouped test side; ``early_stopping_fraction`` of each training side's subjects form the
+    checkpoint on validation MAE. ``folds`` (K-fold) or ``test_fraction`` (one hold-out) choose the
+    subject-grouped test side (``val_fraction`` before, read as ``test_fraction`` in old configurations); ``early_stopping_fraction`` of each training side's subjects form the
     validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
     hardware runs them fast. ``precise_bn`` re-estimates batch-norm statistics over the training
     scans before every validation (see :class:`PreciseBatchNorm`); ``ema_decay`` validates, checkpoints and
@@ -127,7 +127,7 @@ class TrainConfig:
     precise_bn_batches: int = 64
     ema_decay: float | None = 0.99
     folds: int | None = None
-    val_fraction: float = 0.2
+    test_fraction: float = 0.2
     early_stopping_fraction: float = 0.15
     train_groups: tuple[str, ...] | None = None
     control_group: tuple[str, ...] | None = None
@@ -149,6 +149,8 @@ class TrainConfig:
     progress: bool = True
 
     SCHEDULES: ClassVar[tuple[str, ...]] = ("plateau", "cosine")
+    #: Old names of fields, read by :meth:`from_dict` so that old configurations and run folders still load.
+    RENAMED: ClassVar[dict[str, str]] = {"val_fraction": "test_fraction"}
 
     def __post_init__(self) -> None:
         # Plain, YAML-ready values, so that a configuration read back compares equal.
@@ -173,7 +175,7 @@ class TrainConfig:
                 (self.schedule not in self.SCHEDULES, f"schedule must be one of {', '.join(self.SCHEDULES)}, got {self.schedule!r}"),
                 (self.ema_decay is not None and not 0 < self.ema_decay < 1, f"ema_decay must be between 0 and 1, got {self.ema_decay}"),
                 (self.folds is not None and self.folds < 2, f"folds must be at least 2, got {self.folds}"),
-                (not 0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}"),
+                (not 0 < self.test_fraction < 1, f"test_fraction must be between 0 and 1, got {self.test_fraction}"),
                 (not 0 < self.early_stopping_fraction < 1, f"early_stopping_fraction must be between 0 and 1, got {self.early_stopping_fraction}"),
                 (self.min_epochs < 0, f"min_epochs must be at least 0, got {self.min_epochs}"),
                 (self.precise_bn_batches < 1, f"precise_bn_batches must be at least 1, got {self.precise_bn_batches}"),
@@ -194,8 +196,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """The configuration described by ``values``; unknown keys are an error."""
+        """The configuration described by ``values``; unknown keys are an error, old names
+        (:attr:`RENAMED`) are read as their new ones."""
         values = dict(values)
+        for old, new in cls.RENAMED.items():
+            if old in values:
+                if new in values:
+                    raise ConfigError(f"{old} is the old name of {new}: give one of them, not both")
+                values[new] = values.pop(old)
         augmentation = dict(values.get("augmentation") or {})
         for kind, given in ((cls, values), (AugmentConfig, augmentation)):
             unknown = sorted(set(given) - {f.name for f in dataclasses.fields(kind)})

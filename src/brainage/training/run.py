@@ -116,7 +116,7 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     run_dir = Path(out)
     accelerator = resolve_accelerator(config.accelerator)
     precision = resolve_precision(config.precision, accelerator)
-    folds = make_folds(cache.manifest, config.folds, config.val_fraction, config.early_stopping_fraction, config.seed, config.train_groups)
+    folds = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed, config.train_groups)
     fold_table = pd.DataFrame([fold.describe(cache.manifest) for fold in folds])
     _start_run_folder(run_dir, cache, config, fold_table, _split_digest(cache.manifest, folds), accelerator, precision)
 
