@@ -34,3 +34,21 @@ def test_the_val_fraction_option_is_a_deprecated_alias_of_test_fraction(tmp_path
     both = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--val-fraction", "0.2", "--test-fraction", "0.2"])
     assert both.exit_code != 0 and "old name of --test-fraction" in both.output
     assert "--val-fraction" not in runner.invoke(app, ["train", "--help"]).output  # hidden: only the new name is documented
+
+
+def test_the_tutorials_network_under_its_old_name_seed_still_trains_and_loads(tmp_path: Path) -> None:
+    import torch
+
+    from brainage.models import build_model
+    from brainage.preprocess import make_config
+    from brainage.training import BrainAgeCheckpoint, load_checkpoint, save_checkpoint
+
+    assert TrainConfig(model="seed").model == "tutorial" == TrainConfig.from_dict({"model": "seed"}).model
+    torch.manual_seed(0)
+    network = build_model("tutorial").eval()
+    old = BrainAgeCheckpoint(model=network, model_name="seed", age_mean=70.0, age_std=10.0, preprocessing=make_config("seed").to_dict())
+    loaded = load_checkpoint(save_checkpoint(old, tmp_path / "model.ckpt"))  # as written before the rename
+    assert loaded.model_name == "tutorial" and type(loaded.model) is type(network)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), network(x))

@@ -12,9 +12,9 @@ from brainage.models.sfcn import soft_labels
 from brainage.training.config import cpu_supports_bf16
 
 # Small settings so every model is cheap to run in tests; defaults are checked separately.
-SMALL = {"seed": {}, "sfcn": {"width": 0.25}, "resnet": {"widths": [8, 16, 16, 32], "stem_width": 4}}
+SMALL = {"tutorial": {}, "sfcn": {"width": 0.25}, "resnet": {"widths": [8, 16, 16, 32], "stem_width": 4}}
 # The smallest cheap input side for each (sfcn pools five times, the resnet halves five times: 32).
-SIDE = {"seed": 16, "sfcn": 32, "resnet": 32}
+SIDE = {"tutorial": 16, "sfcn": 32, "resnet": 32}
 
 
 def n_parameters(model: nn.Module) -> int:
@@ -22,16 +22,22 @@ def n_parameters(model: nn.Module) -> int:
 
 
 def test_registry_lists_every_model_and_rejects_unknown_names() -> None:
-    assert available_models() == sorted(MODELS) == ["resnet", "seed", "sfcn"]
+    assert available_models() == sorted(MODELS) == ["resnet", "sfcn", "tutorial"]
     assert set(SMALL) == set(MODELS)
-    with pytest.raises(BrainAgeError, match=r"unknown model 'vgg'.*resnet, seed, sfcn"):
+    with pytest.raises(BrainAgeError, match=r"unknown model 'vgg'.*resnet, sfcn, tutorial"):
         build_model("vgg")
 
 
-def test_seed_model_matches_the_tutorial_architecture() -> None:
-    model = build_model("seed")
+def test_the_tutorials_network_builds_under_its_old_name_seed() -> None:
+    old, new = build_model("seed", strided_pool=True), build_model("tutorial", strided_pool=True)
+    assert type(old) is type(new) and old.name == "tutorial" and old.hparams == new.hparams
+    assert "seed" not in available_models()
+
+
+def test_tutorial_model_matches_the_tutorial_architecture() -> None:
+    model = build_model("tutorial")
     assert n_parameters(model) == 894_529
-    assert n_parameters(build_model("seed", strided_pool=True)) == 894_529 + 9
+    assert n_parameters(build_model("tutorial", strided_pool=True)) == 894_529 + 9
     conv = model.initial[0]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (1, 16, (3, 3, 3), (1, 1, 1))
     assert model.initial[3].p == pytest.approx(0.3)
@@ -45,8 +51,8 @@ def test_seed_model_matches_the_tutorial_architecture() -> None:
     assert [m.p for m in model.fc if isinstance(m, nn.Dropout)] == [pytest.approx(0.7), pytest.approx(0.5)]
 
 
-def test_seed_feature_map_sizes_halve_after_each_block() -> None:
-    model = build_model("seed", strided_pool=True).eval()
+def test_tutorial_feature_map_sizes_halve_after_each_block() -> None:
+    model = build_model("tutorial", strided_pool=True).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         x = model.initial(x)
@@ -145,7 +151,7 @@ def test_loss_decreases_when_fitting_a_toy_batch(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "hparams"),
     [
-        ("seed", {"strided_pool": True}),
+        ("tutorial", {"strided_pool": True}),
         ("sfcn", {"width": 0.25, "n_bins": 20, "label_sigma": 0.3}),
         ("resnet", {"widths": [4, 8], "norm": "group", "pool_size": 2}),
     ],

@@ -29,7 +29,7 @@ import torch
 from brainage import __version__
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import AgeBiasCorrector
-from brainage.models import AgeRegressor, build_model
+from brainage.models import AgeRegressor, build_model, current_model_name
 from brainage.reliability import ConformalInterval
 from brainage.utils import atomic_write
 
@@ -120,7 +120,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         bias = {"method": "cole", **bias}  # format 1 stored Cole's inversion, fitted on validation scans
     return BrainAgeCheckpoint(
         model=model,
-        model_name=values["model_name"],
+        model_name=current_model_name(values["model_name"]),  # an old name (seed) as the model's name now
         age_mean=values["age_mean"],
         age_std=values["age_std"],
         preprocessing=values["preprocessing"],

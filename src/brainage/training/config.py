@@ -18,6 +18,7 @@ from brainage.data import AugmentConfig
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import AgeBiasCorrector
 from brainage.inference import resolve_accelerator
+from brainage.models import current_model_name
 
 __all__ = [
     "TUTORIAL_RECIPE",
@@ -156,6 +157,7 @@ class TrainConfig:
         # Plain, YAML-ready values, so that a configuration read back compares equal.
         for name, value in _numbers(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "model", current_model_name(self.model))  # an old model name (seed) as its name now
         object.__setattr__(self, "model_hparams", _plain(dict(self.model_hparams)))
         object.__setattr__(self, "train_groups", tuple(str(g) for g in self.train_groups) if self.train_groups else None)
         object.__setattr__(self, "control_group", tuple(str(g) for g in self.control_group) if self.control_group else None)
@@ -217,7 +219,7 @@ class TrainConfig:
 #: The tutorial's training recipe (its network and optimisation, batch-norm running averages as
 #: they were), for side-by-side comparison.
 TUTORIAL_RECIPE = TrainConfig(
-    model="seed",
+    model="tutorial",
     tta_flip=False,
     epochs=50,
     batch_size=8,

@@ -1,4 +1,4 @@
-"""The tutorial's BrainAgeCNN, reproduced layer for layer (the ``seed`` model).
+"""The tutorial's BrainAgeCNN, reproduced layer for layer (the ``tutorial`` model; ``seed`` before).
 
 Initial Conv3d(1→16) + BN + ReLU + Dropout3d(0.3); residual blocks 16→32, 32→64, 64→128 (dropout
 0.2, 0.3, 0.4), each followed by a 2× down-sampling; global average pooling; fully connected
@@ -55,7 +55,7 @@ class ChannelwiseStridedConv(nn.Module):
 class BrainAgeCNN(AgeRegressor):
     """The tutorial's network; regression head, mean squared error on z-scored age."""
 
-    name = "seed"
+    name = "tutorial"
 
     def __init__(self, strided_pool: bool = False) -> None:
         super().__init__()
