@@ -1,13 +1,31 @@
-"""Baseline estimators: mean, tabular ridge, voxel PCA-ridge, and volume down-sampling."""
+"""Baseline estimators (mean, tabular ridge, voxel PCA-ridge, Gaussian process), their tuning by an
+inner subject-grouped cross-validation, volume down-sampling, and the out-of-fold baselines of a cache."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
 
-from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
+from brainage.baselines import (
+    ALPHAS,
+    BASELINES,
+    CappedPCA,
+    baseline_predictions,
+    downsample_volumes,
+    gpr_baseline,
+    inner_cv,
+    mean_baseline,
+    tabular_baseline,
+    tuned_tabular_baseline,
+    tuned_voxel_baseline,
+    voxel_baseline,
+)
 
 
 def tabular_frame(n: int, seed: int) -> pd.DataFrame:
@@ -87,8 +105,91 @@ def test_voxel_baseline_predicts_age_from_downsampled_volumes() -> None:
     assert np.abs(predicted - test_age).mean() < 0.5 * np.abs(test_age - train_age.mean()).mean()
 
 
-def test_voxel_baseline_caps_components_at_the_training_set_size() -> None:
+def test_voxel_baseline_caps_components_one_below_the_training_set_size() -> None:
     volumes, age = synthetic_volumes(12, seed=0)
     model = clone(voxel_baseline(n_components=500)).fit(downsample_volumes(volumes, 4), age)
-    assert model.named_steps["pca"].pca_.n_components_ == 12
+    assert model.named_steps["pca"].pca_.n_components_ == 11  # 12 centred rows span 11 dimensions
     assert model.predict(downsample_volumes(volumes[:3], 4)).shape == (3,)
+
+
+def signal_features(subjects: int, scans: int, seed: int, label_noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8³ noise volumes, flattened, whose central 4³ voxels brighten linearly with a subject's brain
+    age; the age to predict is that brain age plus ``label_noise`` (SD, years). ``scans`` scans per
+    subject share its ages; returns features, ages and subject ids."""
+    rng = np.random.default_rng(seed)
+    brain_age = rng.uniform(60, 95, subjects)
+    age = np.repeat(brain_age + rng.normal(0, label_noise, subjects), scans)
+    groups = np.repeat([f"{seed}-{i}" for i in range(subjects)], scans)
+    volumes = rng.normal(0, 1, (subjects * scans, 8, 8, 8))
+    volumes[:, 2:6, 2:6, 2:6] += np.repeat((brain_age - 77.5) / 20, scans)[:, None, None, None]
+    return volumes.reshape(len(age), -1), age, groups
+
+
+def test_inner_cross_validation_keeps_each_subject_on_one_side() -> None:
+    features, age, groups = signal_features(30, 3, seed=0, label_noise=3)
+    search = tuned_voxel_baseline(inner_cv(groups), max_components=10).fit(features, age, groups=groups)
+    assert search.n_splits_ == 5
+    splits = list(search.cv.split(features, age, groups))
+    for inner_train, inner_val in splits:
+        assert not set(groups[inner_train]) & set(groups[inner_val])
+    assert sorted(np.concatenate([val for _, val in splits]).tolist()) == list(range(len(age)))
+    assert inner_cv(groups[:6]).n_splits == 2  # fewer subjects than inner folds: one fold per subject
+    with pytest.raises(ValueError, match="two subjects"):
+        inner_cv(["a", "a"])
+    with pytest.raises(ValueError, match="groups"):
+        tuned_voxel_baseline(inner_cv(groups), max_components=10).fit(features, age)  # ungrouped fit is refused
+
+
+def test_tuned_voxel_ridge_beats_the_untuned_ridge_on_unscaled_components() -> None:
+    features, age, groups = signal_features(60, 2, seed=0, label_noise=6)
+    test_features, test_age, _ = signal_features(200, 1, seed=1, label_noise=6)
+    untuned = Pipeline([("pca", CappedPCA(100)), ("ridge", Ridge(alpha=1.0))]).fit(features, age)
+    tuned = tuned_voxel_baseline(inner_cv(groups), max_components=100).fit(features, age, groups=groups)
+    untuned_mae = np.abs(untuned.predict(test_features) - test_age).mean()
+    tuned_mae = np.abs(tuned.predict(test_features) - test_age).mean()
+    assert tuned_mae < untuned_mae
+    assert tuned.best_params_["components__n"] < 100  # the untuned ridge interpolates its training rows' label noise
+
+
+def test_tuned_tabular_ridge_chooses_a_large_alpha_when_the_columns_carry_no_age() -> None:
+    train = tabular_frame(120, seed=0)
+    train["nwbv"] = np.random.default_rng(2).normal(0.75, 0.02, len(train))  # no longer related to age
+    groups = np.repeat(np.arange(60), 2)
+    search = tuned_tabular_baseline(inner_cv(groups)).fit(train, train["age"], groups=groups)
+    assert search.best_params_["ridge__alpha"] > 1.0
+    assert search.best_params_["ridge__alpha"] in ALPHAS
+
+
+def test_gpr_baseline_predicts_finite_ages_for_every_scan() -> None:
+    features, age, _ = signal_features(40, 2, seed=0, label_noise=2)
+    test_features, test_age, _ = signal_features(25, 1, seed=1, label_noise=2)
+    model = gpr_baseline(n_components=10, pca_components=50).fit(features, age)
+    predicted = model.predict(test_features)
+    assert predicted.shape == (25,) and np.isfinite(predicted).all()
+    assert np.abs(predicted - test_age).mean() < 0.6 * np.abs(test_age - age.mean()).mean()
+    assert model.named_steps["pca"].pca_.n_components_ == 50
+
+
+def test_baselines_of_a_cache_are_out_of_fold_and_never_fitted_on_test_people(tiny_cache_seed: Path) -> None:
+    from brainage.data import make_folds
+    from brainage.preprocess import load_cache
+    from brainage.training import TrainConfig
+
+    cache = load_cache(tiny_cache_seed)
+    manifest = cache.manifest
+    folds = make_folds(manifest, folds=3, seed=0)
+    record: dict = {}
+    predictions = baseline_predictions(cache, folds, TrainConfig(voxel_components=8), record)
+    assert sorted(predictions["scan_id"]) == sorted(manifest["scan_id"])
+    assert set(BASELINES) <= set(predictions.columns) and np.isfinite(predictions[list(BASELINES)].to_numpy(float)).all()
+    assert record["components"] == [8] and len(record["folds"]) == len(folds)
+    subjects = manifest["subject_id"].astype(str).to_numpy()
+    for fold, entry in zip(folds, record["folds"], strict=True):
+        test_people = set(subjects[fold.test])
+        assert not set(entry["subjects"]) & test_people
+        assert set(entry["subjects"]) == set(subjects[np.concatenate([fold.train, fold.val])])
+        assert set(entry["chosen"]) == set(BASELINES)
+        assert entry["chosen"]["ridge_voxels"]["alpha"] in ALPHAS and entry["chosen"]["ridge_voxels"]["n_components"] <= 8
+        assert "RBF" in entry["chosen"]["gpr_voxels"]["kernel"]
+        tested = predictions.set_index("scan_id").loc[manifest["scan_id"].iloc[fold.test], "mean_age"]
+        assert tested.to_numpy() == pytest.approx(manifest["age"].iloc[np.concatenate([fold.train, fold.val])].mean())
