@@ -70,21 +70,20 @@ class TrainConfig:
     reduce-on-plateau of the validation loss (``schedule="cosine"``: a cosine decay to ``min_lr``
     over the remaining epochs instead), gradient clipping, early stopping and the best
     checkpoint on validation MAE. ``folds`` (K-fold) or ``test_fraction`` (one hold-out) choose the
-    subject-grouped test side (``val_fraction`` before, read as ``test_fraction`` in old configurations); ``early_stopping_fraction`` of each training side's subjects form the
-    validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
+    subject-grouped test side (``val_fraction`` before: old configurations still load);
+    ``early_stopping_fraction`` of each training side's subjects form the validation set. ``precision``/``channels_last`` ``"auto"`` pick bf16 and channels-last where the
     hardware runs them fast. ``precise_bn`` re-estimates batch-norm statistics over the training
     scans before every validation (see :class:`PreciseBatchNorm`); ``ema_decay`` validates, checkpoints and
     predicts with an exponential moving average of the weights (Lightning's EMAWeightAveraging,
-    updated every step; 0.99 averages about the last 100 steps: on the full-size oasis2 cohort it
-    scored 3.44 y against 3.96 y with 0.9, 0.995 3.40 y). The default model is the compact ResNet (``resnet``); the tutorial's
-    whole recipe is :data:`TUTORIAL_RECIPE`. ``precise_bn_batches`` bounds the batches that
-    re-estimation reads. Early stopping cannot stop before ``min_epochs`` (at most ``epochs``): on
-    the demo cohort one fold's validation MAE was lowest at epoch 1 and patience ended that fold at
-    epoch 11, before the network had learned (its training MAE was still falling).
+    updated every step; 0.99 averages about the last 100 steps; docs/benchmarks.md compares decays).
+    The default model is the compact ResNet (``resnet``); the tutorial's whole recipe is
+    :data:`TUTORIAL_RECIPE`. ``precise_bn_batches`` bounds the batches that re-estimation reads.
+    Early stopping cannot stop before ``min_epochs`` (at most ``epochs``): with few validation
+    people, the validation MAE can be lowest in the first epochs, before the network has learned.
 
     ``repeats_per_session`` draws at most that many of a session's repeat scans into each training
-    epoch, afresh every epoch (None: all of them): OASIS-2 has 3–4 repeats a session, so ``1``
-    makes epochs 3.7× cheaper and still shows every session once an epoch.
+    epoch, afresh every epoch (None: all of them): with OASIS-2's 3–4 repeats a session, ``1``
+    makes epochs several times cheaper and still shows every session once an epoch.
 
     ``ensemble`` trains that many networks per fold, on the same split but from different seeds
     (weights, batch order, augmentation); the fold's out-of-fold prediction is their mean, and a
@@ -94,9 +93,7 @@ class TrainConfig:
     model: fine-tuning on a new cohort or scanner; the checkpoints record it. With ``epochs=0`` its
     weights are kept as they are and only its output line is re-fitted on each fold's training
     scans (age regressed on its predictions, least squares): the cheapest way to carry a
-    pre-trained network to a new cohort, and on the synthetic oasis2 cohort better at reading the
-    gap than fine-tuning (README, "The pre-trained model carried to the cohort by its output line
-    alone").
+    pre-trained network to a new cohort (docs/benchmarks.md compares it with fine-tuning).
 
     ``bias_correction`` (``residual``, ``cole`` or ``none``; see
     :class:`~brainage.evaluation.AgeBiasCorrector`) is fitted on the out-of-fold predictions of
@@ -252,9 +249,8 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def cpu_supports_bf16() -> bool:
     """Whether this CPU trains in bf16 both fast and finite: oneDNN's native bf16 kernels with AMX
-    tiles. Emulated bf16 is many times slower than fp32; and on a CPU with AVX-512 BF16 but no AMX
-    (torch 2.13's oneDNN, 2-core AMD EPYC), bf16 backward passes of the default network gave
-    infinite and NaN gradient norms within its first 20 steps, so training diverged."""
+    tiles. Emulated bf16 is many times slower than fp32, and on a CPU with AVX-512 BF16 but no AMX
+    bf16 backward passes of the default network gave non-finite gradient norms, so training diverged."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
