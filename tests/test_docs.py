@@ -1,5 +1,6 @@
-"""The documentation cannot drift: the CLI reference is generated; every command shown in README.md,
-docs/*.md and the tutorial exists with the options it uses (``brainage``, ``make``, ``bench/`` scripts);
+"""The documentation cannot drift: the CLI reference is generated; the README stays a front door (at
+most 200 lines); every command shown in README.md, docs/*.md and the tutorial exists with the options
+it uses (``brainage``, ``make``, ``bench/`` scripts);
 the tutorial's .py and .ipynb hold the same cells; docs/api.md shows every public name, and its
 examples run."""
 
@@ -31,6 +32,8 @@ OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][A-Za-z0-9-]*)")
 COMMAND = re.compile(r"(?:^|(?<=[\s\"'(]))(?:\.venv/bin/)?brainage(?=\s|$)([^\"'#`]*)")
 PLACEHOLDER = re.compile(r"[a-z][a-z-]*")
 API_MD = ROOT / "docs" / "api.md"
+#: The README is a front door: what it is, the two commands, the demo's table, one short section per input, links.
+README_MAX_LINES = 200
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 #: Modules whose public names (``__all__``, else the functions and classes they define) api.md shows.
 PUBLIC_MODULES = (
@@ -109,6 +112,11 @@ def test_the_cli_reference_is_up_to_date() -> None:
     generator = runpy.run_path(str(ROOT / "docs" / "make_cli_md.py"))
     expected = generator["cli_reference"]()
     assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == expected, "docs/cli.md is stale: run .venv/bin/python docs/make_cli_md.py"
+
+
+def test_the_readme_is_a_front_door_of_at_most_200_lines() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; at most {README_MAX_LINES}: move the details into docs/"
 
 
 def test_docs_show_brainage_commands() -> None:

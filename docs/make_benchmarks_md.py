@@ -1,0 +1,261 @@
+"""Render docs/benchmarks.md (and the marked results block of README.md) from the results files in
+docs/results/: every measured number on those pages comes from a file that a bench script wrote,
+beside its command, commit, date and machine, so a table can never be older than its data.
+
+    .venv/bin/python docs/make_benchmarks_md.py            # rewrite both files
+    .venv/bin/python docs/make_benchmarks_md.py --check    # exit 1 when either is stale
+
+``tests/test_benchmarks_md.py`` fails when either file differs from what this script makes. The
+how-to-run text is the template below; a section with no results file says "not measured yet at
+this commit". Output depends only on the results files (sorted by name), never on the clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brainage.utils import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from results import display  # noqa: E402  (bench/ is a folder of scripts, not a package: its path goes first)
+
+RESULTS = ROOT / "docs" / "results"
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+#: README.md's block between these markers is rendered (the demo's headline table).
+README_BLOCK = ("<!-- results:demo -->", "<!-- /results:demo -->")
+NOT_MEASURED = "Not measured yet at this commit."
+REGENERATE = ".venv/bin/python docs/make_benchmarks_md.py"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A heading of docs/benchmarks.md, its how-to-run text, and the results files it renders
+    (names matching ``pattern`` in docs/results/)."""
+
+    heading: str
+    text: str
+    pattern: str
+
+
+SECTIONS = (
+    Section(
+        "Accuracy: the demo cohort on evaluation seeds",
+        """The recipe is frozen on the development seed (`--seed`, 0 by default: the only cohort on which
+settings may be chosen), then runs once on each evaluation seed: a fresh synthetic cohort (new
+people, new folds) per seed. Every MAE has a subject-level bootstrap 95 % CI (people resampled with
+all their sessions and scans, `brainage.bootstrap`), and the network's difference from the best
+baseline a paired one (the same resampled people for both); "ahead" means that CI lies below zero.
+MAE against age after the bias correction is pulled towards age by construction; how well brain
+age is read is the MAE against the true brain age and the gap fidelity.
+
+```bash
+.venv/bin/python bench/accuracy.py --out bench-out/eval-demo --preset demo --eval-seeds 1 2 3
+```""",
+        "accuracy-demo-*.json",
+    ),
+    Section(
+        "Accuracy: the OASIS-2-sized cohort on evaluation seeds",
+        """The same at full size (150 people, 373 sessions, 1368 scans per cohort), the default model
+trained on one random repeat of each session per epoch:
+
+```bash
+.venv/bin/python bench/accuracy.py --out bench-out/eval-oasis2 --preset oasis2 --eval-seeds 1 2 --repeats-per-session 1
+```""",
+        "accuracy-oasis2-*.json",
+    ),
+    Section(
+        "Accuracy: development runs",
+        """Without `--eval-seeds` the script runs the development seed: the baselines, the tutorial's
+recipe (`seed` model on the `seed` pipeline, `--seed-epochs` of its 50) and the default model on
+the same subject-grouped folds, per session, with the true brain age and the ceiling (age from the
+true brain age by a line fitted out of fold). Its results file goes to `--out/results.json` unless
+`--results` names one here. Pre-training on another synthetic cohort, then fine-tuning every fold
+(`--pretrain pretrain`, `--pretrain-people N`, `--pretrain-set FIELD=VALUE`), and any other
+`TrainConfig` field of the default model (`--set lr=2e-4 ensemble=3`) run in the same resumable
+command; a `brainage predict` CSV is scored against a run's truth and folds by
+`bench/score_predictions.py`:
+
+```bash
+.venv/bin/python bench/accuracy.py --out bench-out/acc --preset demo
+.venv/bin/python bench/accuracy.py --out bench-out/oasis2 --preset oasis2 --seed-epochs 0 --repeats-per-session 1 --pretrain pretrain --set lr=0.0002
+.venv/bin/python bench/score_predictions.py bench-out/zero-shot.csv bench-out/oasis2/run-standard-64-resnet-r1
+```""",
+        "accuracy-dev-*.json",
+    ),
+    Section(
+        "Demo",
+        """`make demo` runs `brainage demo` (synthesis, preparation, training, held-out prediction, report)
+and prints the time of each step.
+
+```bash
+make demo
+```""",
+        "demo-*.json",
+    ),
+    Section(
+        "Preprocessing speed",
+        """`prepare` per stage and pipeline on synthetic OASIS-sized scans, each pipeline in a fresh
+process (its CPU time and peak memory its own), cached reruns, cache loading and the output grid:
+
+```bash
+.venv/bin/python bench/prepare.py --scans 16 --workers 2 --skip-grid
+.venv/bin/python bench/prepare.py --only-grid
+.venv/bin/python bench/prepare.py --source ~/data/oasis2 --scans 8
+```""",
+        "prepare-*.json",
+    ),
+    Section(
+        "Training speed",
+        """The tutorial's network trained by brainage's Lightning trainer against a plain loop written like
+the tutorial's, on the same synthetic scans (training batches only; the first epoch a warm-up):
+
+```bash
+.venv/bin/python bench/train_speed.py --side 64 --scans 48 --epochs 3 --batch-size 8
+```""",
+        "train_speed-*.json",
+    ),
+    Section(
+        "Pose invariance",
+        """How far a trained model's brain age moves when the head is re-posed:
+
+```bash
+.venv/bin/python bench/pose.py RUN --scans 3 --poses 8
+```""",
+        "pose-*.json",
+    ),
+)
+
+HEADER = f"""# Benchmarks
+
+<!-- Generated by docs/make_benchmarks_md.py from docs/results/*.json: do not edit; run {REGENERATE} -->
+
+Benchmarks are scripts in `bench/` that print tables and write one results file per run into
+`docs/results/` (`bench/results.py`: the command, the commit, the date, the machine, the precision,
+the wall time per step and the tables). This page is rendered from those files by
+`{REGENERATE}`; a test fails when it differs from them. A table is as recent as its file's commit:
+rerun its command to measure the current code. Benchmarks are not part of the test suite and
+assert nothing."""
+
+
+def _machine(machine: Mapping[str, Any]) -> str:
+    parts = [f"{machine.get('cpu') or 'unknown CPU'}, {machine.get('cores')} cores", f"{machine.get('memory_gib')} GiB"]
+    flags = [name for name, key in (("AVX-512", "avx512"), ("AMX", "amx")) if machine.get(key)]
+    parts.append(" and ".join(flags) + " reported" if flags else "neither AVX-512 nor AMX reported")
+    if machine.get("aten_cpu_capability"):
+        parts.append(f"ATEN_CPU_CAPABILITY={machine['aten_cpu_capability']}")
+    parts.append(f"GPU: {machine['gpu']}" if machine.get("gpu") else "no GPU")
+    parts.append(f"torch {machine.get('torch')}, Python {machine.get('python')}")
+    return "; ".join(parts)
+
+
+def _seconds(value: float) -> str:
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Records as a Markdown table (cells by :func:`results.display`)."""
+    rows = display(records)
+    if not rows:
+        return "(no rows)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row.get(column, "–").replace("|", "\\|") for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_file(path: Path, heading: str = "###") -> str:
+    """One results file: where it came from, then each of its tables with its notes."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    commit = document.get("commit") or {}
+    sha = (commit.get("sha") or "unknown")[:10] + (" (with uncommitted changes)" if commit.get("dirty") else "")
+    wall = document.get("wall_s") or {}
+    total = f"; {_seconds(sum(wall.values()))} in all" if wall else ""
+    lines = [
+        f"{heading} `{path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name}`",
+        "",
+        "```bash",
+        " ".join(document.get("command") or []),
+        "```",
+        "",
+        f"Commit {sha}, {document.get('date')}, precision {document.get('precision') or 'not recorded'}.  ",
+        f"Machine: {_machine(document.get('machine') or {})}.  ",
+        "Wall time: " + (", ".join(f"{step} {_seconds(seconds)}" for step, seconds in wall.items()) + total if wall else "not recorded") + ".",
+    ]
+    for table in document.get("tables", []):
+        lines += ["", f"**{table['title']}**", "", markdown_table(table["records"])]
+        lines += [""] + [f"- {note}" for note in table.get("notes", [])] if table.get("notes") else []
+    return "\n".join(lines)
+
+
+def _files(results: Path, pattern: str) -> list[Path]:
+    return sorted(results.glob(pattern))
+
+
+def render_benchmarks(results: Path = RESULTS) -> str:
+    """docs/benchmarks.md from the results files in ``results``."""
+    parts, used = [HEADER], set()
+    for section in SECTIONS:
+        files = _files(results, section.pattern)
+        used.update(files)
+        parts += (
+            [f"## {section.heading}", section.text, *(render_file(path) for path in files)] if files else [f"## {section.heading}", section.text, NOT_MEASURED]
+        )
+    others = [path for path in _files(results, "*.json") if path not in used]
+    if others:
+        parts += ["## Other results", *(render_file(path) for path in others)]
+    return "\n\n".join(parts).rstrip() + "\n"
+
+
+def render_readme_block(results: Path = RESULTS) -> str:
+    """The README's demo block: the summary table of the latest demo evaluation-seed results file,
+    or a line saying none is there yet."""
+    files = [path for path in _files(results, "accuracy-demo-*.json") if "eval" in path.name]
+    if not files:
+        return f"The demo's accuracy on evaluation seeds is {NOT_MEASURED.lower()} See [docs/benchmarks.md](docs/benchmarks.md)."
+    latest = max(files, key=lambda path: (json.loads(path.read_text(encoding="utf-8")).get("date") or "", path.name))
+    document = json.loads(latest.read_text(encoding="utf-8"))
+    table = document["tables"][0]
+    sha = ((document.get("commit") or {}).get("sha") or "unknown")[:10]
+    lines = [f"**{table['title']}** (commit {sha}, `{' '.join(document.get('command') or [])}`)", "", markdown_table(table["records"])]
+    lines += [""] + [f"- {note}" for note in table.get("notes", [])] if table.get("notes") else []
+    lines += ["", f"Per seed and every predictor, with the machine and wall times: [docs/benchmarks.md](docs/benchmarks.md) (`{latest.name}`)."]
+    return "\n".join(lines)
+
+
+def with_readme_block(readme: str, block: str) -> str:
+    """``readme`` with the text between the :data:`README_BLOCK` markers replaced by ``block``."""
+    start, end = README_BLOCK
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(readme):
+        raise SystemExit(f"{README}: no {start} … {end} block to render into")
+    return pattern.sub(lambda _: f"{start}\n{block}\n{end}", readme, count=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md or README.md's results block is stale")
+    args = parser.parse_args()
+    expected = {BENCHMARKS: render_benchmarks(), README: with_readme_block(README.read_text(encoding="utf-8"), render_readme_block())}
+    stale = [path for path, text in expected.items() if path.read_text(encoding="utf-8") != text]
+    if args.check:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is stale: run {REGENERATE}")
+        raise SystemExit(1 if stale else 0)
+    for path in stale:
+        with atomic_write(path) as tmp:
+            tmp.write_text(expected[path], encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

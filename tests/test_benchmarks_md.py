@@ -1,0 +1,67 @@
+"""docs/benchmarks.md and the README's demo table are rendered from docs/results/*.json and cannot
+drift from them; the renderer shows each file's command, commit, machine, wall time and tables."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RENDERER = runpy.run_path(str(ROOT / "docs" / "make_benchmarks_md.py"))
+sys.path.insert(0, str(ROOT / "bench"))
+from results import display, write_results  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+REGENERATE = ".venv/bin/python docs/make_benchmarks_md.py"
+
+
+def test_benchmarks_md_is_rendered_from_the_results_files() -> None:
+    expected = RENDERER["render_benchmarks"]()
+    assert (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8") == expected, f"docs/benchmarks.md is stale: run {REGENERATE}"
+
+
+def test_the_readme_demo_table_is_rendered_from_the_results_files() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    expected = RENDERER["with_readme_block"](readme, RENDERER["render_readme_block"]())
+    assert readme == expected, f"README.md's results block is stale: run {REGENERATE}"
+
+
+def _records() -> list[dict[str, object]]:
+    return [
+        {"predictor": "resnet (network)", "n": 40, "mae": 3.456, "mae_low": 3.1, "mae_high": 3.81, "diff": -0.5, "diff_low": -0.9, "diff_high": -0.1, "ahead": True},
+        {"predictor": "baseline: mean age", "n": 40, "mae": 6.0, "mae_low": 5.5, "mae_high": 6.6, "gap_fidelity": None},
+    ]  # fmt: skip
+
+
+def test_display_joins_each_value_with_its_interval() -> None:
+    rows = display(_records())
+    assert rows[0] == {"predictor": "resnet (network)", "n": "40", "MAE": "3.46 [3.10, 3.81]", "Δ MAE vs best baseline": "-0.50 [-0.90, -0.10]", "ahead": "yes"}
+    assert rows[1]["Δ MAE vs best baseline"] == "–" and rows[1]["ahead"] == "–"
+    assert all("gap fidelity" not in row for row in rows)  # no record has a value for it
+
+
+def test_a_results_file_is_rendered_with_where_it_came_from(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert RENDERER["NOT_MEASURED"] in RENDERER["render_benchmarks"](results)
+    tables = [{"title": "demo cohort: the network against the best baseline", "records": _records(), "notes": ["ahead per scan: 1 of 1 seeds"]}]
+    argv = [".venv/bin/python", "bench/accuracy.py", "--preset", "demo", "--eval-seeds", "1"]
+    write_results(results / "accuracy-demo-eval-seeds-1.json", tables, {"cohort": 12.0, "train resnet (standard)": 125.4}, "32-true", argv)
+    write_results(results / "something-new.json", [{"title": "another table", "records": [{"x": 1.0}]}], {}, "32-true", ["bench/x.py"])
+    document = json.loads((results / "accuracy-demo-eval-seeds-1.json").read_text(encoding="utf-8"))
+    assert document["commit"]["sha"] and document["machine"]["cores"] >= 1 and document["precision"] == "32-true"
+
+    page = RENDERER["render_benchmarks"](results)
+    assert page == RENDERER["render_benchmarks"](results)  # deterministic
+    demo = page.split("## Accuracy: the demo cohort on evaluation seeds")[1].split("\n## ")[0]
+    assert RENDERER["NOT_MEASURED"] not in demo
+    assert " ".join(argv) in demo and document["commit"]["sha"][:10] in demo and document["machine"]["cpu"] in demo
+    assert "train resnet (standard) 2 min 05 s" in demo and "| resnet (network) | 40 | 3.46 [3.10, 3.81] |" in demo
+    assert "- ahead per scan: 1 of 1 seeds" in demo
+    assert "## Other results" in page and "another table" in page.split("## Other results")[1]
+
+    block = RENDERER["render_readme_block"](results)
+    assert "3.46 [3.10, 3.81]" in block and " ".join(argv) in block
+    readme = "# x\n\n<!-- results:demo -->\nold\n<!-- /results:demo -->\n\nrest\n"
+    rendered = RENDERER["with_readme_block"](readme, block)
+    assert "old" not in rendered and rendered.endswith("<!-- /results:demo -->\n\nrest\n") and block in rendered
