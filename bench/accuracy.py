@@ -31,8 +31,24 @@ default model on one random repeat of each session per epoch (``TrainConfig.repe
 OASIS-2 has 3–4); ``--schedule cosine`` trains it with a cosine decay over all ``--epochs`` (no early
 stop; the best validation epoch is kept); ``--init RUN`` fine-tunes it from a trained run (for
 instance one trained on the ``pretrain`` preset); ``--set FIELD=VALUE`` sets any other field of
-its :class:`~brainage.training.TrainConfig` (``--set lr=2e-4 ema_decay=0.995``). Prints a table;
-asserts nothing.
+its :class:`~brainage.training.TrainConfig` (``--set lr=2e-4 ema_decay=0.995``). The default model
+starts from ``brainage demo``'s settings for the presets the demo trains (``brainage.demo.TRAINING``:
+model, epochs, folds, batch size), else from TrainConfig's defaults.
+
+``--seed`` is the development seed: the only cohort on which settings may be chosen. ``--eval-seeds
+1 2 3`` then runs the frozen recipe (the same options, the tutorial's recipe left out) once on each
+of those fresh cohorts (new people, new folds) in ``--out/seed-S``, resumable as above, and prints per
+seed, per scan and per session, every predictor of the run's ``predictions.csv`` (the network
+uncorrected and bias-corrected, every baseline, the true brain age) with subject-level bootstrap 95 %
+CIs (:mod:`brainage.bootstrap`), and the network's paired MAE difference against the best baseline
+(``ahead``: its CI lies below zero):
+
+    .venv/bin/python bench/accuracy.py --out bench-out/eval-demo --preset demo --eval-seeds 1 2 3
+
+Every run writes a results file (``bench/results.py``): with ``--eval-seeds``
+``docs/results/accuracy-PRESET-eval-seeds-1-2-3.json`` (``--label``, ``--results``), which
+``docs/make_benchmarks_md.py`` renders into docs/benchmarks.md; without, ``--out/results.json``.
+Prints tables; asserts nothing.
 """
 
 from __future__ import annotations
@@ -40,21 +56,33 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from results import ROOT, display, write_results
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 
+from brainage.bootstrap import LEVELS, RESAMPLES, compare_predictors
 from brainage.cohort import SUMMARY, Preset, get_preset, synthesize
 from brainage.console import console, print_table
+from brainage.demo import TRAINING, training_for
 from brainage.evaluation import aggregate_sessions
 from brainage.preprocess import PipelineConfig, make_config, prepare
 from brainage.training import TUTORIAL_RECIPE, TrainConfig, TrainResult, train
-from brainage.training.run import BASELINES
+
+try:  # the baselines' home after the evidence issue; before it, the training run's
+    from brainage.baselines import BASELINES
+except ImportError:
+    from brainage.training.run import BASELINES
+
+#: What the summary across evaluation seeds shows of the network's row.
+SUMMARY_KEYS = ("mae", "mae_low", "mae_high", "best_baseline", "diff", "diff_low", "diff_high", "ahead")
 
 
 def _cohort(root: Path, preset: Preset, seed: int, workers: int) -> dict:
@@ -142,15 +170,176 @@ def _ceiling_row(result: TrainResult) -> dict[str, object] | None:
             "gap fidelity": 1.0, "MAE corrected": None, "MAE true corrected": None, "D−ND gap": None, "p": None}  # fmt: skip
 
 
+def _training(preset: str, model: str | None, epochs: int | None) -> dict[str, Any]:
+    """The default model's TrainConfig fields before the command's own: ``brainage demo``'s settings
+    for a preset it trains (``brainage.demo.TRAINING``), else TrainConfig's defaults; ``--model``
+    and ``--epochs`` override either."""
+    if preset in TRAINING:
+        return training_for(preset, model, epochs)
+    default = TrainConfig()
+    return {"model": model or default.model, "epochs": default.epochs if epochs is None else epochs}
+
+
+def _network_config(args: argparse.Namespace, seed: int) -> TrainConfig:
+    """The default model's configuration on cohort ``seed``: the preset's settings, then the command's."""
+    settings = _training(args.preset, args.model, args.epochs)
+    folds = settings.pop("folds", 5) if args.folds is None else args.folds
+    settings.pop("folds", None)
+    own = {"repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
+           "init": str(args.init.resolve()) if args.init else None,
+           **({"min_epochs": settings["epochs"]} if args.schedule == "cosine" else {}),
+           **_settings(args.set)}  # fmt: skip
+    return TrainConfig(**{**settings, **own, "folds": folds or None, "seed": seed, "progress": True})
+
+
+def _pretrain(args: argparse.Namespace, root: Path, seed: int, seconds: dict[str, float]) -> Path:
+    """The pre-trained run that ``--pretrain`` names, made or reused under ``root``."""
+    clock = time.perf_counter()
+    preset, where, tags = get_preset(args.pretrain), root / "pretrain", list(args.pretrain_set)
+    if args.pretrain_people and args.pretrain_people != preset.n_subjects:
+        preset, where = _resized(preset, args.pretrain_people), root / f"pretrain-{args.pretrain_people}"
+        tags.insert(0, f"people={args.pretrain_people}")  # the fine-tuned run's folder names the pre-trained one
+    name = "".join(["run", *(f"-{tag}" for tag in tags)])
+    init = _pretrained(where, preset, seed + 7, args.side, args.workers, args.pretrain_set, name)
+    seconds[f"pretrain on {args.pretrain}"] = time.perf_counter() - clock
+    return init
+
+
+def _train(args: argparse.Namespace, root: Path, pipeline: str, role: str, config: TrainConfig, seconds: dict[str, float]) -> tuple[TrainResult, str, int]:
+    """Prepare ``root/cohort`` for ``pipeline`` and train ``config`` on it (both reused when done):
+    the result, a description of the network for the table, and the grid side."""
+    default = TrainConfig()
+    side = args.seed_side if pipeline == "seed" and args.seed_side else args.side
+    cache = root / f"cache-{pipeline}-{side}"
+    start = time.perf_counter()
+    report = prepare(root / "cohort", cache, _grid(pipeline, side), workers=args.workers)
+    seconds[f"prepare {pipeline}"] = seconds.get(f"prepare {pipeline}", 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
+    repeats = f"-r{config.repeats_per_session}" if config.repeats_per_session else ""
+    schedule = f"-{config.schedule}{config.epochs}" if config.schedule != default.schedule else ""
+    init = f"-init-{Path(config.init).name}" if config.init else ""
+    settings = args.set if pipeline == "standard" else []
+    named = "".join(f"-{item}" for item in settings) + (f"-{config.epochs}ep" if pipeline == "seed" else "")
+    named += f"-{args.preset}-settings" if pipeline == "standard" and args.preset in TRAINING else ""  # brainage demo's, not TrainConfig's
+    result = train(cache, root / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{named}", config)
+    seconds[f"train {config.model} ({pipeline})"] = seconds.get(f"train {config.model} ({pipeline})", 0.0) + time.perf_counter() - start
+    note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
+    epochs = result.history.groupby(["fold", "member"]).size()
+    ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
+    ran = f"{ran} epochs" if len(epochs) else "weights not trained: output line re-fitted"
+    per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
+    per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
+    per_epoch += f", fine-tuned from {config.init}" if config.init else ""
+    per_epoch += "".join(f", {item}" for item in settings)
+    return result, f"{config.model} ({role}, {ran}{per_epoch}{note})", side
+
+
+def _development(args: argparse.Namespace, seconds: dict[str, float]) -> tuple[list[dict[str, Any]], str]:
+    """The development run on cohort ``--seed``: every predictor, the tutorial's recipe included,
+    printed as one table per session; returns the table as results and the precision."""
+    if args.pretrain:
+        args.init = _pretrain(args, args.out, args.seed, seconds)
+    runs = {"standard": ("default", _network_config(args, args.seed))}
+    folds = {"folds": runs["standard"][1].folds, "seed": args.seed, "progress": True}
+    if args.seed_epochs > 0:
+        runs["seed"] = ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds))
+    # The voxel baselines depend on the pipeline; the mean and tabular ones do not (same folds).
+    baselines = {"seed": [column for column in BASELINES if column.endswith("_voxels")], "standard": list(BASELINES)}
+    rows, truth, precision = [], None, ""  # the default model first: on a CPU the recipe takes longest
+    for pipeline, (role, config) in runs.items():
+        result, label, side = _train(args, args.out, pipeline, role, config, seconds)
+        precision = precision or result.precision
+        suffix = f" ({pipeline} {side}³)" if len(runs) > 1 and pipeline == "seed" else ""  # one name per row
+        names = [BASELINES[column] for column in baselines[pipeline] if column in BASELINES]
+        rows += _rows(result, label, f"{pipeline} {side}³", names, suffix)
+        truth, ceiling = _truth_row(result), _ceiling_row(result)
+    rows += [truth] + ([ceiling] if ceiling else [])
+    table = pd.DataFrame(rows)
+    folds_used = runs["standard"][1].folds
+    split = f"{folds_used}-fold" if folds_used else "20 % hold-out"
+    title = f"Out-of-fold accuracy per session on the {args.preset} cohort ({split} by subject, development seed {args.seed}), years"
+    print_table(table, title=title)
+    console.print(
+        "MAE corrected is against age after the age-bias correction, which pulls every brain age towards age by construction (a network "
+        "that predicts the mean age scores near 0 on it); how well brain age is read is MAE true corrected and the gap fidelity.",
+        soft_wrap=True,
+    )
+    mae = table.set_index("predictor")["MAE"]
+    default_mae = mae[next(name for name in mae.index if "(default" in name)]
+    mean_mae = mae[f"baseline: {BASELINES['mean_age']}"]
+    console.print(f"default model: {default_mae:.2f} y, {default_mae / mean_mae:.2f} × the mean baseline's MAE ({mean_mae:.2f} y)")
+    best = mae[[name for name in mae.index if name.startswith("baseline:")]].idxmin()
+    ahead = 1 - default_mae / mae[best]
+    ceiling = [name for name in mae.index if name.startswith("ceiling")]
+    room = f"; the ceiling ({mae[ceiling[0]]:.2f} y) is {1 - mae[ceiling[0]] / mae[best]:.0%} ahead of it" if ceiling else ""
+    console.print(f"default model: {ahead:.1%} ahead of the best baseline ({best.removeprefix('baseline: ')}, {mae[best]:.2f} y){room}")
+    recipe = [name for name in mae.index if "(tutorial recipe" in name]
+    if recipe:
+        console.print(f"default model − tutorial recipe: {default_mae - mae[recipe[0]]:+.2f} y")
+    return [{"title": title, "records": table.to_dict("records")}], precision
+
+
+def _evaluation(args: argparse.Namespace, seconds: dict[str, float]) -> tuple[list[dict[str, Any]], str]:
+    """The frozen recipe once on each evaluation seed's fresh cohort (``--out/seed-S``): per seed and
+    level, every predictor with subject-level bootstrap CIs and the network's paired difference
+    against the best baseline; first a summary across seeds. Returns the tables and the precision."""
+    tables, summary, precision = [], [], ""
+    for seed in args.eval_seeds:
+        root = args.out / f"seed-{seed}"
+        start = time.perf_counter()
+        _cohort(root / "cohort", get_preset(args.preset), seed, args.workers)
+        seconds["cohort"] = seconds.get("cohort", 0.0) + time.perf_counter() - start
+        init = _pretrain(args, root, seed, seconds) if args.pretrain else args.init
+        config = _network_config(argparse.Namespace(**{**vars(args), "init": init}), seed)
+        result, label, _ = _train(args, root, "standard", "default", config, seconds)
+        precision = precision or result.precision
+        start = time.perf_counter()
+        predictions = pd.read_csv(result.run_dir / "predictions.csv", dtype={"scan_id": str, "subject_id": str, "session_id": str})
+        networks = {"brain_age": f"{config.model} (network)", "brain_age_corrected": f"{config.model}, bias-corrected"}
+        baselines = {column: f"baseline: {name}" for column, name in BASELINES.items() if column in predictions}
+        split = f"{config.folds}-fold" if config.folds else "20 % hold-out"
+        for level in LEVELS:
+            records = compare_predictors(predictions, networks, baselines, level, resamples=args.resamples)
+            title = f"{args.preset} cohort, evaluation seed {seed}, per {level} ({split} by subject), years"
+            notes = [f"network: {label}", f"bias correction: {result.corrector.describe() if result.corrector else 'none'}"]
+            print_table(display(records), title=title)
+            tables.append({"title": title, "records": records, "notes": notes})
+            network = records[0]
+            summary.append({"seed": seed, "level": level, "predictor": network["predictor"], **{key: network.get(key) for key in SUMMARY_KEYS}})
+        seconds["bootstrap"] = seconds.get("bootstrap", 0.0) + time.perf_counter() - start
+    title = f"{args.preset} cohort: the network against the best baseline on each evaluation seed, years"
+    ahead = {level: sum(bool(row.get("ahead")) for row in summary if row["level"] == level) for level in LEVELS}
+    notes = [
+        f"ahead (the paired 95 % CI of the MAE difference below zero) per {level}: {count} of {len(args.eval_seeds)} seeds" for level, count in ahead.items()
+    ]
+    print_table(display(summary), title=title)
+    for note in notes:
+        console.print(note, soft_wrap=True)
+    return [{"title": title, "records": summary, "notes": notes}, *tables], precision
+
+
 def main() -> None:
     default = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-out/accuracy"), help="working folder (reused)")
     parser.add_argument("--preset", default="demo", help="synthetic cohort preset")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the cohort and of the splits")
-    parser.add_argument("--folds", type=int, default=5, help="K-fold by subject (0: one 20 %% hold-out)")
-    parser.add_argument("--model", default=default.model, help="the default model to compare with the recipe")
-    parser.add_argument("--epochs", type=int, default=default.epochs, help="maximum epochs of the default model")
+    parser.add_argument("--seed", type=int, default=0, help="development seed: the cohort and splits where settings may be chosen (the only place they may be)")
+    parser.add_argument(
+        "--eval-seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="evaluation seeds: fresh cohorts (new people, new folds) on which the recipe, frozen, runs once each into --out/seed-S; "
+        "choose settings on the development --seed only, never on these; the tutorial's recipe is left out",
+    )
+    parser.add_argument(
+        "--results", type=Path, help="results JSON (default: docs/results/accuracy-PRESET-LABEL.json with --eval-seeds, else --out/results.json)"
+    )
+    parser.add_argument("--label", help="LABEL of the default results file (default: eval-seeds-S-S-S)")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples of people per interval")
+    parser.add_argument("--folds", type=int, help="K-fold by subject (0: one 20 %% hold-out; default: the demo's for its presets, else 5)")
+    parser.add_argument("--model", help=f"the default model to compare with the recipe (default: the demo's for its presets, else {default.model})")
+    parser.add_argument("--epochs", type=int, help=f"maximum epochs of the default model (default: the demo's for its presets, else {default.epochs})")
     parser.add_argument("--seed-epochs", type=int, default=8, help="maximum epochs of the tutorial's recipe (it had 50)")
     parser.add_argument("--side", type=int, default=64, help="grid side of both pipelines (same field of view)")
     parser.add_argument("--seed-side", type=int, help="grid side of the tutorial's recipe alone (default: --side)")
@@ -185,83 +374,21 @@ def main() -> None:
         parser.error("--init and --pretrain both choose the weights to start from; give one")
     if (args.pretrain_set or args.pretrain_people) and not args.pretrain:
         parser.error("--pretrain-set and --pretrain-people set the pre-training of --pretrain; give --pretrain too")
-    clock = time.perf_counter()
-    _cohort(args.out / "cohort", get_preset(args.preset), args.seed, args.workers)
-    console.print(f"cohort {args.preset}: {time.perf_counter() - clock:.0f} s")
-    seconds = {}
-    if args.pretrain:
+    if args.eval_seeds and args.seed in args.eval_seeds:
+        parser.error(f"--eval-seeds must be fresh cohorts: {args.seed} is the development --seed")
+    seconds: dict[str, float] = {}
+    if args.eval_seeds:
+        tables, precision = _evaluation(args, seconds)
+        label = args.label or "eval-seeds-" + "-".join(str(seed) for seed in args.eval_seeds)
+        path = args.results or ROOT / "docs" / "results" / f"accuracy-{args.preset}-{label}.json"
+    else:
         clock = time.perf_counter()
-        preset, root, tags = get_preset(args.pretrain), args.out / "pretrain", list(args.pretrain_set)
-        if args.pretrain_people and args.pretrain_people != preset.n_subjects:
-            preset, root = _resized(preset, args.pretrain_people), args.out / f"pretrain-{args.pretrain_people}"
-            tags.insert(0, f"people={args.pretrain_people}")  # the fine-tuned run's folder names the pre-trained one
-        name = "".join(["run", *(f"-{tag}" for tag in tags)])
-        args.init = _pretrained(root, preset, args.seed + 7, args.side, args.workers, args.pretrain_set, name)
-        seconds[f"pretrain on {args.pretrain}"] = time.perf_counter() - clock
-    folds = {"folds": args.folds or None, "seed": args.seed, "progress": True}
-    own = {"epochs": args.epochs, "repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
-           "init": str(args.init.resolve()) if args.init else None,
-           **({"min_epochs": args.epochs} if args.schedule == "cosine" else {}),
-           **_settings(args.set)}  # fmt: skip
-    runs = {
-        "standard": (
-            "default",
-            dataclasses.replace(default, model=args.model, **own, **folds) if args.model == default.model else TrainConfig(model=args.model, **own, **folds),
-        ),
-    }
-    if args.seed_epochs > 0:
-        runs["seed"] = ("tutorial recipe", dataclasses.replace(TUTORIAL_RECIPE, epochs=args.seed_epochs, **folds))
-    # The voxel ridge depends on the pipeline; the mean and tabular baselines do not (same folds).
-    baselines = {"seed": [BASELINES["ridge_voxels"]], "standard": list(BASELINES.values())}
-    rows, truth = [], None  # the default model first: on a CPU the recipe takes longest
-    for pipeline, (role, config) in runs.items():
-        side = args.seed_side if pipeline == "seed" and args.seed_side else args.side
-        grid = _grid(pipeline, side)
-        cache = args.out / f"cache-{pipeline}-{side}"
-        start = time.perf_counter()
-        report = prepare(args.out / "cohort", cache, grid, workers=args.workers)
-        seconds[f"prepare {pipeline}"] = time.perf_counter() - start
-        start = time.perf_counter()
-        repeats = f"-r{config.repeats_per_session}" if config.repeats_per_session else ""
-        schedule = f"-{config.schedule}{config.epochs}" if config.schedule != default.schedule else ""
-        init = f"-init-{Path(config.init).name}" if config.init else ""
-        settings = args.set if pipeline == "standard" else []
-        named = "".join(f"-{item}" for item in settings) + (f"-{config.epochs}ep" if pipeline == "seed" else "")
-        result = train(cache, args.out / f"run-{pipeline}-{side}-{config.model}{repeats}{schedule}{init}{named}", config)
-        seconds[f"train {config.model} ({pipeline})"] = time.perf_counter() - start
-        note = f"; {len(report.problems)} scan(s) failed to prepare" if report.problems else ""
-        epochs = result.history.groupby(["fold", "member"]).size()
-        ran = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}–{epochs.max()}"
-        ran = f"{ran} epochs" if len(epochs) else "weights not trained: output line re-fitted"
-        per_epoch = f", {config.repeats_per_session} repeat/session/epoch" if config.repeats_per_session else ""
-        per_epoch += f", {config.schedule} schedule" if config.schedule != default.schedule else ""
-        per_epoch += f", fine-tuned from {config.init}" if config.init else ""
-        per_epoch += "".join(f", {item}" for item in settings)
-        suffix = f" ({pipeline} {side}³)" if len(runs) > 1 and pipeline == "seed" else ""  # one name per row
-        rows += _rows(result, f"{config.model} ({role}, {ran}{per_epoch}{note})", f"{pipeline} {side}³", baselines[pipeline], suffix)
-        truth, ceiling = _truth_row(result), _ceiling_row(result)
-    rows += [truth] + ([ceiling] if ceiling else [])
-    table = pd.DataFrame(rows)
-    split = f"{args.folds}-fold" if args.folds else "20 % hold-out"
-    print_table(table, title=f"Out-of-fold accuracy per session on the {args.preset} cohort ({split} by subject, seed {args.seed}), years")
-    console.print(
-        "MAE corrected is against age after the age-bias correction, which pulls every brain age towards age by construction (a network "
-        "that predicts the mean age scores near 0 on it); how well brain age is read is MAE true corrected and the gap fidelity.",
-        soft_wrap=True,
-    )
-    mae = table.set_index("predictor")["MAE"]
-    default_mae = mae[next(name for name in mae.index if "(default" in name)]
-    mean_mae = mae[f"baseline: {BASELINES['mean_age']}"]
-    console.print(f"default model: {default_mae:.2f} y, {default_mae / mean_mae:.2f} × the mean baseline's MAE ({mean_mae:.2f} y)")
-    best = mae[[name for name in mae.index if name.startswith("baseline:")]].idxmin()
-    ahead = 1 - default_mae / mae[best]
-    ceiling = [name for name in mae.index if name.startswith("ceiling")]
-    room = f"; the ceiling ({mae[ceiling[0]]:.2f} y) is {1 - mae[ceiling[0]] / mae[best]:.0%} ahead of it" if ceiling else ""
-    console.print(f"default model: {ahead:.1%} ahead of the best baseline ({best.removeprefix('baseline: ')}, {mae[best]:.2f} y){room}")
-    recipe = [name for name in mae.index if "(tutorial recipe" in name]
-    if recipe:
-        console.print(f"default model − tutorial recipe: {default_mae - mae[recipe[0]]:+.2f} y")
+        _cohort(args.out / "cohort", get_preset(args.preset), args.seed, args.workers)
+        seconds["cohort"] = time.perf_counter() - clock
+        tables, precision = _development(args, seconds)
+        path = args.results or args.out / "results.json"
     print_table([{"step": step, "seconds": value} for step, value in seconds.items()], title="Time (seconds; small when reused)", floatfmt="{:.0f}")
+    console.print(f"results: {write_results(path, tables, seconds, precision, ['.venv/bin/python', 'bench/accuracy.py', *sys.argv[1:]])}")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,39 @@ def write_results(
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(_plain(document), indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     return path
+
+
+#: Display names of the record keys that bench scripts write; other keys show as they are.
+LABELS = {
+    "predictor": "predictor", "n": "n", "mae": "MAE", "mae_true": "MAE true", "gap_fidelity": "gap fidelity",
+    "diff": "Δ MAE vs best baseline", "best_baseline": "best baseline", "ahead": "ahead", "seed": "seed", "level": "level",
+}  # fmt: skip
+
+
+def _cell(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def display(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Records as text cells: a value with ``_low``/``_high`` beside it as ``value [low, high]`` (one
+    column), floats to 2 decimals, booleans as yes/no, missing values as a dash; keys renamed by
+    :data:`LABELS`. Columns that no record has a value for are left out."""
+    keys = list(dict.fromkeys(key for record in records for key in record))
+    shown = [key for key in keys if not (key.endswith(("_low", "_high")) and key.rsplit("_", 1)[0] in keys)]
+    shown = [key for key in shown if any(record.get(key) is not None for record in records)]
+    rows = []
+    for record in records:
+        row = {}
+        for key in shown:
+            cell = _cell(record.get(key))
+            if f"{key}_low" in keys and cell != "–" and _cell(record.get(f"{key}_low")) != "–":
+                cell += f" [{_cell(record.get(f'{key}_low'))}, {_cell(record.get(f'{key}_high'))}]"
+            row[LABELS.get(key, key)] = cell
+        rows.append(row)
+    return rows
