@@ -11,6 +11,8 @@ import pytest
 from brainage.evaluation import (
     AgeBiasCorrector,
     aggregate_sessions,
+    check_control_group,
+    control_labels,
     control_mask,
     fit_bias_correction,
     gap_by_group,
@@ -126,6 +128,13 @@ def test_controls_come_from_the_data_or_the_command_line() -> None:
     assert control_mask(frame, ["Converted"])[0].tolist() == [False, False, True, False]
     with pytest.raises(ValueError, match=r"no scans in control group.*Nondemented"):
         control_mask(frame, ["healthy volunteers"])
+    # One typo among right names is refused too, in one line naming the groups present.
+    with pytest.raises(ValueError, match=r"^no scans in control group\(s\) Nondementd; groups present: Converted, Demented, Nondemented$"):
+        control_mask(frame, ["Demented", "Nondementd"])
+    check_control_group(frame["group"], ["nondemented"])  # case-insensitive, as the mask
+    assert control_labels(frame) == ["Nondemented"] and control_labels(bids) == ["HC", "hc"]
+    assert control_labels(frame, ["converted", "Demented"]) == ["Converted", "Demented"]
+    assert control_labels(pd.DataFrame({"cdr": [0.0, 0.5]})) == []  # controls by CDR: no group label
 
 
 def test_the_correction_is_fitted_at_session_level_on_controls_only() -> None:

@@ -169,6 +169,14 @@ def test_groups_are_kept_apart_and_true_brain_age_is_used() -> None:
     assert table.loc["Demented", "gap_sd_median"] == pytest.approx(2.0)  # gaps 0, 2, 4 over visits
     named = longitudinal(predictions, control_group="Demented")
     assert named.table["group"].iloc[0] == "Demented" and named.values["slope_median"] == pytest.approx(2.0)
+    # The controls are those of the bias correction (evaluation.control_mask): labels it reads as controls form one row.
+    relabelled = predictions.assign(group=predictions["group"].replace({"Nondemented": "HC"}))
+    relabelled.loc[relabelled["subject_id"] == relabelled["subject_id"].iloc[0], "group"] = "control"
+    mixed = longitudinal(relabelled)
+    assert mixed.values["group"] == "HC or control" and mixed.values["slope_median"] == pytest.approx(1.0)
+    assert longitudinal(relabelled, control_group=["demented"]).values["group"] == "Demented"
+    with pytest.raises(ValueError, match="groups present: Demented, HC, control"):
+        longitudinal(relabelled, control_group=["Dementd"])
 
 
 def test_shuffled_ages_give_a_slope_near_zero() -> None:
