@@ -33,6 +33,7 @@ from brainage.io import DEMOGRAPHICS_COLUMNS, check_scan_file, load_scan, read_m
 from brainage.io.bids import discover_bids
 from brainage.io.oasis import discover_oasis
 from brainage.io.table import discover_table
+from brainage.preprocess.adequacy import check_header
 
 ROOT = Path(__file__).resolve().parents[1]
 TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
@@ -174,6 +175,24 @@ def _shaped(name: str, shape: tuple[int, ...]) -> Callable[[Path], Action]:
 
 def _filled(value: float) -> Callable[[Path], Action]:
     return lambda tmp: on_load(write(tmp / "t1.nii.gz", np.full(SHAPE, value, np.float32)))
+
+
+def _inadequate(name: str, shape: tuple[int, ...], zooms: tuple[float, ...]) -> Callable[[Path], Action]:
+    """A readable scan that no brain-age model can read: it passes both readers, then the header's adequacy check refuses it."""
+
+    def make(tmp: Path) -> Action:
+        path = tmp / name
+        nib.save(nib.Nifti1Image(volume(shape), np.diag([*zooms, 1.0])), path)
+
+        def act() -> list[Problem]:
+            check_scan_file(path)
+            load_scan(path)
+            check_header(path)
+            return []
+
+        return act
+
+    return make
 
 
 def _bytes(name: str, content: bytes) -> Callable[[Path], Action]:
@@ -367,6 +386,10 @@ CASES = [
     Case("all NaN", "every voxel NaN", "t1.nii.gz", "no finite voxel value", _filled(math.nan)),
     Case("all Inf", "every voxel +Inf", "t1.nii.gz", "no finite voxel value", _filled(math.inf)),
     Case("constant", "every voxel 7", "t1.nii.gz", "constant image (every voxel is 7)", _filled(7.0)),
+    # scans that are read but cannot give a brain age (preprocess/adequacy.py; more reasons come after registration)
+    Case("clinical slab", "25 axial slices of 6.5 mm, 1 mm in plane", "slab.nii.gz", "not adequate for brain age: thick slices: 6.5 mm along axis 3", _inadequate("slab.nii.gz", (180, 220, 25), (1.0, 1.0, 6.5))),
+    Case("brain crop", "a 33×41×25 crop of 1 mm voxels", "crop.nii.gz", "field of view 33 × 41 × 25 mm cannot hold a whole brain", _inadequate("crop.nii.gz", (33, 41, 25), (1.0, 1.0, 1.0))),
+    Case("coarse voxels", "24³ voxels of 7 mm", "coarse.nii.gz", "voxels too coarse: 7 mm along axis 1, 7 mm along axis 2, 7 mm along axis 3 (at most 6 mm)", _inadequate("coarse.nii.gz", (24, 24, 24), (7.0, 7.0, 7.0))),
     # spreadsheets: OASIS-2 demographics (fatal for the file; a row's problem leaves that row out)
     Case("sheet without Age", "drop the Age column (.xlsx)", "oasis_longitudinal_demographics.xlsx", "missing column(s): Age", _sheet([oasis_row()], ".xlsx", drop=("Age",))),
     Case("sheet without MRI ID", "drop the MRI ID column (.csv)", "oasis_longitudinal_demographics.csv", "missing column(s): MRI ID", _sheet([oasis_row()], drop=("MRI ID",))),

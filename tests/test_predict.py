@@ -64,7 +64,7 @@ def test_a_folder_with_broken_files_predicts_the_good_ones_and_lists_the_rest(un
     whole = good[1].read_bytes()
     (folder / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
     shutil.copy(good[2], folder / "lonely.hdr")  # its .img is missing
-    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)), folder / "nan.nii")
+    nib.save(nib.Nifti1Image(np.full((64, 64, 64), np.nan, np.float32), np.diag([2.0, 2, 2, 1])), folder / "nan.nii")  # a head-sized field of view
     out = tmp_path / "predictions.csv"
 
     result = runner.invoke(app, ["predict", model, str(folder), "-o", str(out)])
@@ -160,16 +160,20 @@ def test_scans_in_a_cache_are_taken_from_it(untrained_checkpoints: list[Path], t
     np.testing.assert_allclose(swapped, fresh[::-1], atol=1e-3)  # the cached volumes were used, not the files
 
 
-def test_warnings_flag_ages_outside_training_and_poor_registration(untrained_checkpoints: list[Path], tiny_cohort: Path) -> None:
+def test_ages_outside_training_are_refused_and_poor_registration_warned(untrained_checkpoints: list[Path], tiny_cohort: Path) -> None:
     checkpoint = load_checkpoint(untrained_checkpoints[0])
     strict = dataclasses.replace(checkpoint, preprocessing={**checkpoint.preprocessing, "qc_threshold": 0.99})
     model = BrainAgeModel([strict])
     low, high = model.train_age_range
     scans = _scans(tiny_cohort)[:2]
-    table = model.predict(pd.DataFrame({"path": [str(path) for path in scans], "age": [20.0, (low + high) / 2]}))
-    young, typical = table.to_dict("records")
-    assert f"age 20 is outside the training range {low:g}–{high:g}" in young["warnings"]
-    assert "outside" not in typical["warnings"]
+    given = pd.DataFrame({"path": [str(path) for path in scans], "age": [20.0, (low + high) / 2]})
+    refused = model.predict(given)
+    young, typical = refused.to_dict("records")
+    assert young["inadequate"] == f"age 20 is outside the model's training range {low:g}–{high:g}"
+    assert np.isnan(young["brain_age"]) and np.isnan(young["brain_age_gap"]) and np.isfinite(typical["brain_age"])  # no brain age, and the batch went on
+    assert typical["inadequate"] == "" and "outside" not in young["warnings"]  # a reason, not also a warning
+    table = model.predict(given, force=True)
+    assert table["inadequate"].tolist() == refused["inadequate"].tolist() and table["brain_age"].notna().all()
     assert table["qc_flagged"].all()  # the seed pipeline's scores are far below 0.99
     assert all(f"poor registration (QC score {score:.2f} < 0.99)" in text for score, text in zip(table["qc_score"], table["warnings"], strict=False))
     np.testing.assert_allclose(table["brain_age_gap"], table["brain_age"] - table["age"])

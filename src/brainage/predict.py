@@ -12,6 +12,8 @@ that already holds it (matched by the content hash of the file), and predicted w
 flip test-time averaging where the model was trained so: the very function (:mod:`brainage.inference`)
 that made the run's out-of-fold predictions. The age-bias correction applies only where a row has
 an age, and the ``bias_correction`` column says which correction was applied, or why none was.
+A scan that fails an adequacy check (:mod:`brainage.preprocess.adequacy`) gets no brain age unless
+``force``: its row keeps the reasons in ``inadequate`` and the batch goes on.
 
 This module does not import Lightning, torchmetrics or matplotlib.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,22 +38,24 @@ from brainage.inference import BrainAgeEnsemble, predict_batches, resolve_accele
 from brainage.io import IMAGE_SUFFIXES, discover, scan_stem
 from brainage.io.bids import looks_like_bids
 from brainage.io.dicom import dicom_rows, looks_like_dicom
-from brainage.io.images import image_suffix, pair_partner
-from brainage.io.manifest import is_missing, natural_key, parse_age, snake_case
-from brainage.io.oasis import find_demographics, looks_like_oasis
+from brainage.io.images import header_of, image_suffix
+from brainage.io.manifest import is_missing, natural_key
+from brainage.io.oasis import find_demographics, layout_identity, looks_like_oasis
 from brainage.io.oasis1 import find_cross_sectional, looks_like_oasis1
-from brainage.io.table import read_spreadsheet
+from brainage.io.table import TABLE_SUFFIXES, read_scan_list
 from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
+from brainage.preprocess.adequacy import MEASURES, AdequacyConfig, age_reason, header_reasons, reasons
 from brainage.utils import parallel_map
 
 CHECKPOINT_NAME = "model.ckpt"
-TABLE_SUFFIXES = (".csv", ".tsv")
 #: Input columns carried into the predictions when the source has them.
 CARRIED_COLUMNS = ("scan_id", "subject_id", "session_id", "path", "age", "sex", "group", "cdr")
 PREDICTION_COLUMNS = (
     "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected",
-    "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings",
+    "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings", "inadequate",
 )  # fmt: skip
+#: Emptied (NaN) in a row that fails an adequacy check, unless ``force``.
+BRAIN_AGE_COLUMNS = ("brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected")
 
 
 def resolve_checkpoints(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -81,12 +85,11 @@ def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tup
     """The scans to predict, one row per scan (columns of ``CARRIED_COLUMNS``), and what was left out.
 
     An input is an image file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``, ``.mgz``), a folder of
-    them (searched recursively), a CSV/TSV table with a ``path`` column (optional ``age``,
-    ``subject_id``, ``session_id``, ``scan_id``, ``sex``, ``group``; relative paths are relative to
-    the table), a BIDS or an OASIS-2 folder (ages from their spreadsheets; an OASIS-2 folder
-    without its spreadsheet is read as a plain folder), or a manifest DataFrame with a ``path``
-    column. A scan given twice is predicted once. Scans without a known subject or session form
-    their own.
+    them (searched recursively), a table of scans (``prepare``'s formats: :func:`~brainage.io.table.read_scan_list`),
+    a BIDS, OASIS-1 or OASIS-2 folder (ages from their spreadsheets; without its spreadsheet, a
+    plain folder), or a manifest DataFrame with a ``path`` column. A file in an OASIS layout keeps
+    the ids it gives (:func:`~brainage.io.oasis.layout_identity`); a scan given twice is predicted
+    once; scans without a known subject or session form their own.
     """
     if isinstance(inputs, pd.DataFrame):
         if "path" not in inputs.columns:
@@ -113,7 +116,11 @@ def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tup
 def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
     """The rows one input stands for, and its problems."""
     if item.is_dir():
-        if looks_like_bids(item) or (looks_like_oasis(item) and _has_demographics(item)) or _is_oasis1(item):
+        if (
+            looks_like_bids(item)
+            or (looks_like_oasis(item) and _finds(find_demographics, item))
+            or (looks_like_oasis1(item) and _finds(find_cross_sectional, item))
+        ):
             found = discover(item)
             return found.manifest, list(found.problems)
         files = _image_files(item)
@@ -125,65 +132,24 @@ def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
     if not item.exists():
         raise InputError(item, "no such file or folder")
     if item.suffix.lower() in TABLE_SUFFIXES:
-        return _read_table(item)
+        return read_scan_list(item, CARRIED_COLUMNS)
     if image_suffix(item) is not None:
-        return pd.DataFrame({"path": [str(_header_of(item))]}), []
-    raise InputError(item, f"not a scan ({', '.join(IMAGE_SUFFIXES)}), a folder, nor a .csv/.tsv table of scans")
+        return pd.DataFrame({"path": [str(header_of(item))]}), []
+    raise InputError(item, f"not a scan ({', '.join(IMAGE_SUFFIXES)}), a folder, nor a table of scans ({', '.join(TABLE_SUFFIXES)})")
 
 
-def _has_demographics(folder: Path) -> bool:
-    """Whether an OASIS-2 folder has its spreadsheet (without one, its scans are predicted without ages)."""
+def _finds(finder: Callable[[Path], Path], folder: Path) -> bool:
+    """Whether ``finder`` finds an OASIS spreadsheet for ``folder`` (without one, a plain folder of scans)."""
     try:
-        find_demographics(folder)
-    except InputError:
-        return False
-    return True
-
-
-def _is_oasis1(folder: Path) -> bool:
-    """An OASIS-1 folder with its oasis_cross-sectional.csv (without it, a plain folder of scans)."""
-    try:
-        return looks_like_oasis1(folder) and bool(find_cross_sectional(folder))
+        return bool(finder(folder))
     except InputError:
         return False
 
 
 def _image_files(folder: Path) -> list[Path]:
     """Every scan below ``folder``, an Analyze/NIfTI pair once (by its header, or its image if alone)."""
-    files = {_header_of(path) for path in folder.rglob("*") if image_suffix(path) and path.is_file()}
+    files = {header_of(path) for path in folder.rglob("*") if image_suffix(path) and path.is_file()}
     return sorted(files, key=lambda path: natural_key(str(path)))
-
-
-def _header_of(path: Path) -> Path:
-    """The ``.hdr`` of a pair given by its ``.img`` when that header exists; any other path as is."""
-    if image_suffix(path) == ".img" and pair_partner(path).is_file():
-        return pair_partner(path)
-    return path
-
-
-def _read_table(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    """A table of scans: ``path`` required, the other ``CARRIED_COLUMNS`` optional."""
-    frame = read_spreadsheet(path)
-    frame.columns = [snake_case(column) for column in frame.columns]
-    if "path" not in frame.columns:
-        raise InputError(path, "missing column: path (a table of scans needs path, and may give age, subject_id)")
-    frame = frame[[column for column in CARRIED_COLUMNS if column in frame.columns]].copy()
-    problems: list[Problem] = []
-    keep: list[bool] = []
-    ages: list[float] = []
-    for number, row in zip(frame.index + 2, frame.to_dict("records"), strict=False):
-        age, cause = (math.nan, None) if is_missing(row.get("age")) else parse_age(row["age"])
-        if is_missing(row["path"]):
-            problems.append(Problem(str(path), f"row {number}: missing path"))
-        elif cause:
-            problems.append(Problem(str(path), f"row {number} ({row['path']}): {cause}"))
-        keep.append(not is_missing(row["path"]) and cause is None)
-        ages.append(math.nan if age is None else age)
-    frame["age"] = ages
-    frame = frame.loc[keep]
-    folder = path.parent
-    frame["path"] = [str(_header_of(Path(os.path.abspath(folder / Path(str(value).strip()).expanduser())))) for value in frame["path"]]
-    return frame, problems
 
 
 def _complete(rows: pd.DataFrame) -> pd.DataFrame:
@@ -193,6 +159,10 @@ def _complete(rows: pd.DataFrame) -> pd.DataFrame:
         if column not in rows.columns:
             rows[column] = np.nan
     rows["path"] = rows["path"].astype(str)
+    for column in ("scan_id", "session_id", "subject_id"):  # the ids a file's OASIS layout gives, where none are given
+        rows[column] = [
+            layout_identity(path).get(column, value) if is_missing(value) else value for path, value in zip(rows["path"], rows[column], strict=False)
+        ]
     stems = [scan_stem(path) for path in rows["path"]]
     duplicated = pd.Series(stems).duplicated(keep=False).to_numpy()
     default_ids = [str(Path(path).with_name(stem)) if twice else stem for path, stem, twice in zip(rows["path"], stems, duplicated, strict=False)]
@@ -215,15 +185,16 @@ class _Job:
     config: PipelineConfig
 
 
-def _preprocess(job: _Job) -> tuple[np.ndarray, float] | Problem:
-    """Worker: the preprocessed volume and its QC score, or the problem (returned, so it crosses processes)."""
+def _preprocess(job: _Job) -> tuple[np.ndarray, float, dict[str, float]] | Problem:
+    """Worker: the preprocessed volume, its QC score and adequacy measures, or the problem (returned,
+    so it crosses processes)."""
     try:
         prepared = preprocess_scan(job.path, job.config)
     except InputError as error:
         return Problem.from_error(error)
     if not np.isfinite(prepared.volume).all():
         return Problem(job.path, "preprocessing gave non-finite values (is the image empty or all NaN?)")
-    return prepared.volume, prepared.qc_score
+    return prepared.volume, prepared.qc_score, prepared.measures
 
 
 def training_caches(checkpoints: Iterable[str | Path]) -> list[Path]:
@@ -320,6 +291,8 @@ class BrainAgeModel:
         workers: int = 1,
         batch_size: int = 8,
         interval: float | None = None,
+        force: bool = False,
+        adequacy: AdequacyConfig | None = None,
     ) -> pd.DataFrame:
         """Brain age of every scan of ``inputs`` (see :func:`find_inputs`), one row per scan.
 
@@ -335,18 +308,30 @@ class BrainAgeModel:
         ``cache``: a prepared cache to take preprocessed scans from (matched by content hash),
         ``"auto"`` for the caches the checkpoints were trained on, None for none. Scans are
         preprocessed in ``workers`` processes and predicted ``batch_size`` at a time. Inputs
-        that cannot be used are skipped and listed in ``problems_``.
+        that cannot be used are skipped and listed in ``problems_``. A scan that fails the
+        ``adequacy`` checks (default :class:`AdequacyConfig`) keeps its row with the reasons in
+        ``inadequate`` and no brain age, unless ``force`` (a scan whose header fails them is then
+        not even preprocessed).
         """
+        adequacy = adequacy or AdequacyConfig()
         rows, problems = find_inputs(inputs)
         caches = self._caches(cache)
         hashes = [_content_hash(path) for path in rows["path"]]
         known_ages = rows["age"].to_numpy(dtype=float)
+        refused = [header_reasons(path, adequacy) for path in rows["path"]]
+        skip = set() if force else {index for index, found in enumerate(refused) if found}
+        measured: dict[int, dict[str, float]] = {}
         predicted: dict[int, tuple[float, float, float, float]] = {}
-        for indices, volumes, scores in _batches(self._volumes(rows, hashes, caches, workers, problems), batch_size):
+        for indices, volumes, scores in _batches(self._volumes(rows, hashes, caches, workers, problems, skip, measured), batch_size):
             for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores, strict=False):
                 predicted[index] = (float(ages[0]), float(ages[1]), float(ages[2]), score)
         self.problems_ = sorted(problems, key=lambda problem: natural_key(problem.path))
-        table = self._table(rows, predicted, hashes, interval)
+        low, high = self.train_age_range
+        for index, found in enumerate(refused):
+            found.extend(reasons(measured.get(index, {}), adequacy))
+            found.extend(filter(None, [age_reason(known_ages[index], low, high)]))
+        inadequate = ["; ".join(found) for found in refused]
+        table = self._table(rows, predicted, hashes, interval, inadequate, force)
         return summarise_sessions(table) if sessions else table
 
     def _caches(self, cache: str | Path | None) -> list[PreparedCache]:
@@ -358,18 +343,29 @@ class BrainAgeModel:
         return [found for found in caches if found.config.volume_digest() == self.config.volume_digest() and len(found)]
 
     def _volumes(
-        self, rows: pd.DataFrame, hashes: Sequence[str | None], caches: Sequence[PreparedCache], workers: int, problems: list[Problem]
+        self,
+        rows: pd.DataFrame,
+        hashes: Sequence[str | None],
+        caches: Sequence[PreparedCache],
+        workers: int,
+        problems: list[Problem],
+        skip: set[int],
+        measured: dict[int, dict[str, float]],
     ) -> Iterator[tuple[int, np.ndarray, float]]:
-        """``(row index, volume, QC score)`` for every usable row: cached ones first, then the others
-        as their preprocessing finishes. Failures are appended to ``problems``."""
+        """``(row index, volume, QC score)`` for every usable row but those in ``skip``: cached ones
+        first, then the others as their preprocessing finishes. Failures are appended to
+        ``problems``, each row's adequacy measures put in ``measured``."""
         lookup = {
             content: (found, i) for found in caches if "content_hash" in found.manifest for i, content in enumerate(found.manifest["content_hash"].astype(str))
         }
         to_prepare: dict[str, list[int]] = {}
         for index, (path, digest) in enumerate(zip(rows["path"], hashes, strict=False)):
+            if index in skip:
+                continue
             hit = lookup.get(digest) if lookup and digest else None
             if hit is not None:
                 found, i = hit
+                measured[index] = {key: found.manifest[key].iat[i] for key in MEASURES if key in found.manifest}
                 yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iat[i])
             else:
                 to_prepare.setdefault(path, []).append(index)
@@ -383,17 +379,26 @@ class BrainAgeModel:
                 problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
             else:
                 for index in to_prepare[job.path]:
+                    measured[index] = result[2]
                     yield index, result[0], result[1]
 
     def _table(
-        self, rows: pd.DataFrame, predicted: dict[int, tuple[float, float, float, float]], hashes: Sequence[str | None], interval: float | None
+        self,
+        rows: pd.DataFrame,
+        predicted: dict[int, tuple[float, float, float, float]],
+        hashes: Sequence[str | None],
+        interval: float | None,
+        inadequate: Sequence[str],
+        force: bool = False,
     ) -> pd.DataFrame:
-        """The predictions frame of the rows that were predicted, in input order."""
-        done = sorted(predicted)
+        """The predictions frame of the rows that were predicted or refused as inadequate, in input
+        order; a refused row's brain ages are NaN unless ``force``."""
+        refused = {index for index, reason in enumerate(inadequate) if reason}
+        done = sorted(set(predicted) | (set() if force else refused))
         trained = self.training_hashes
         seen = [trained.get(hashes[index], 0) if hashes[index] else 0 for index in done]
         table = rows.iloc[done].reset_index(drop=True)
-        values = np.array([predicted[index] for index in done], dtype=float).reshape(-1, 4)
+        values = np.array([predicted.get(index, (np.nan,) * 4) for index in done], dtype=float).reshape(-1, 4)
         table["brain_age"], table["brain_age_corrected"], member_sd, table["qc_score"] = values.T
         calibration = self.checkpoints[0].interval
         if calibration is not None and len(table):
@@ -406,13 +411,17 @@ class BrainAgeModel:
         table["bias_correction"] = np.where(table["age"].notna(), correction, "none: no age given")
         threshold = self.config.qc_threshold
         table["qc_flagged"] = (table["qc_score"].isna() | (table["qc_score"] < threshold)) if threshold is not None else False
-        low, high = self.train_age_range
+        table["qc_flagged"] &= np.isin(done, list(predicted))  # a scan refused before preprocessing has no registration to judge
+        low, high = math.nan, math.nan  # an age outside the training range is a reason in ``inadequate``, not a warning
         members = len(self.checkpoints)
         by_id = seen_by_id(self.checkpoints, table["subject_id"], table["session_id"], table["path"])  # a warning where the bytes differ
         table["warnings"] = [
             "; ".join(part for part in (_warnings(age, score, flagged, low, high, threshold, trained_by, members), "" if trained_by else note) if part)
             for age, score, flagged, trained_by, note in zip(table["age"], table["qc_score"], table["qc_flagged"], seen, by_id, strict=False)
         ]
+        table["inadequate"] = [inadequate[index] for index in done]
+        if not force:
+            table.loc[table["inadequate"] != "", list(BRAIN_AGE_COLUMNS)] = np.nan
         extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
         return table[[*PREDICTION_COLUMNS, *extra]]
 
@@ -456,13 +465,14 @@ def summarise_sessions(predictions: pd.DataFrame) -> pd.DataFrame:
     ``qc_flagged`` if any scan is, the warnings of every scan, ``n_scans``."""
     if predictions.empty:
         return predictions.drop(columns=["path", "scan_id"]).assign(n_scans=pd.Series(dtype=int))
-    averaged = aggregate_sessions(predictions.drop(columns=["path", "qc_score", "qc_flagged", "warnings", "bias_correction"]))
+    averaged = aggregate_sessions(predictions.drop(columns=["path", "qc_score", "qc_flagged", "warnings", "inadequate", "bias_correction"]))
     grouped = predictions.groupby(["subject_id", "session_id"], sort=True, dropna=False)
     quality = pd.DataFrame(
         {
             "qc_score": grouped["qc_score"].min(),
             "qc_flagged": grouped["qc_flagged"].any(),
             "warnings": grouped["warnings"].agg(lambda values: "; ".join(dict.fromkeys(v for v in values if v))),
+            "inadequate": grouped["inadequate"].agg(lambda values: "; ".join(dict.fromkeys(v for v in values if v))),
             "bias_correction": grouped["bias_correction"].first(),
         }
     ).reset_index()

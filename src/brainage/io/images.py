@@ -3,12 +3,33 @@
 ``check_scan_file`` reads only the header and compares the size it promises with the bytes on
 disk (cheap enough to run on every scan of a cohort); ``load_scan`` also reads the voxels and
 rejects images without usable content.
+
+Orientation is never assumed silently: an Analyze 7.5 header has no field for it, and a NIfTI
+header whose ``qform_code`` and ``sform_code`` are both 0 declares none; nibabel then takes the
+voxel axes as left, anterior, superior (``LAS``, Analyze's radiological default), and
+:func:`load_scan` warns (:class:`OrientationWarning`) naming that assumption. Whether it holds is
+checked after registration: a swapped or reversed axis (other than left–right, which a symmetric
+template cannot tell) makes a rearranged copy fit the template better, and the scan is refused
+(:func:`brainage.preprocess.qc.orientation_check`).
+
+Storage conventions of the OASIS data sets. OASIS-2's RAW scans (``mpr-n.nifti.hdr``) are NIfTI-1
+pairs whose qform gives the orientation: sagittal, voxel axes posterior, inferior, right (PIR),
+256 × 256 × 128 voxels of 1 × 1 × 1.25 mm; nothing is assumed. OASIS-1's RAW scans
+(``OAS1_xxxx_MRy_mpr-n_anon.hdr``) are Analyze 7.5 pairs (16-bit big-endian) of the same sagittal
+MP-RAGE geometry, 256 × 256 × 128 voxels of 1 × 1 × 1.25 mm (the OASIS-1 fact sheet, as summarised
+at huggingface.co/DRDMsig/Data_Engineering, OAISIS_clean/dataclean_OASIS_1_CS_Sectional.py; the
+fact sheet itself was not reachable from here), and their headers hold no orientation. nibabel's
+default would take the 128 sagittal slices for axial ones; such files are read as OASIS-2 stores
+the same acquisition, PIR (:data:`OASIS1_RAW_STORAGE`), and the warning names that convention.
+Which way left and right run cannot be checked from the image (see above).
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +42,16 @@ from brainage.errors import InputError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".mgz")
 _GZIP_CHUNK = 1 << 20
+
+
+#: OASIS-1 RAW file names, and the voxel axes their Analyze headers leave out (those of OASIS-2's RAW
+#: NIfTI headers for the same acquisition: sagittal, posterior, inferior, right).
+OASIS1_RAW_NAME = re.compile(r"^OAS1_\d+_MR\d+_mpr-\d+_anon$", re.IGNORECASE)
+OASIS1_RAW_STORAGE = "PIR"
+
+
+class OrientationWarning(UserWarning):
+    """The file's header does not say how its voxel axes lie in the head; a convention was taken."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +83,14 @@ def pair_partner(path: str | Path) -> Path:
     path = Path(path)
     partner = ".img" if path.suffix.lower() == ".hdr" else ".hdr"
     return path.with_suffix(partner.upper() if path.suffix.isupper() else partner)
+
+
+def header_of(path: str | Path) -> Path:
+    """The ``.hdr`` of a pair given by its ``.img`` when that header exists; any other path as is."""
+    path = Path(path)
+    if image_suffix(path) == ".img" and pair_partner(path).is_file():
+        return pair_partner(path)
+    return path
 
 
 def check_scan_file(path: str | Path) -> None:
@@ -87,7 +126,53 @@ def load_scan(path: str | Path) -> Scan:
     if low == high:
         raise InputError(path, f"constant image (every voxel is {low:g})")
     zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
-    return Scan(path=path, data=data, affine=np.asarray(image.affine, dtype=np.float64), zooms=zooms)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    assumed = assumed_orientation(image)
+    if assumed is not None and OASIS1_RAW_NAME.match(scan_stem(path)):
+        affine = storage_affine(OASIS1_RAW_STORAGE, shape, zooms)
+        assumed = f"{assumed.split(';')[0]}; read as OASIS-1 RAW scans are stored, {_described(OASIS1_RAW_STORAGE)}"
+    if assumed is not None:
+        warnings.warn(f"{path}: {assumed}", OrientationWarning, stacklevel=2)
+    return Scan(path=path, data=data, affine=affine, zooms=zooms)
+
+
+def storage_affine(codes: str, shape: tuple[int, ...], zooms: tuple[float, ...]) -> np.ndarray:
+    """Voxel → world (RAS mm) affine of voxel axes pointing along ``codes`` (e.g. ``"PIR"``), with
+    ``zooms`` mm voxels and the centre of the field of view at the origin."""
+    ornt = nib.orientations.axcodes2ornt(tuple(codes))
+    affine = np.zeros((4, 4))
+    for axis, (world, sign) in enumerate(ornt):
+        affine[int(world), axis] = sign * zooms[axis]
+    affine[3, 3] = 1.0
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape[:3]) - 1) / 2)
+    return affine
+
+
+def assumed_orientation(image: SpatialImage | str | Path) -> str | None:
+    """Why the orientation of ``image`` (an image or a file) is an assumption, naming the one nibabel
+    takes; None when the header gives it (NIfTI with a qform or sform code, MGH)."""
+    if not isinstance(image, SpatialImage):
+        try:
+            image = nib.load(image)
+        except Exception:  # unreadable: the readers say why
+            return None
+    header = image.header
+    if isinstance(header, nib.Nifti1Header):  # NIfTI-2's header is a subclass
+        if int(header["qform_code"]) or int(header["sform_code"]):
+            return None
+        kind = "NIfTI header with qform_code = sform_code = 0"
+    elif isinstance(header, nib.analyze.AnalyzeHeader):
+        kind = "Analyze 7.5 header"
+    else:
+        return None
+    return f"{kind}: no orientation stored; assumed {_described(''.join(nib.aff2axcodes(image.affine)))}; wrong if the scan was stored otherwise"
+
+
+def _described(codes: str) -> str:
+    return f"{codes} (voxel axes 1, 2, 3 pointing {', '.join(_AXIS_WORDS[code] for code in codes)})"
+
+
+_AXIS_WORDS = {"L": "left", "R": "right", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
 
 
 def _open_header(path: Path) -> tuple[SpatialImage, tuple[int, int, int]]:

@@ -34,6 +34,22 @@ SCAN_FOLDER = "RAW"
 #: How deep below the root a session folder may sit: ``<root>/<MRI ID>``, ``<root>/<part>/<MRI ID>``,
 #: or all of it one level down (``<root>/<untarred>/<part>/<MRI ID>``).
 MAX_SESSION_DEPTH = 3
+#: An OASIS session folder (MRI ID): the person (``OAS2_0001``, ``OAS1_0001``), then the visit.
+SESSION_NAME = re.compile(r"^(OAS[12]_\d+)_MR\d+$", re.IGNORECASE)
+
+
+def layout_identity(path: str | Path) -> dict[str, str]:
+    """The ids a file's place in an OASIS layout gives it, as discovery names it in a cache:
+    ``OAS2_0001_MR1/RAW/mpr-1.nifti.hdr`` → scan ``OAS2_0001_MR1_mpr-1``, session ``OAS2_0001_MR1``,
+    subject ``OAS2_0001`` (an OASIS-1 file name that starts with its session is its scan id). Empty
+    for a file that is not in a ``<MRI ID>/RAW`` folder."""
+    path = Path(path)
+    session = path.parent.parent.name
+    match = SESSION_NAME.match(session)
+    if path.parent.name != SCAN_FOLDER or match is None:
+        return {}
+    stem = scan_stem(path)
+    return {"scan_id": stem if stem.startswith(session) else f"{session}_{stem}", "session_id": session, "subject_id": match[1]}
 
 
 def read_demographics(path: str | Path) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainage.errors import InputError, Problem
-from brainage.io.images import scan_stem
+from brainage.io.images import header_of, scan_stem
 from brainage.io.manifest import Discovery, finish, is_missing, parse_age, rename_sex_alias, snake_case
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx")
@@ -65,6 +66,32 @@ def discover_table(path: Path) -> Discovery:
     rows["session_id"] = _fill(rows, "session_id", rows["subject_id"].tolist())
     rows["scan_id"] = _fill(rows, "scan_id", _default_scan_ids(rows))
     return finish(path, "table", rows, problems)
+
+
+def read_scan_list(path: Path, columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[Problem]]:
+    """A table of scans to predict (any of :data:`TABLE_SUFFIXES`): ``path`` required, the other
+    ``columns`` kept where present; a row with no path or an unusable age is left out and listed.
+    Relative paths are relative to the table; a pair's ``.img`` is replaced by its ``.hdr``."""
+    frame = read_spreadsheet(path)
+    frame.columns = [snake_case(column) for column in frame.columns]
+    if "path" not in frame.columns:
+        raise InputError(path, "missing column: path (a table of scans needs path, and may give age, subject_id)")
+    frame = frame[[column for column in columns if column in frame.columns]].copy()
+    problems: list[Problem] = []
+    keep: list[bool] = []
+    ages: list[float] = []
+    for number, row in zip(frame.index + 2, frame.to_dict("records"), strict=False):
+        age, cause = (math.nan, None) if is_missing(row.get("age")) else parse_age(row["age"])
+        if is_missing(row["path"]):
+            problems.append(Problem(str(path), f"row {number}: missing path"))
+        elif cause:
+            problems.append(Problem(str(path), f"row {number} ({row['path']}): {cause}"))
+        keep.append(not is_missing(row["path"]) and cause is None)
+        ages.append(math.nan if age is None else age)
+    frame["age"] = ages
+    frame = frame.loc[keep]
+    frame["path"] = [str(header_of(_resolve(path.parent, value))) for value in frame["path"]]
+    return frame, problems
 
 
 def _resolve(folder: Path, value: str) -> Path:

@@ -22,12 +22,17 @@ With ``session_reuse`` (the standard pipeline's default) the scans of one sessio
 sorted order by one worker: the first that succeeds is stripped and registered, the others are
 aligned to it rigidly (``reference_scan`` names it). Such a scan's keys hold the reference's content
 hash and the session fields, so a changed reference recomputes its repeats.
+
+Adequacy (:mod:`brainage.preprocess.adequacy`): a scan whose header rules it out (voxels too coarse,
+a field of view too small for a brain) is not prepared and is reported with the reason among the
+problems; every prepared scan's record keeps the post-registration measures, and the manifest's
+``inadequate`` column gives the reasons they yield (empty: none). Such a scan is ``qc_flagged`` too,
+so training leaves it out.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -44,6 +49,7 @@ import pandas as pd
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.io.images import pair_partner
 from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
+from brainage.preprocess.adequacy import MEASURES, AdequacyConfig, header_reasons, row_reasons
 from brainage.preprocess.external_mask import external_mask_path, external_spatial
 from brainage.preprocess.pipelines import (
     STAGES,
@@ -60,6 +66,11 @@ from brainage.preprocess.qc import save_qc_png
 from brainage.preprocess.stages import torch_device
 from brainage.utils import atomic_write, parallel_map
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a prepare there never removes temporary files
+    fcntl = None  # type: ignore[assignment]
+
 CACHE_FORMAT = 1
 MANIFEST = "manifest.csv"
 #: Per-stage CPU seconds of each scan's record (NaN for records written before they were kept).
@@ -68,7 +79,7 @@ TIME_COLUMNS = tuple(f"cpu_s_{stage}" for stage in STAGES)
 #: stripped and registered itself); ``spatial_file``: its mask and registration (standard pipeline).
 CACHE_COLUMNS = (
     "cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest", "spatial_file", "reference_scan",
-    *TIME_COLUMNS,
+    *MEASURES, "inadequate", *TIME_COLUMNS,
 )  # fmt: skip
 #: Folders where ``atomic_write`` leaves ``.<name>.<random>.tmp<suffix>`` files when killed.
 _WRITTEN_FOLDERS = ("", "volumes", "spatial", "qc", "hashes")
@@ -134,6 +145,7 @@ class _Job:
     config: PipelineConfig
     mask_path: str | None = None  # an external brain mask (fMRIPrep): preprocess/external_mask.py
     device: str = "cpu"
+    adequacy: AdequacyConfig = field(default_factory=AdequacyConfig)
 
 
 @dataclass
@@ -164,6 +176,7 @@ def prepare(
     shard: tuple[int, int] | None = None,
     demographics: str | Path | None = None,
     device: str = "cpu",
+    adequacy: AdequacyConfig | None = None,
 ) -> PrepareReport:
     """Preprocess every scan of ``source`` into the cache folder ``out``; return what was done.
 
@@ -173,8 +186,11 @@ def prepare(
     session where the configuration reuses a session's registration), so n jobs can fill one
     cache; an unsharded run afterwards finds them all cached. ``device`` runs the
     skull-stripping network there (``cpu``, ``cuda``, ``mps``, ``auto``; CPU where it is missing).
-    Bad scans are skipped and returned in ``problems``.
+    Bad scans are skipped and returned in ``problems``, as are scans whose header fails the
+    ``adequacy`` checks (default :class:`AdequacyConfig`); the manifest's ``inadequate`` column
+    gives the reasons a prepared scan fails the post-registration ones.
     """
+    adequacy = adequacy or AdequacyConfig()
     start = time.perf_counter()
     config = make_config(pipeline) if isinstance(pipeline, str) else pipeline
     try:
@@ -186,7 +202,7 @@ def prepare(
     manifest = sort_manifest(manifest)
     masks = manifest["mask_path"] if "mask_path" in manifest else [None] * len(manifest)
     jobs = {
-        str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask), device)
+        str(path): _Job(str(path), str(scan_id), root, config, None if pd.isna(mask) else str(mask), device, adequacy)
         for path, scan_id, mask in zip(manifest["path"], manifest["scan_id"], masks, strict=False)
     }  # a path listed twice is prepared once
     sessions = _shard(_sessions(jobs, manifest, config), shard)
@@ -202,7 +218,7 @@ def prepare(
                     problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
                 else:
                     records[job.path] = result
-        prepared = _finish_manifest(manifest, records, config)
+        prepared = _finish_manifest(manifest, records, config, adequacy)
         _write_cache(root, prepared, config, shard)
     statuses = [record["status"] for record in records.values()]
     return PrepareReport(
@@ -217,8 +233,10 @@ def prepare(
     )
 
 
-def load_cache(path: str | Path) -> PreparedCache:
-    """Open a prepared cache (manifest and shard manifests merged); volumes load lazily."""
+def load_cache(path: str | Path, adequacy: AdequacyConfig | None = None) -> PreparedCache:
+    """Open a prepared cache (manifest and shard manifests merged); volumes load lazily. The
+    ``inadequate`` column is recomputed from the recorded measures with ``adequacy`` (default
+    :class:`AdequacyConfig`), and such scans are ``qc_flagged``."""
     root = Path(path)
     meta_path = root / "cache.json"
     if not meta_path.is_file():
@@ -233,9 +251,10 @@ def load_cache(path: str | Path) -> PreparedCache:
     manifest = pd.concat([pd.read_csv(file, dtype=str) for file in files], ignore_index=True)
     current = manifest[manifest["config_digest"] == config.volume_digest()]  # before de-duplication: a stale row never hides a current one
     manifest = validate_manifest(current.drop_duplicates("scan_id", keep="last"), root / MANIFEST)
-    for column in ("qc_score", *(column for column in TIME_COLUMNS if column in manifest.columns)):
+    for column in ("qc_score", *(column for column in (*MEASURES, *TIME_COLUMNS) if column in manifest.columns)):
         manifest[column] = manifest[column].astype(float)
-    manifest["qc_flagged"] = _flags(manifest["qc_score"], config.qc_threshold)
+    manifest["inadequate"] = row_reasons(manifest, adequacy or AdequacyConfig())
+    manifest["qc_flagged"] = _flags(manifest["qc_score"], config.qc_threshold) | (manifest["inadequate"] != "")
     return PreparedCache(root, manifest, config, tuple(meta["shape"]), np.asarray(meta["affine"], dtype=float))
 
 
@@ -316,6 +335,9 @@ def _prepare_one(job: _Job, reference: _Reference | None = None, in_session: boo
     """Return the scan's record, computing and writing its volume unless cached, aligned to
     ``reference`` if given; and, for a scan of a session prepared on its own, the reference it makes."""
     path, root, config = Path(job.path), job.root, job.config
+    found = header_reasons(path, job.adequacy)
+    if found:
+        raise InputError(path, f"not adequate for brain age: {'; '.join(found)}")
     timer = StageTimer()
     with timer("load"):
         digest = _memo_hash(path, root)
@@ -363,6 +385,7 @@ def _prepare_one(job: _Job, reference: _Reference | None = None, in_session: boo
         "config_digest": config.volume_digest(),
         **({"spatial_file": f"spatial/{spatial_path.name}"} if spatial_path is not None else {}),
         **{f"cpu_s_{stage}": round(value, 4) for stage, value in seconds.items()},
+        **prepared.measures,
     }
     with atomic_write(record_path) as tmp:
         tmp.write_text(json.dumps(record))
@@ -409,12 +432,13 @@ def _shard(sessions: list[tuple[_Job, ...]], shard: tuple[int, int] | None) -> l
     return sessions[index - 1 :: count]
 
 
-def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]], config: PipelineConfig) -> pd.DataFrame:
+def _finish_manifest(manifest: pd.DataFrame, records: dict[str, dict[str, Any]], config: PipelineConfig, adequacy: AdequacyConfig) -> pd.DataFrame:
     prepared = manifest[manifest["path"].astype(str).isin(records)].copy()
     for column in CACHE_COLUMNS:
-        if column != "qc_flagged":
+        if column not in ("qc_flagged", "inadequate"):
             prepared[column] = [records[str(path)].get(column, math.nan) for path in prepared["path"]]
-    prepared["qc_flagged"] = _flags(prepared["qc_score"].astype(float), config.qc_threshold)
+    prepared["inadequate"] = row_reasons(prepared, adequacy)
+    prepared["qc_flagged"] = _flags(prepared["qc_score"].astype(float), config.qc_threshold) | (prepared["inadequate"] != "")
     return prepared.reset_index(drop=True)
 
 
@@ -428,6 +452,9 @@ def _running(root: Path) -> Iterator[None]:
     except OSError as error:
         raise InputError(root, f"cannot write the cache folder ({error.strerror or error})") from None
     with lock:
+        if fcntl is None:  # no advisory locks here: another run's temporary files may be live
+            yield
+            return
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True

@@ -23,6 +23,7 @@ import numpy as np
 from brainage.errors import InputError
 from brainage.io.images import load_scan
 from brainage.preprocess import stages
+from brainage.preprocess.adequacy import measure
 from brainage.preprocess.external_mask import external_spatial as _external_spatial
 from brainage.preprocess.qc import registration_score
 from brainage.preprocess.template import MNI_BRAIN_CENTER, template_grid, template_on_grid
@@ -103,8 +104,11 @@ class StandardConfig(PipelineConfig):
 
     The output grid (64³ voxels of 3 mm: the tutorial's tensor size, all of the brain) is centred
     on the MNI152 brain's bounding box (145 × 181 × 155 mm). ``qc_threshold`` flags scans whose
-    correlation with the template is lower: registered synthetic scans score 0.55–0.69, the
-    same scans 5°/5 mm off at most 0.49. N4 is off by default: it cost minutes per scan on
+    correlation with the template is lower. It is set on real adult heads (``bench/qc_real_heads.py``,
+    the table in docs/preprocessing.md): the lowest correctly registered real head there scores
+    just above it, so it flags gross misregistration (10–15 mm or more, wrong axes) but passes
+    most 5° and some 5–10 mm errors; ``standard-v1`` keeps 0.5, set on synthetic scans alone,
+    which flags correctly registered real heads. N4 is off by default: it cost minutes per scan on
     our CPUs while registration (mutual information) and deepbet tolerate a smooth bias.
 
     ``skull_strip`` chooses the brain mask: ``"deepbet-coarse"`` (default) is deepbet's first
@@ -145,7 +149,7 @@ class StandardConfig(PipelineConfig):
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 3.0
     dtype: str = "float16"
-    qc_threshold: float | None = 0.5
+    qc_threshold: float | None = 0.4
     bias_correction: bool = False
     n4_shrink_factor: int = 4
     skull_strip: str = "deepbet-coarse"
@@ -195,7 +199,7 @@ PIPELINES: dict[str, type[PipelineConfig]] = {"standard": StandardConfig, "seed"
 #: ``standard-v1`` is the earlier default, whose caches and checkpoints it reproduces.
 NAMED_PIPELINES: dict[str, tuple[type[PipelineConfig], dict[str, Any]]] = {
     "standard": (StandardConfig, {}),
-    "standard-v1": (StandardConfig, dict(StandardConfig.LEGACY)),
+    "standard-v1": (StandardConfig, {**StandardConfig.LEGACY, "qc_threshold": 0.5}),
     "seed": (SeedConfig, {}),
 }
 
@@ -247,13 +251,15 @@ class SessionReference:
 
 @dataclass(frozen=True)
 class PreparedScan:
-    """One preprocessed scan: the volume on the config's grid, its QC score, the spatial result
-    and the CPU seconds of each stage that ran (keys from :data:`STAGES`)."""
+    """One preprocessed scan: the volume on the config's grid, its QC score, the spatial result,
+    the CPU seconds of each stage that ran (keys from :data:`STAGES`) and the adequacy measures
+    (:func:`brainage.preprocess.adequacy.measure`; empty for the seed pipeline, which does not register)."""
 
     volume: np.ndarray
     qc_score: float
     spatial: Spatial | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    measures: dict[str, float] = field(default_factory=dict)
 
 
 class StageTimer:
@@ -287,21 +293,24 @@ def preprocess_scan(
     cannot be read or a stage fails.
     """
     timer = StageTimer()
+    measures: dict[str, float] = {}
     try:
         spatial = spatial or _external_spatial(path, config)  # an fMRIPrep brain mask beside the scan: preprocess/external_mask.py
         if isinstance(config, SeedConfig):
             volume = _run_seed(Path(path), config, timer)
         elif isinstance(config, StandardConfig):
-            volume, spatial = _run_standard(Path(path), config, spatial, timer, device, reference)
+            volume, spatial, source = _run_standard(Path(path), config, spatial, timer, device, reference)
         else:
             raise TypeError(f"unknown configuration {type(config).__name__}")
         with timer("qc"):
             score = registration_score(volume, config.affine)
+            if isinstance(config, StandardConfig) and spatial is not None:
+                measures = measure(volume, config.affine, source[0], source[1], spatial.world_to_source)
     except InputError:
         raise
     except (OSError, ValueError, RuntimeError, nib.filebasedimages.ImageFileError) as error:
         raise InputError(path, str(error).splitlines()[0] if str(error) else type(error).__name__) from error
-    return PreparedScan(volume.astype(config.dtype), score, spatial, timer.seconds)
+    return PreparedScan(volume.astype(config.dtype), score, spatial, timer.seconds, measures)
 
 
 def _run_seed(path: Path, config: SeedConfig, timer: StageTimer) -> np.ndarray:
@@ -331,7 +340,8 @@ def _run_standard(
     timer: StageTimer,
     device: str,
     reference: SessionReference | None,
-) -> tuple[np.ndarray, Spatial]:
+) -> tuple[np.ndarray, Spatial, tuple[tuple[int, ...], np.ndarray]]:
+    """The normalised volume, its :class:`Spatial` and the RAS-reoriented scan's (shape, affine)."""
     with timer("load"):
         scan = load_scan(path)
         data, affine = stages.reorient_ras(scan.data, scan.affine)
@@ -343,13 +353,14 @@ def _run_standard(
             spatial = align_to_reference(data, affine, reference, config)
     elif spatial is None or spatial.mask.shape != data.shape:
         spatial = find_spatial(data, affine, config, timer, device)
+    source = (data.shape, affine)
     with timer("resample"):
         inside, data, cut = stages.crop_to(spatial.mask, affine, data)  # the brain's box: the same values, a fraction of the voxels
         brain = np.where(inside, data, np.float32(0))
         volume = stages.resample(brain, cut, config.affine, config.shape, spatial.world_to_source, antialias=config.antialias)
         mask = stages.resample(inside.astype(np.float32), cut, config.affine, config.shape, spatial.world_to_source)
     with timer("normalise"):
-        return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial
+        return stages.robust_zscore(volume, mask > 0.5, config.clip_percentiles), spatial, source
 
 
 def find_spatial(data: np.ndarray, affine: np.ndarray, config: StandardConfig, timer: StageTimer | None = None, device: str = "cpu") -> Spatial:
