@@ -219,14 +219,24 @@ def predict_command(
     interval: float | None = typer.Option(
         None, "--interval", min=0.01, max=0.99, help="Coverage of brain_age_lower/upper (default: the model's, 0.9); split-conformal on out-of-fold residuals."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Predict scans that fail an adequacy check too (the reasons stay in the inadequate column); default: no brain age for them."
+    ),
+    max_voxel_mm: float | None = typer.Option(
+        None, "--max-voxel-mm", min=0.1, help="Refuse scans whose voxels are larger than this along any axis (slice thickness; default 3)."
+    ),
 ) -> None:
     """Predict brain age (and the brain-age gap where the age is known) for new scans."""
     from brainage.console import console, print_problems, print_table
     from brainage.predict import BrainAgeModel, accuracy_table
+    from brainage.preprocess.adequacy import AdequacyConfig
     from brainage.utils import write_csv
 
     brain_age_model = BrainAgeModel.load([model, *with_models], device=device)
-    predictions = brain_age_model.predict(inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size, interval=interval)
+    adequacy = AdequacyConfig.with_overrides(max_voxel_mm=max_voxel_mm)
+    predictions = brain_age_model.predict(
+        inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size, interval=interval, force=force, adequacy=adequacy
+    )
     print_problems(brain_age_model.problems_)
     if predictions.empty:
         raise BrainAgeError(f"no scan could be predicted; {out} was not written")
@@ -235,10 +245,14 @@ def predict_command(
     if len(accuracy):
         print_table(accuracy, title=f"Accuracy where the age is known (years), {'sessions' if sessions else 'scans'}")
     flagged = int(predictions["warnings"].astype(bool).sum())
+    inadequate = predictions["inadequate"].astype(bool)
     unit = "session" if sessions else "scan"
+    if inadequate.any():
+        print_table(predictions.loc[inadequate, ["scan_id" if "scan_id" in predictions else "session_id", "inadequate"]], title="Not adequate for brain age")
+    refused = "" if force else f", {int(inadequate.sum())} refused as inadequate (--force predicts them)"
     console.print(
-        f"{len(predictions)} {unit}(s) predicted with {len(brain_age_model.checkpoints)} model(s), "
-        f"{len(brain_age_model.problems_)} skipped, {flagged} with warnings → {out}",
+        f"{int((~inadequate).sum()) if not force else len(predictions)} {unit}(s) predicted with {len(brain_age_model.checkpoints)} model(s), "
+        f"{len(brain_age_model.problems_)} skipped{refused}, {flagged} with warnings → {out}",
         soft_wrap=True,
     )
 
@@ -290,10 +304,14 @@ def prepare_command(
         "--no-session-reuse",
         help="standard: strip and register every repeat of a session itself instead of aligning it to the session's first scan (slower; independent repeats for test-retest).",
     ),
+    max_voxel_mm: float | None = typer.Option(
+        None, "--max-voxel-mm", min=0.1, help="Leave out scans whose voxels are larger than this along any axis (slice thickness; default 3)."
+    ),
 ) -> None:
     """Preprocess every scan once into a cache that training reads memory-mapped."""
     from brainage.console import console, print_problems, print_table
     from brainage.preprocess import make_config, prepare
+    from brainage.preprocess.adequacy import AdequacyConfig
 
     try:
         config = make_config(pipeline, shape=shape, voxel_size=voxel_size, session_reuse=False if no_session_reuse else None)
@@ -302,11 +320,15 @@ def prepare_command(
     parts = tuple(int(part) for part in shard.split("/") if part.isdigit()) if shard else None
     if parts is not None and (len(parts) != 2 or shard.count("/") != 1 or not 1 <= parts[0] <= parts[1]):
         raise BrainAgeError(f"--shard {shard}: expected I/N with 1 ≤ I ≤ N, e.g. 3/8")
-    report = prepare(source, out, config, workers=workers, shard=parts, demographics=demographics, device=device)
+    adequacy = AdequacyConfig.with_overrides(max_voxel_mm=max_voxel_mm)
+    report = prepare(source, out, config, workers=workers, shard=parts, demographics=demographics, device=device, adequacy=adequacy)
     print_table(report.summary(), title=f"brainage prepare ({config.name}) → {out}")
     flagged = report.flagged
     if len(flagged):
-        print_table(flagged[["scan_id", "qc_score", "qc_file"]], title=f"Flagged by QC (registration score < {config.qc_threshold})")
+        print_table(
+            flagged[["scan_id", "qc_score", "inadequate", "qc_file"]],
+            title=f"Flagged by QC (registration score < {config.qc_threshold}, or not adequate): left out of training",
+        )
     print_problems(report.problems, title="Failed")
     console.print(f"{len(report.manifest)} scan(s) in the cache {out}")
 
