@@ -1,10 +1,14 @@
 """docs/benchmarks.md and the README's demo table are rendered from docs/results/*.json and cannot
-drift from them; the renderer shows each file's command, commit, machine, wall time and tables."""
+drift from them; the renderer shows each file's command, commit, machine, wall time and tables; and
+bench/accuracy.py, which writes the accuracy files, trains the demo preset as ``brainage demo`` does
+and keeps its evaluation seeds apart from the development seed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RENDERER = runpy.run_path(str(ROOT / "docs" / "make_benchmarks_md.py"))
 sys.path.insert(0, str(ROOT / "bench"))
 from results import display, write_results  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+from brainage.training import TrainConfig  # noqa: E402  (after the path of bench/, as above)
 
 REGENERATE = ".venv/bin/python docs/make_benchmarks_md.py"
 
@@ -65,3 +71,22 @@ def test_a_results_file_is_rendered_with_where_it_came_from(tmp_path: Path) -> N
     readme = "# x\n\n<!-- results:demo -->\nold\n<!-- /results:demo -->\n\nrest\n"
     rendered = RENDERER["with_readme_block"](readme, block)
     assert "old" not in rendered and rendered.endswith("<!-- /results:demo -->\n\nrest\n") and block in rendered
+
+
+def test_bench_accuracy_trains_the_demo_preset_as_brainage_demo_does() -> None:
+    from brainage.demo import TRAINING
+
+    accuracy = runpy.run_path(str(ROOT / "bench" / "accuracy.py"))
+    args = argparse.Namespace(preset="demo", model=None, epochs=None, folds=None, repeats_per_session=None, schedule="plateau", init=None, set=[])
+    config = accuracy["_network_config"](args, 7)
+    demo = TRAINING["demo"]
+    assert (config.model, config.epochs, config.folds, config.batch_size, config.seed) == (demo["model"], demo["epochs"], demo["folds"], demo["batch_size"], 7)
+    other = accuracy["_network_config"](argparse.Namespace(**{**vars(args), "preset": "oasis2", "epochs": 3, "folds": 0}), 1)
+    assert (other.model, other.epochs, other.folds) == (TrainConfig().model, 3, None)
+
+
+def test_bench_accuracy_refuses_the_development_seed_as_an_evaluation_seed(tmp_path: Path) -> None:
+    command = [sys.executable, "bench/accuracy.py", "--out", str(tmp_path), "--seed", "2", "--eval-seeds", "1", "2"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "2 is the development --seed" in result.stderr
+    assert not any(tmp_path.iterdir())
