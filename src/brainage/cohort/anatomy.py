@@ -70,7 +70,8 @@ class Anatomy:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.gm.shape)  # type: ignore[return-value]
+        x, y, z = self.gm.shape
+        return x, y, z
 
     @property
     def voxel_cm3(self) -> float:
@@ -140,7 +141,8 @@ def _load_templates() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, n
     if not np.allclose(affine[:3, :3], np.eye(3)):
         raise RuntimeError(f"unexpected MNI152 template affine {affine.tolist()}")
     arrays = [np.asarray(img.dataobj, dtype=np.float32) for img in images]
-    return (*arrays, affine[:3, 3].copy())  # type: ignore[return-value]
+    t1, gm, wm, mask = arrays
+    return t1, gm, wm, mask, affine[:3, 3].copy()
 
 
 def _box(shape: tuple[int, ...], offset: np.ndarray, voxel: float) -> np.ndarray:
@@ -152,7 +154,8 @@ def _box(shape: tuple[int, ...], offset: np.ndarray, voxel: float) -> np.ndarray
 
 def _ventricles(csf: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """The two largest connected CSF components (p > 0.5) inside the ventricle box, as float32."""
-    labels, _ = ndimage.label((csf > 0.5) & _box(csf.shape, offset, 1.0))
+    # scipy-stubs 1.15 types label()'s result as int | tuple (the int is for output=, not used here)
+    labels, _ = ndimage.label((csf > 0.5) & _box(csf.shape, offset, 1.0))  # type: ignore[misc]
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     largest = np.argsort(sizes, kind="stable")[::-1][:2]
@@ -172,7 +175,8 @@ def _signed_distance(inside: np.ndarray, voxel: float) -> np.ndarray:
     """Distance (mm) to the surface of a binary region: positive outside, negative inside."""
     spacing = (voxel,) * 3
     outside = ndimage.distance_transform_edt(~inside, sampling=spacing)
-    return (outside - ndimage.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)
+    # scipy-stubs 1.15 types distance_transform_edt()'s result as a union of its return shapes (distances alone here)
+    return (outside - ndimage.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)  # type: ignore[operator]
 
 
 def _normal(distance: np.ndarray) -> np.ndarray:
@@ -204,7 +208,8 @@ class _Grid:
 
     def __init__(self, resolution: float) -> None:
         self.resolution = resolution
-        self.shape = tuple(int(np.floor((hi - lo) / resolution + 1e-6)) + 1 for lo, hi in zip(LOWER_MM, UPPER_MM, strict=False))
+        nx, ny, nz = (int(np.floor((hi - lo) / resolution + 1e-6)) + 1 for lo, hi in zip(LOWER_MM, UPPER_MM, strict=False))
+        self.shape = (nx, ny, nz)
 
     def sample(self, array: np.ndarray, offset: np.ndarray, source_resolution: float) -> np.ndarray:
         """Gaussian anti-aliasing when shrinking, then linear interpolation (edges padded)."""

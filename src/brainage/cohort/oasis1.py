@@ -40,7 +40,7 @@ CLINICAL = ("Educ", "SES", "MMSE", "CDR")
 CLINICAL_MIN_AGE = 60
 
 
-def education_level(years: object) -> float:
+def education_level(years: float | None) -> float:
     """OASIS-1's 1–5 education level from years of education (NaN if unknown)."""
     if years is None or (isinstance(years, float) and math.isnan(years)):
         return math.nan
@@ -68,11 +68,10 @@ def synthesize_oasis1(out: str | Path, preset: Preset, seed: int = 0, workers: i
     first_visit = sheet.groupby("Subject ID")["Visit"].transform("min")
     truth = result.ground_truth.copy()
     paths = []
-    for row in truth.itertuples(index=False):
-        session = oasis1_id(row[truth.columns.get_loc("MRI ID")])
-        scan = row[truth.columns.get_loc("scan")]
-        target = root / disc_of[row[truth.columns.get_loc("Subject ID")]] / session / "RAW" / f"{session}_{scan}_anon.hdr"
-        source = staging / row[truth.columns.get_loc("path")]
+    for mri_id, scan, subject, path in truth[["MRI ID", "scan", "Subject ID", "path"]].itertuples(index=False, name=None):
+        session = oasis1_id(str(mri_id))
+        target = root / disc_of[subject] / session / "RAW" / f"{session}_{scan}_anon.hdr"
+        source = staging / str(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
         os.replace(source.with_suffix(".img"), target.with_suffix(".img"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -191,7 +192,8 @@ def sample_cohort(
     values, PART1/PART2) use the first spawned generator so their totals are exact; everything
     about one person uses that person's own spawned generator.
     """
-    demographics = replace(demographics, **dict(preset.demographics))  # the preset's own (oasis1: ages 18–96)
+    overrides: dict[str, Any] = dict(preset.demographics)  # the preset's own (oasis1: ages 18–96), fields named at run time
+    demographics = replace(demographics, **overrides)
     n = preset.n_subjects
     cohort_seq, *subject_seqs = np.random.SeedSequence(seed).spawn(n + 1)
     rng = np.random.default_rng(cohort_seq)
@@ -358,7 +360,8 @@ def _cdr_course(rng: np.random.Generator, group: str, delays: list[int], onset: 
     if group == "Nondemented":
         return [0.0] * len(delays)
     if group == "Converted":
-        return [0.5 if delay >= onset else 0.0 for delay in delays]  # type: ignore[operator]
+        assert onset is not None  # _onset_days gives every Converted subject an onset
+        return [0.5 if delay >= onset else 0.0 for delay in delays]
     stages, shares = zip(*d.demented_cdr, strict=False)
     cdr = float(rng.choice(stages, p=np.asarray(shares) / sum(shares)))
     course = [cdr]
@@ -386,8 +389,10 @@ def _truncated_normal(rng: np.random.Generator, mean: float, sd: float, low: flo
 
 
 def _uniform3(rng: np.random.Generator, limits: tuple[float, float, float]) -> tuple[float, float, float]:
-    return tuple(float(rng.uniform(-limit, limit)) for limit in limits)  # type: ignore[return-value]
+    x, y, z = (float(rng.uniform(-limit, limit)) for limit in limits)
+    return x, y, z
 
 
 def _clipped_normal3(rng: np.random.Generator, sd: float) -> tuple[float, float, float]:
-    return tuple(float(np.clip(rng.normal(0.0, sd), -3 * sd, 3 * sd)) for _ in range(3))  # type: ignore[return-value]
+    x, y, z = (float(np.clip(rng.normal(0.0, sd), -3 * sd, 3 * sd)) for _ in range(3))
+    return x, y, z

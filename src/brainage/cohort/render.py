@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -269,7 +270,7 @@ def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
     return Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
 
 
-def _sample(array: np.ndarray, positions: np.ndarray, mode: str = "constant") -> np.ndarray:
+def _sample(array: np.ndarray, positions: np.ndarray, mode: Literal["constant", "nearest"] = "constant") -> np.ndarray:
     return ndimage.map_coordinates(array, positions, order=1, mode=mode, output=np.float32)
 
 

@@ -28,11 +28,13 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from openpyxl import Workbook
+from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 from scipy.stats import linregress
 
@@ -53,6 +55,9 @@ from brainage.cohort.render import Volumes, acquire, aged_tissues, bias_field, m
 from brainage.cohort.spreadsheet import REAL_OASIS2, demographics_table, spreadsheet_statistics
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.utils import atomic_write, parallel_map, stale_temporaries
+
+if TYPE_CHECKING:
+    from _typeshed import SizedBuffer, StrPath
 
 SPREADSHEET = "oasis_longitudinal_demographics.xlsx"
 GROUND_TRUTH = "ground_truth.csv"
@@ -185,7 +190,7 @@ def _check_marker(root: Path, subject: SubjectRecord, marker: Path) -> _Written 
     stored = json.loads(marker.read_text())
     expected = {path for session in subject.sessions for scan in session.scans for path in _scan_files("", session, scan)}
     files: dict[str, str] = stored["files"]
-    if set(files) != expected or any(_sha256(root / path) != digest for path, digest in files.items()):
+    if set(files) != expected or any(not (root / path).is_file() or _sha256(root / path) != digest for path, digest in files.items()):
         return None
     return _Written({mri_id: Volumes(**values) for mri_id, values in stored["volumes"].items()}, files)
 
@@ -239,10 +244,8 @@ def _scan_files(root: str | Path, session: SessionRecord, scan: ScanRecord) -> t
     return header.as_posix(), header.with_suffix(".img").as_posix()
 
 
-def _sha256(path: Path) -> str | None:
-    """SHA-256 of a file's bytes, None when it is missing."""
-    if not path.is_file():
-        return None
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
     with path.open("rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
 
@@ -310,6 +313,7 @@ def write_spreadsheet(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` as an .xlsx whose bytes depend on its content only (fixed time stamps)."""
     workbook = Workbook()
     sheet = workbook.active
+    assert isinstance(sheet, Worksheet)  # a new Workbook opens on one empty worksheet
     sheet.append(list(frame.columns))
     for row in frame.itertuples(index=False):
         sheet.append([_cell(value) for value in row])
@@ -323,15 +327,17 @@ class _FixedTimeZip(zipfile.ZipFile):
     """A zip archive whose entries all carry :data:`FIXED_TIME` instead of the current time or a
     file's modification time."""
 
-    def writestr(self, zinfo_or_arcname, data, compress_type=None, compresslevel=None):  # type: ignore[no-untyped-def, override]
+    def writestr(
+        self, zinfo_or_arcname: str | zipfile.ZipInfo, data: SizedBuffer | str, compress_type: int | None = None, compresslevel: int | None = None
+    ) -> None:
         if isinstance(zinfo_or_arcname, str):
             zinfo_or_arcname = zipfile.ZipInfo(zinfo_or_arcname, date_time=FIXED_TIME.timetuple()[:6])
             zinfo_or_arcname.compress_type = self.compression
             zinfo_or_arcname.external_attr = 0o600 << 16
         super().writestr(zinfo_or_arcname, data, compress_type, compresslevel)
 
-    def write(self, filename, arcname=None, compress_type=None, compresslevel=None):  # type: ignore[no-untyped-def, override]
-        self.writestr(arcname or Path(filename).name, Path(filename).read_bytes(), compress_type, compresslevel)
+    def write(self, filename: StrPath, arcname: StrPath | None = None, compress_type: int | None = None, compresslevel: int | None = None) -> None:
+        self.writestr(str(arcname or Path(filename).name), Path(filename).read_bytes(), compress_type, compresslevel)
 
 
 def summary_table(result: SynthesisResult) -> pd.DataFrame:
