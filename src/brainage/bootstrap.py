@@ -86,7 +86,7 @@ def cluster_bootstrap(frame: pd.DataFrame, statistic: Statistic, resamples: int 
     """
     if "subject_id" not in frame:
         raise ValueError("predictions lack column(s): subject_id")
-    arrays = {column: frame[column].to_numpy(dtype=float) for column in frame if column != "subject_id"}
+    arrays = {str(column): frame[column].to_numpy(dtype=float) for column in frame if column != "subject_id"}
     value = float(statistic(arrays))
     clusters = _clusters(frame["subject_id"])
     draws = np.random.default_rng(seed).integers(0, len(clusters), size=(resamples, len(clusters)))

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -25,6 +26,9 @@ from torchio.transforms.augmentation import RandomTransform
 from brainage.errors import BrainAgeError
 from brainage.inference import LEFT_RIGHT_AXIS
 from brainage.preprocess import PreparedCache
+
+#: Manifest row positions: a list or an integer array (a :class:`Fold`'s sides are arrays).
+Rows = Sequence[int] | np.ndarray
 
 
 class SubjectLeakError(BrainAgeError):
@@ -86,7 +90,7 @@ class AugmentConfig:
     def transform(self) -> tio.Compose | None:
         """The TorchIO pipeline for ``(1, X, Y, Z)`` tensors, or ``None`` when nothing is on."""
         p = self.probability
-        own = {"copy": False}  # the dataset hands over a fresh tensor: no defensive copies
+        own: dict[str, Any] = {"copy": False}  # the dataset hands over a fresh tensor: no defensive copies
         steps: list[tio.Transform] = []
         if self.affine:
             steps.append(
@@ -131,7 +135,7 @@ class ScanDataset(Dataset):
     def __init__(
         self,
         cache: PreparedCache,
-        indices: Sequence[int],
+        indices: Rows,
         age_mean: float,
         age_std: float,
         transform: tio.Transform | None = None,
@@ -196,7 +200,7 @@ class Fold:
         return row
 
 
-def check_subject_leak(manifest: pd.DataFrame, splits: Mapping[str, Sequence[int]]) -> None:
+def check_subject_leak(manifest: pd.DataFrame, splits: Mapping[str, Rows]) -> None:
     """Raise :class:`SubjectLeakError` if any subject has scans in two of ``splits``."""
     subjects = manifest["subject_id"].astype(str).to_numpy()
     names = list(splits)
@@ -323,7 +327,8 @@ class EpochShuffle(Sampler[int]):
     def __len__(self) -> int:
         if self.members is None:
             return self.size
-        return sum(min(len(rows), self.per_group) for rows in self.members)  # type: ignore[type-var]
+        assert self.per_group is not None  # members are grouped only when per_group is given
+        return sum(min(len(rows), self.per_group) for rows in self.members)
 
 
 class BrainAgeDataModule(L.LightningDataModule):
@@ -357,12 +362,12 @@ class BrainAgeDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.age_mean, self.age_std = age_statistics(cache.manifest["age"].to_numpy()[fold.train])
 
-    def dataset(self, indices: Sequence[int], augment: bool = False) -> ScanDataset:
+    def dataset(self, indices: Rows, augment: bool = False) -> ScanDataset:
         """Scans ``indices`` with this fold's age statistics (and training augmentation if asked)."""
         transform = self.augmentation.transform() if augment else None
         return ScanDataset(self.cache, indices, self.age_mean, self.age_std, transform)
 
-    def loader(self, indices: Sequence[int], train: bool = False) -> DataLoader:
+    def loader(self, indices: Rows, train: bool = False) -> DataLoader:
         """Shuffled, augmented batches (dropping a last batch of one for batch norm) if ``train``:
         shuffling and augmentation follow from ``seed`` and the epoch alone (:class:`EpochShuffle`)."""
         generator = torch.Generator()

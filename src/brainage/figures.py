@@ -19,10 +19,12 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path) -> Path:
     axes = figure.subplots(3, 2).ravel()
     panels = (("loss", "Loss (z units)"), ("mae", "MAE (years)"), ("rmse", "RMSE (years)"), ("lr", "Learning rate"), ("max_grad_norm", "Max gradient norm"))
     members = "member" in history and history["member"].nunique() > 1
-    folds = list(history.groupby(["fold", "member"] if members else "fold")) if "fold" in history else [(None, history)]
+    folds: list[tuple[str, pd.DataFrame]] = [("", history)]
+    if "fold" in history:
+        by = ["fold", "member"] if members else ["fold"]
+        folds = [(f"fold {'-'.join(map(str, group))} ", table) for group, table in history.groupby(by)]
     for ax, (key, title) in zip(axes, panels, strict=False):
-        for fold, table in folds:
-            label = "" if fold is None else f"fold {'-'.join(map(str, fold)) if members else fold} "
+        for label, table in folds:
             if key in ("loss", "mae", "rmse"):
                 line = ax.plot(table["epoch"], table[f"train_{key}"], label=f"{label}train")[0]
                 ax.plot(table["epoch"], table[f"val_{key}"], "--", color=line.get_color(), label=f"{label}validation")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from brainage.checkpoint import BrainAgeCheckpoint
+from brainage.models import AgeRegressor
 
 #: The axis of a prepared volume that runs left–right (caches store RAS-oriented volumes).
 LEFT_RIGHT_AXIS = 0
@@ -51,6 +52,13 @@ class BrainAgeEnsemble(nn.Module):
     brain age, bias-corrected brain age (NaN where the age is unknown or a member has no usable
     correction) and the SD of the members' brain ages (0 for one member)."""
 
+    # buffers, one row per member, registered in __init__
+    age_mean: torch.Tensor
+    age_std: torch.Tensor
+    age_slope: torch.Tensor
+    offset: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, checkpoints: Sequence[BrainAgeCheckpoint]) -> None:
         super().__init__()
         self.members = nn.ModuleList(checkpoint.model for checkpoint in checkpoints)
@@ -72,6 +80,7 @@ class BrainAgeEnsemble(nn.Module):
         mirrored = torch.cat([volumes, torch.flip(volumes, dims=(2 + LEFT_RIGHT_AXIS,))])
         ages = []
         for k, (member, flip) in enumerate(zip(self.members, self.flips, strict=False)):
+            assert isinstance(member, AgeRegressor)  # narrows nn.ModuleList's items for the type checker
             if flip:
                 z = member.predict_z(member(mirrored))
                 z = (z[:size] + z[size:]) / 2

@@ -43,9 +43,9 @@ def find_t1w(root: Path) -> list[Path]:
     return sorted(found, key=lambda path: natural_key(str(path)))
 
 
-def read_participants_and_sessions(root: Path) -> tuple[dict[str, Row], dict[str, dict[str, Row | None] | None], list[Problem]]:
+def read_participants_and_sessions(root: Path) -> tuple[dict[str, Row | None], dict[str, dict[str, Row | None] | None], list[Problem]]:
     """``participants.tsv`` by participant and every ``sub-*/sub-*_sessions.tsv`` by subject folder
-    (None for one that cannot be read), with the problems found; the participants' ages are
+    (None for a sessions file that cannot be read, or for an id given twice), with the problems found; the participants' ages are
     required only when no sessions file gives them."""
     session_files = sorted(root.glob("sub-*/sub-*_sessions.tsv"))
     participants, problems = _participants(root / "participants.tsv", needs_age=not session_files)
@@ -138,13 +138,13 @@ def _by_id(frame: pd.DataFrame, path: Path, id_column: str) -> tuple[dict[str, R
     rows: dict[str, Row | None] = {}
     problems = []
     for record in frame.to_dict("records"):
-        key = record.pop(id_column)
+        key = str(record.pop(id_column))
         if key in rows:
             if rows[key] is not None:
                 problems.append(Problem(str(path), f"duplicate {id_column} {key}: left out"))
             rows[key] = None
         else:
-            rows[key] = record
+            rows[key] = {str(name): value for name, value in record.items()}
     return rows, problems
 
 

@@ -20,7 +20,7 @@ from brainage.models.base import AgeRegressor
 NORMS = ("batch", "group", "instance")
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
+def make_norm(kind: str, channels: int) -> nn.BatchNorm3d | nn.GroupNorm | nn.InstanceNorm3d:
     """A 3D normalisation layer of the given kind over ``channels`` channels."""
     if kind == "batch":
         return nn.BatchNorm3d(channels)

@@ -37,6 +37,8 @@ class SFCN(AgeRegressor):
     """Lightweight fully convolutional brain-age network with a soft-label (age-bin) head."""
 
     name = "sfcn"
+    bin_edges: torch.Tensor  # buffers, registered in __init__
+    bin_centres: torch.Tensor
 
     def __init__(
         self,
