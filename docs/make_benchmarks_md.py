@@ -54,8 +54,11 @@ settings may be chosen), then runs once on each evaluation seed: a fresh synthet
 people, new folds) per seed. Every MAE has a subject-level bootstrap 95 % CI (people resampled with
 all their sessions and scans, `brainage.bootstrap`), and the network's difference from the best
 baseline a paired one (the same resampled people for both); "ahead" means that CI lies below zero.
-MAE against age after the bias correction is pulled towards age by construction; how well brain
-age is read is the MAE against the true brain age and the gap fidelity.
+Columns: MAE against age; MAE true, against the cohort's true brain age; gap fidelity, the partial
+correlation of predicted with true brain age given age; Δ MAE, the network's MAE minus the best
+baseline's (the lowest MAE at that level); each with its 95 % CI in brackets. MAE against age after
+the bias correction is pulled towards age by construction; how well brain age is read is the MAE
+against the true brain age and the gap fidelity.
 
 ```bash
 .venv/bin/python bench/accuracy.py --out bench-out/eval-demo --preset demo --eval-seeds 1 2 3
