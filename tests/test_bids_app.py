@@ -77,7 +77,7 @@ def test_participant_jobs_then_group_make_a_valid_derivatives_dataset(tmp_path: 
     assert {"age", "brain_age", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected", "qc_score"} <= set(session)
     assert np.allclose(session["brain_age_gap"], session["brain_age"] - 70.0, atol=1e-3)
     sidecar = json.loads((out / "sub-01/ses-1/sub-01_ses-1_scans.json").read_text())
-    assert sidecar["Model"]["Name"] == "resnet" and sidecar["Preprocessing"]["pipeline"] == "seed"
+    assert sidecar["Model"]["Name"] == "resnet" and sidecar["Preprocessing"]["pipeline"] == "tutorial"
     assert sidecar["brain_age"]["Units"] == "year"
     ageless = (out / "sub-03/sub-03_scans.tsv").read_text().splitlines()[1].split("\t")
     header = (out / "sub-03/sub-03_scans.tsv").read_text().splitlines()[0].split("\t")

@@ -52,3 +52,33 @@ def test_the_tutorials_network_under_its_old_name_seed_still_trains_and_loads(tm
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), network(x))
+
+
+def _old_digest(values: dict, *names: str) -> str:
+    """The digest as the code before the renames computed it from a configuration dict with the old names."""
+    import hashlib
+    import json
+
+    from brainage.preprocess.pipelines import PIPELINE_VERSION
+
+    chosen = {key: values[key] for key in (names or values) if key in values}
+    text = json.dumps({"version": PIPELINE_VERSION, "pipeline": values["pipeline"], **chosen}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def test_the_tutorial_pipeline_and_bias_field_keep_the_cache_keys_of_their_old_names() -> None:
+    from brainage.preprocess import config_from_dict, make_config
+
+    tutorial = make_config("tutorial")
+    old_tutorial = {"pipeline": "seed", "shape": [64, 64, 64], "voxel_size": 4.0, "dtype": "float32", "qc_threshold": None}  # as cache.json held it
+    assert make_config("seed") == tutorial == config_from_dict(old_tutorial) and tutorial.to_dict()["pipeline"] == "tutorial"
+    assert (tutorial.volume_digest(), tutorial.digest()) == ("12c3006f83a5b9c9", "be9a2a2d9e816013")  # computed before the rename (commit b88de51)
+    assert tutorial.digest() == _old_digest(old_tutorial)
+
+    n4 = make_config("standard", bias_field=True)
+    old = {("bias_correction" if key == "bias_field" else key): value for key, value in n4.to_dict().items()}  # a cache.json written before
+    assert make_config("standard", bias_correction=True) == n4 == config_from_dict(old)
+    assert "bias_field" in n4.to_dict() and "bias_correction" not in n4.to_dict()
+    spatial = [("bias_correction" if name == "bias_field" else name) for name in n4.SPATIAL_FIELDS]
+    assert n4.digest(*n4.SPATIAL_FIELDS) == _old_digest(old, *spatial) and n4.digest() == _old_digest(old)
+    assert n4.volume_digest() != make_config("standard").volume_digest()  # still a setting that changes the volume

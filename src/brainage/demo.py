@@ -24,7 +24,7 @@ from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover
 from brainage.predict import BrainAgeModel, accuracy_table, summarise_sessions
 from brainage.preprocess import make_config, prepare
-from brainage.preprocess.pipelines import PIPELINES, PipelineConfig
+from brainage.preprocess.pipelines import PIPELINES, PipelineConfig, pipeline_name
 from brainage.reliability import coverage
 from brainage.report import build_report
 from brainage.training import TrainConfig, train
@@ -78,6 +78,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         get_preset(self.preset)
+        object.__setattr__(self, "pipeline", pipeline_name(self.pipeline))  # seed: the tutorial pipeline's old name
         if self.pipeline not in PIPELINES:
             raise BrainAgeError(f"unknown pipeline {self.pipeline!r}; choose from {', '.join(PIPELINES)}")
 

@@ -1,4 +1,4 @@
-"""Preprocessing pipelines (``standard``, ``seed``) and the on-disk cache they fill."""
+"""Preprocessing pipelines (``standard``, ``tutorial``) and the on-disk cache they fill."""
 
 from brainage.preprocess.cache import PreparedCache, PrepareReport, content_hash, load_cache, prepare
 from brainage.preprocess.pipelines import (
@@ -6,6 +6,7 @@ from brainage.preprocess.pipelines import (
     PreparedScan,
     SeedConfig,
     StandardConfig,
+    TutorialConfig,
     config_from_dict,
     make_config,
     preprocess_scan,
@@ -18,6 +19,7 @@ __all__ = [
     "PreparedScan",
     "SeedConfig",
     "StandardConfig",
+    "TutorialConfig",
     "config_from_dict",
     "content_hash",
     "load_cache",

@@ -1,4 +1,4 @@
-"""The two preprocessing pipelines, their configurations, and ``preprocess_scan``.
+"""The two preprocessing pipelines (``standard`` and ``tutorial``), their configurations, and ``preprocess_scan``.
 
 A configuration is a frozen dataclass with every default in one place; ``to_dict`` and
 ``config_from_dict`` round-trip it through JSON so it can live in a cache and a checkpoint and be
@@ -44,6 +44,11 @@ class PipelineConfig:
     #: ``to_dict`` (so of every digest), and a dict without it reads back as that value: an old
     #: cache keeps its keys and an old checkpoint its preprocessing.
     LEGACY: ClassVar[dict[str, Any]] = {}
+    #: Fields renamed since caches were first keyed: their name now → the name digests still use,
+    #: so that a rename keeps every cache key; :func:`config_from_dict` reads the old names too.
+    OLD_FIELD_NAMES: ClassVar[dict[str, str]] = {}
+    #: The pipeline's name before it was renamed, which its digests still use (None: never renamed).
+    old_name: ClassVar[str | None] = None
     #: Fields that change only the repeats of a session (whose cache keys hold them), not a scan
     #: prepared on its own: left out of :meth:`volume_digest`.
     SESSION_FIELDS: ClassVar[tuple[str, ...]] = ()
@@ -60,8 +65,8 @@ class PipelineConfig:
     def digest(self, *names: str) -> str:
         """A short hash of the fields ``names`` (all fields if none) and the pipeline version."""
         values = self.to_dict()
-        chosen = {key: values[key] for key in (names or values) if key in values}
-        text = json.dumps({"version": PIPELINE_VERSION, "pipeline": self.name, **chosen}, sort_keys=True)
+        chosen = {self.OLD_FIELD_NAMES.get(key, key): values[key] for key in (names or values) if key in values}
+        text = json.dumps({"version": PIPELINE_VERSION, **chosen, "pipeline": self.old_name or self.name}, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def volume_digest(self) -> str:
@@ -77,8 +82,9 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
-class SeedConfig(PipelineConfig):
-    """The tutorial's preprocessing, reproduced faithfully for side-by-side comparison.
+class TutorialConfig(PipelineConfig):
+    """The tutorial's preprocessing (the ``tutorial`` pipeline, ``seed`` before: its old name is
+    still accepted and its caches keep their keys), reproduced faithfully for side-by-side comparison.
 
     nibabel load, sform set from qform, nilearn ``resample_img`` of the whole raw volume onto a
     ``voxel_size``-mm grid with zero translation (it covers world x, y, z ≥ 0 only, which may cut
@@ -86,7 +92,8 @@ class SeedConfig(PipelineConfig):
     (the tutorial had none); the registration score is still recorded.
     """
 
-    name: ClassVar[str] = "seed"
+    name: ClassVar[str] = "tutorial"
+    old_name: ClassVar[str | None] = "seed"
     shape: tuple[int, int, int] = (64, 64, 64)
     voxel_size: float = 4.0
     dtype: str = "float32"
@@ -99,7 +106,7 @@ class SeedConfig(PipelineConfig):
 
 @dataclass(frozen=True)
 class StandardConfig(PipelineConfig):
-    """Reorient → optional N4 → skull strip → affine registration to MNI152 → resample →
+    """Reorient → optional N4 bias-field correction (``bias_field``) → skull strip → affine registration to MNI152 → resample →
     robust z-score inside the brain.
 
     The output grid (64³ voxels of 3 mm: the tutorial's tensor size, all of the brain) is centred
@@ -150,7 +157,7 @@ class StandardConfig(PipelineConfig):
     voxel_size: float = 3.0
     dtype: str = "float16"
     qc_threshold: float | None = 0.4
-    bias_correction: bool = False
+    bias_field: bool = False
     n4_shrink_factor: int = 4
     skull_strip: str = "deepbet-coarse"
     strip_shape: int = 192
@@ -168,7 +175,7 @@ class StandardConfig(PipelineConfig):
 
     #: Fields that decide the brain mask and the registration (the expensive, reusable part).
     SPATIAL_FIELDS: ClassVar[tuple[str, ...]] = (
-        "bias_correction",
+        "bias_field",
         "n4_shrink_factor",
         "skull_strip",
         "strip_shape",
@@ -181,6 +188,8 @@ class StandardConfig(PipelineConfig):
     )
     SESSION_FIELDS: ClassVar[tuple[str, ...]] = ("session_reuse", "rigid_voxel_size", "rigid_iterations")
     SKULL_STRIPS: ClassVar[tuple[str, ...]] = ("deepbet-coarse", "deepbet")
+    #: N4 was ``bias_correction``, the name the age-bias correction of training also has.
+    OLD_FIELD_NAMES: ClassVar[dict[str, str]] = {"bias_field": "bias_correction"}
 
     def __post_init__(self) -> None:
         if self.skull_strip not in self.SKULL_STRIPS:
@@ -194,22 +203,33 @@ class StandardConfig(PipelineConfig):
 
 
 #: Configuration classes by the ``pipeline`` name that ``to_dict`` writes.
-PIPELINES: dict[str, type[PipelineConfig]] = {"standard": StandardConfig, "seed": SeedConfig}
+PIPELINES: dict[str, type[PipelineConfig]] = {"standard": StandardConfig, "tutorial": TutorialConfig}
+#: Old pipeline names and their names now: ``make_config``, ``config_from_dict`` and ``--pipeline`` accept them.
+RENAMED_PIPELINES: dict[str, str] = {"seed": "tutorial"}
+#: The earlier name of the tutorial's configuration class.
+SeedConfig = TutorialConfig
 #: Named configurations for ``make_config`` and ``brainage prepare --pipeline``: a class and its overrides.
 #: ``standard-v1`` is the earlier default, whose caches and checkpoints it reproduces.
 NAMED_PIPELINES: dict[str, tuple[type[PipelineConfig], dict[str, Any]]] = {
     "standard": (StandardConfig, {}),
     "standard-v1": (StandardConfig, {**StandardConfig.LEGACY, "qc_threshold": 0.5}),
-    "seed": (SeedConfig, {}),
+    "tutorial": (TutorialConfig, {}),
 }
 
 
+def pipeline_name(name: str) -> str:
+    """The current name of pipeline ``name`` (itself unless it is an old name in :data:`RENAMED_PIPELINES`)."""
+    return RENAMED_PIPELINES.get(name, name)
+
+
 def make_config(pipeline: str = "standard", **overrides: Any) -> PipelineConfig:
-    """The named pipeline's default configuration with ``overrides`` (``None`` values ignored)."""
+    """The named pipeline's default configuration with ``overrides`` (``None`` values ignored);
+    old names of pipelines and settings (``seed``, ``bias_correction``) are read as their names now."""
+    pipeline = pipeline_name(pipeline)
     if pipeline not in NAMED_PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(NAMED_PIPELINES)}")
     cls, defaults = NAMED_PIPELINES[pipeline]
-    given = {key: value for key, value in overrides.items() if value is not None}
+    given = _current_fields(cls, {key: value for key, value in overrides.items() if value is not None})
     unknown = sorted(set(given) - {field.name for field in fields(cls)})
     if unknown:
         raise ValueError(f"the {pipeline} pipeline has no setting {', '.join(unknown)}")
@@ -218,12 +238,20 @@ def make_config(pipeline: str = "standard", **overrides: Any) -> PipelineConfig:
 
 def config_from_dict(values: dict[str, Any]) -> PipelineConfig:
     """Rebuild a configuration written by ``to_dict`` (lists become tuples; missing fields added
-    since are read as their :attr:`~PipelineConfig.LEGACY` values)."""
+    since are read as their :attr:`~PipelineConfig.LEGACY` values; old names of the pipeline and
+    of fields as their names now)."""
     values = dict(values)
-    cls = PIPELINES[values.pop("pipeline")]
+    cls = PIPELINES[pipeline_name(values.pop("pipeline"))]
+    values = _current_fields(cls, values)
     known = {field.name for field in fields(cls)}
     given = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items() if key in known}
     return cls(**{**cls.LEGACY, **given})
+
+
+def _current_fields(cls: type[PipelineConfig], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old names of ``cls``'s renamed fields replaced by their names now."""
+    current = {old: new for new, old in cls.OLD_FIELD_NAMES.items()}
+    return {current.get(key, key): value for key, value in values.items()}
 
 
 @dataclass(frozen=True)
@@ -296,8 +324,8 @@ def preprocess_scan(
     measures: dict[str, float] = {}
     try:
         spatial = spatial or _external_spatial(path, config)  # an fMRIPrep brain mask beside the scan: preprocess/external_mask.py
-        if isinstance(config, SeedConfig):
-            volume = _run_seed(Path(path), config, timer)
+        if isinstance(config, TutorialConfig):
+            volume = _run_tutorial(Path(path), config, timer)
         elif isinstance(config, StandardConfig):
             volume, spatial, source = _run_standard(Path(path), config, spatial, timer, device, reference)
         else:
@@ -313,7 +341,7 @@ def preprocess_scan(
     return PreparedScan(volume.astype(config.dtype), score, spatial, timer.seconds, measures)
 
 
-def _run_seed(path: Path, config: SeedConfig, timer: StageTimer) -> np.ndarray:
+def _run_tutorial(path: Path, config: TutorialConfig, timer: StageTimer) -> np.ndarray:
     from nilearn.image import resample_img
 
     with timer("load"):
@@ -345,7 +373,7 @@ def _run_standard(
     with timer("load"):
         scan = load_scan(path)
         data, affine = stages.reorient_ras(scan.data, scan.affine)
-    if config.bias_correction:
+    if config.bias_field:
         with timer("bias"):
             data = stages.n4_bias_correct(data, affine, config.n4_shrink_factor)
     if (spatial is None or spatial.mask.shape != data.shape) and reference is not None:
