@@ -44,9 +44,19 @@ from brainage.utils import atomic_write
 ANALYSIS_LEVELS = ("participant", "group")
 #: Columns of ``predict`` copied into the session TSVs, in this order (those present).
 RESULT_COLUMNS = (
-    "age", "brain_age", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected",
-    "brain_age_lower", "brain_age_upper", "brain_age_sd", "bias_correction", "qc_score", "qc_flagged", "warnings",
-)  # fmt: skip
+    "age",
+    "brain_age",
+    "brain_age_corrected",
+    "brain_age_gap",
+    "brain_age_gap_corrected",
+    "brain_age_lower",
+    "brain_age_upper",
+    "brain_age_sd",
+    "bias_correction",
+    "qc_score",
+    "qc_flagged",
+    "warnings",
+)
 #: Averaged over a session's scans at group level.
 AVERAGED = ("age", "brain_age", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected", "brain_age_lower", "brain_age_upper")
 DESCRIPTIONS = {
@@ -175,10 +185,10 @@ def run_participants(
     result = BidsAppResult("participant", problems=sorted(unique, key=lambda problem: natural_key(problem.path)))
     write_description(output_dir, bids_dir)
     for (participant, session), rows in merged.groupby(["participant", merged["session"].fillna("")], sort=True):
-        folder = output_dir / participant / session if session else output_dir / participant
+        folder = output_dir / str(participant) / str(session) if session else output_dir / str(participant)
         stem = f"{participant}_{session}" if session else participant
         known = [column for column in RESULT_COLUMNS if column in rows]
-        extra = [column for column in rows if column.startswith("brain_age") and column not in known]  # e.g. a new interval's columns
+        extra = [str(column) for column in rows if str(column).startswith("brain_age") and column not in known]  # e.g. a new interval's columns
         columns = ["filename", *known, *extra]
         table = rows.sort_values("filename", key=lambda values: values.map(natural_key))[columns]
         result.files.append(_write_tsv(table, folder / f"{stem}_scans.tsv"))
@@ -214,7 +224,7 @@ def run_group(bids_dir: Path, output_dir: Path, labels: Sequence[str] = ()) -> B
     scans = pd.concat(frames, ignore_index=True)
     keys = ["participant_id", "session_id"]
     grouped = scans.groupby(keys, sort=False, dropna=False)
-    averaged = [*(c for c in AVERAGED if c in scans), *(c for c in scans if c.startswith("brain_age") and c not in AVERAGED)]
+    averaged = [*(c for c in AVERAGED if c in scans), *(str(c) for c in scans if str(c).startswith("brain_age") and c not in AVERAGED)]
     table = grouped[averaged].mean(numeric_only=True)
     if "qc_score" in scans:
         table["qc_score"] = grouped["qc_score"].min()
@@ -224,12 +234,14 @@ def run_group(bids_dir: Path, output_dir: Path, labels: Sequence[str] = ()) -> B
         table["warnings"] = grouped["warnings"].agg(lambda values: "; ".join(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v)))
     table["n_scans"] = grouped.size()
     table = table.reset_index()
-    table = table.iloc[sorted(range(len(table)), key=lambda i: (natural_key(table["participant_id"].iat[i]), natural_key(str(table["session_id"].iat[i]))))]
+    table = table.iloc[
+        sorted(range(len(table)), key=lambda i: (natural_key(str(table["participant_id"].iat[i])), natural_key(str(table["session_id"].iat[i]))))
+    ]
     write_description(output_dir, bids_dir)
     model = _first_sidecar(files)
     result = BidsAppResult("group", problems=problems, sessions=len(table), scans=len(scans))
     result.files.append(_write_tsv(table, output_dir / "phenotype" / "brainage.tsv"))
-    description = {
+    description: dict[str, object] = {
         "MeasurementToolMetadata": {"Description": f"brainage {__version__}: brain age from T1-weighted MRI, one row per session, repeat scans averaged"},
         **_column_descriptions(table.columns),
         **{key: model[key] for key in ("Model", "Preprocessing") if key in model},
@@ -301,7 +313,7 @@ def _sidecar(model: object, bids_dir: Path) -> dict[str, object]:
     }
     correction = getattr(model, "correction", None)
     if isinstance(correction, str):
-        described["Model"]["BiasCorrection"] = correction  # type: ignore[index]
+        described["Model"]["BiasCorrection"] = correction
     return json.loads(json.dumps(described, default=_jsonable))
 
 

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from brainage.preprocess import preprocess_scan
 from brainage.preprocess.stages import zscore
 from brainage.preprocess.template import template_on_grid
 from brainage.utils import atomic_write
+
+if TYPE_CHECKING:
+    import onnx
 
 OUTPUTS = ("brain_age", "brain_age_corrected")
 #: Largest difference (years) between ONNX Runtime and PyTorch that an export may show.
@@ -94,10 +98,15 @@ def export_onnx(
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*feature will be removed.*")
             torch.onnx.export(
-                network, (batch, age), str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=["volume", "age"], output_names=list(OUTPUTS),
+                network,
+                (batch, age),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["volume", "age"],
+                output_names=list(OUTPUTS),
                 dynamic_axes={"volume": {0: "batch"}, "age": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}},
-            )  # fmt: skip
+            )
         graph = onnx.load(str(tmp))
         _add_metadata(graph, model)
         onnx.save(graph, str(tmp))
@@ -111,7 +120,7 @@ def export_onnx(
     return ExportResult(Path(out), check_input, difference, tolerance, len(model.checkpoints))
 
 
-def _add_metadata(graph: object, model: BrainAgeModel) -> None:
+def _add_metadata(graph: onnx.ModelProto, model: BrainAgeModel) -> None:
     """What a deployment needs beside the graph: how to preprocess, training age range, provenance."""
     low, high = model.train_age_range
     values = {
@@ -124,7 +133,7 @@ def _add_metadata(graph: object, model: BrainAgeModel) -> None:
         "bias_correction": model.correction,
     }
     for key, value in values.items():
-        entry = graph.metadata_props.add()  # type: ignore[attr-defined]
+        entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,10 @@ from brainage.errors import InputError, Problem
 from brainage.io.images import check_scan_file
 from brainage.utils import atomic_write
 
-#: Required columns, in order, with their dtypes ("str" is pandas' string dtype, missing = NaN).
-CORE_COLUMNS: dict[str, str] = {
+#: A manifest column's dtype: pandas' string dtype (missing = NaN) or float64.
+ColumnDtype = Literal["str", "float64"]
+#: Required columns, in order, with their dtypes.
+CORE_COLUMNS: dict[str, ColumnDtype] = {
     "scan_id": "str",
     "subject_id": "str",
     "session_id": "str",
@@ -30,7 +33,7 @@ CORE_COLUMNS: dict[str, str] = {
     "cdr": "float64",
 }
 #: The remaining OASIS-2 columns, kept (in this order, after the core) when the source has them.
-OASIS_EXTRA_COLUMNS: dict[str, str] = {
+OASIS_EXTRA_COLUMNS: dict[str, ColumnDtype] = {
     "visit": "float64",
     "mr_delay": "float64",
     "hand": "str",
@@ -41,7 +44,7 @@ OASIS_EXTRA_COLUMNS: dict[str, str] = {
     "nwbv": "float64",
     "asf": "float64",
 }
-COLUMN_DTYPES: dict[str, str] = {**CORE_COLUMNS, **OASIS_EXTRA_COLUMNS}
+COLUMN_DTYPES: dict[str, ColumnDtype] = {**CORE_COLUMNS, **OASIS_EXTRA_COLUMNS}
 #: Columns that may never be missing.
 NON_MISSING = ("scan_id", "subject_id", "session_id", "path", "age")
 AGE_RANGE = (0.0, 130.0)
@@ -229,7 +232,7 @@ def finish(
     )
 
 
-def _coerce(series: pd.Series, dtype: str, column: str, source: str | Path) -> pd.Series:
+def _coerce(series: pd.Series, dtype: ColumnDtype, column: str, source: str | Path) -> pd.Series:
     if dtype == "str":
         return series.map(lambda value: math.nan if is_missing(value) else str(value).strip()).astype("str")
     cleaned = series.map(lambda value: math.nan if is_missing(value) else str(value).strip())
