@@ -184,7 +184,13 @@ def compare_predictors(
             records[column].update(_ci("diff", difference), best_baseline=baselines[best], ahead=bool(difference.high < 0))
     rows = list(records.values())
     if truth:
-        rows.append({"predictor": TRUE_BRAIN_AGE_LABEL, "n": int(at_level(predictions, [], level)["true_brain_age"].notna().sum()),
-                     **_ci("mae", bootstrap_mae(predictions, "true_brain_age", level, resamples=resamples, seed=seed)),
-                     "mae_true": 0.0, "gap_fidelity": 1.0})  # fmt: skip
+        rows.append(
+            {
+                "predictor": TRUE_BRAIN_AGE_LABEL,
+                "n": int(at_level(predictions, [], level)["true_brain_age"].notna().sum()),
+                **_ci("mae", bootstrap_mae(predictions, "true_brain_age", level, resamples=resamples, seed=seed)),
+                "mae_true": 0.0,
+                "gap_fidelity": 1.0,
+            }
+        )
     return rows

@@ -46,7 +46,7 @@ class Demographics:
     education: tuple[tuple[int, float], ...] = (
         (6, 0.01), (8, 0.03), (11, 0.04), (12, 0.30), (13, 0.06), (14, 0.10),
         (15, 0.05), (16, 0.20), (17, 0.03), (18, 0.15), (20, 0.02), (23, 0.01),
-    )  # fmt: skip
+    )  # fmt: skip  # a table in two rows of (years, share) pairs rather than twelve lines
     #: Hollingshead SES (1 high … 5 low) ≈ 5 − (EDUC − 6)/4 + N(0, ses_sd²), rounded into 1..5.
     ses_sd: float = 0.7
     #: Shares of subjects without SES and of sessions without MMSE (OASIS-2: 8 of 150, 2 of 373).
@@ -56,9 +56,7 @@ class Demographics:
     demented_cdr: tuple[tuple[float, float], ...] = ((0.5, 0.75), (1.0, 0.23), (2.0, 0.02))
     cdr_step_per_year: float = 0.07
     #: MMSE ~ N(mean, sd²) by CDR, rounded into 4..30.
-    mmse_by_cdr: tuple[tuple[float, float, float], ...] = (
-        (0.0, 29.0, 1.0), (0.5, 25.5, 2.8), (1.0, 21.0, 3.8), (2.0, 15.0, 4.5),
-    )  # fmt: skip
+    mmse_by_cdr: tuple[tuple[float, float, float], ...] = ((0.0, 29.0, 1.0), (0.5, 25.5, 2.8), (1.0, 21.0, 3.8), (2.0, 15.0, 4.5))
 
 
 @dataclass(frozen=True)

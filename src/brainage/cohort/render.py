@@ -249,10 +249,7 @@ def acquire(
     upper = np.clip(np.ceil(reach.max(1)).astype(int) + 2, 0, preset.shape)
     image = np.zeros(preset.shape, dtype=np.float32)
     box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=False))
-    ndimage.affine_transform(
-        signal, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant",
-        output=image[box],
-    )  # fmt: skip
+    ndimage.affine_transform(signal, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant", output=image[box])
     image *= bias
     noise = np.random.default_rng(scan.noise_seed).standard_normal((2, *preset.shape), dtype=np.float32)
     noise *= np.float32(session.noise_sd)

@@ -35,10 +35,7 @@ from brainage.cohort.people import SessionRecord, SubjectRecord, sample_cohort
 from brainage.cohort.presets import Preset
 from brainage.cohort.render import aged_tissues, measure, subject_anatomy
 
-COLUMNS = (
-    "Subject ID", "MRI ID", "Group", "Visit", "MR Delay", "M/F", "Hand",
-    "Age", "EDUC", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF",
-)  # fmt: skip
+COLUMNS = ("Subject ID", "MRI ID", "Group", "Visit", "MR Delay", "M/F", "Hand", "Age", "EDUC", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF")
 #: Grid (mm) of the atlas in which the spreadsheet's segmentation is made, whatever the preset.
 ATLAS_RESOLUTION = 3.0
 #: Brain ages (years after the template's) at which the atlas nWBV is computed; between them it is
@@ -120,10 +117,22 @@ def _atlas(ageing: AgeingModel) -> tuple[float, PchipInterpolator, tuple[float, 
 
 #: The template itself as a subject: no warp, head scale 1 (only its anatomy is used).
 _TEMPLATE = SubjectRecord(
-    subject_id="MNI152", sex="F", hand="R", group="Nondemented", educ=0, ses=None, brain_age_offset=0.0,
-    onset_days=None, head_scale=1.0, deformation_mm=0.0, deformation_seed=0, skull_thickness=1.0,
-    scalp_thickness=1.0, sessions=(), nwbv_error=0.0,
-)  # fmt: skip
+    subject_id="MNI152",
+    sex="F",
+    hand="R",
+    group="Nondemented",
+    educ=0,
+    ses=None,
+    brain_age_offset=0.0,
+    onset_days=None,
+    head_scale=1.0,
+    deformation_mm=0.0,
+    deformation_seed=0,
+    skull_thickness=1.0,
+    scalp_thickness=1.0,
+    sessions=(),
+    nwbv_error=0.0,
+)
 
 
 def spreadsheet_statistics(sheet: pd.DataFrame) -> dict[str, float]:

@@ -49,7 +49,7 @@ from brainage.cohort.people import (
     SessionRecord,
     SubjectRecord,
     sample_cohort,
-)  # fmt: skip
+)
 from brainage.cohort.presets import Preset
 from brainage.cohort.render import Volumes, acquire, aged_tissues, bias_field, measure, scanner_affine, subject_anatomy, t1_signal
 from brainage.cohort.spreadsheet import REAL_OASIS2, demographics_table, spreadsheet_statistics
