@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MIN_VENV := build/venv-min
 MIN_LOG := $(MIN_VENV)/pip.log
 
-.PHONY: setup demo test test-min-versions clean
+.PHONY: setup demo test lint test-min-versions clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Lint, format and types: ruff and mypy as configured in pyproject.toml (mypy checks src/).
+lint: $(STAMP)
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/mypy src
 
 # The declared floor of every dependency (tools/min_constraints.py) beside the local torch wheel, in a
 # second environment, then the fast tests; pip's output goes to $(MIN_LOG), shown only on failure.
