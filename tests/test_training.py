@@ -19,6 +19,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from brainage.baselines import BASELINES
+from brainage.checkpoint import TrainingOverlapError
 from brainage.cli import app
 from brainage.data import BrainAgeDataModule, make_folds
 from brainage.errors import BrainAgeError, InputError
@@ -31,6 +33,7 @@ from brainage.report import build_report
 from brainage.training import (
     BrainAgeModule,
     ConfigError,
+    EvaluationSettings,
     RunFolderError,
     TrainConfig,
     TrainingDiverged,
@@ -43,6 +46,7 @@ from brainage.training import (
     save_checkpoint,
     train,
 )
+from brainage.training.run import calibration_split, calibration_warning
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
 
@@ -105,7 +109,7 @@ def test_every_scan_gets_one_out_of_fold_prediction_beside_the_baselines(tiny_ru
     predictions = _csv(tiny_run / "predictions.csv")
     assert sorted(predictions["scan_id"]) == sorted(cache.manifest["scan_id"])
     assert set(predictions["fold"]) == set(range(config.folds))
-    for column in ("brain_age", "mean_age", "ridge_tabular", "ridge_voxels", "true_brain_age"):
+    for column in ("brain_age", *BASELINES, "true_brain_age"):
         assert predictions[column].notna().all(), column
     # 12 subjects: too few controls for a bias correction, so none is applied and none is made up.
     assert "brain_age_corrected" in predictions and predictions["brain_age_corrected"].isna().all()
@@ -113,7 +117,7 @@ def test_every_scan_gets_one_out_of_fold_prediction_beside_the_baselines(tiny_ru
     assert predictions.groupby("fold")["mean_age"].nunique().eq(1).all()
     summary = pd.read_csv(tiny_run / "summary.csv")
     assert list(summary["level"].drop_duplicates()) == ["session", "scan"]  # the headline level first
-    assert set(summary["model"]) == {config.model, "mean age", "ridge nWBV+eTIV+sex", "ridge voxels (PCA)", TRUE_BRAIN_AGE_LABEL}
+    assert set(summary["model"]) == {config.model, *BASELINES.values(), TRUE_BRAIN_AGE_LABEL}
     network = summary[(summary["model"] == config.model) & (summary["level"] == "scan")]
     assert list(network["correction"]) == ["none"]
     assert network["n"].tolist() == [len(cache.manifest)]
@@ -270,6 +274,17 @@ def test_an_ensemble_averages_members_trained_from_other_seeds_on_the_same_split
     history = pd.read_csv(run / "metrics.csv")
     assert history.groupby("member").size().to_dict() == {0: config.epochs, 1: config.epochs}
     assert len(BrainAgeModel.load(run).checkpoints) == 2  # `brainage predict RUN` averages both
+    # Hold-out: the correction and the intervals are calibrated on people apart from those that chose the best epoch.
+    stopping, calibrating = (set(_csv(run / "fold_0" / f"{side}_predictions.csv")["subject_id"]) for side in ("val", "calibration"))
+    assert stopping and calibrating and not stopping & calibrating and not calibrating & set(predictions["subject_id"])
+    record = yaml.safe_load((run / "bias_correction.yaml").read_text())
+    assert set(record["folds"][0]["subjects"]) <= calibrating and record["folds"][0]["fitted_on"] == "calibration predictions of the training side"
+    calibration = load_checkpoint(result.checkpoints[0]).extra["calibration"]
+    assert "calibration people" in calibration["fitted_on"] and calibration["served"] == "the mean of 2 network(s)"
+    assert result.interval is not None and result.interval.n_ == _csv(run / "fold_0" / "calibration_predictions.csv")["session_id"].nunique()
+    _, calibration_rows = calibration_split(cache.manifest, make_folds(cache.manifest, None, seed=config.seed), dataclasses.replace(config, folds=None))
+    line = calibration_warning(cache.manifest, calibration_rows, config)
+    assert line is not None and "fewer than 20" in line and "--folds" in line and "\n" not in line
 
 
 def test_a_run_folder_written_before_a_setting_existed_still_resumes(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
@@ -344,7 +359,7 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
         combine([other.run_dir, tiny_run], tmp_path / "combined")
     elsewhere = train(cache, tmp_path / "elsewhere", dataclasses.replace(config, seed=5, baselines=False))
     assert elsewhere is not None
-    with pytest.raises(RunFolderError, match="not trained on the same split_digest"):
+    with pytest.raises(TrainingOverlapError, match="test people of fold 0"):  # other folds: its networks trained on this run's test people
         combine([tiny_run, elsewhere.run_dir], tmp_path / "mixed")
     with pytest.raises(InputError, match=r"no config.yaml"):
         combine([tiny_run, tmp_path], tmp_path / "mixed")
@@ -357,16 +372,18 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
 
 
 def _oriented(run: Path, cache: PreparedCache, folder: Path, rising: bool) -> Path:
-    """A copy of ``run``'s fold-0 checkpoint whose predictions rise (``rising``) or fall with age
-    over the cohort: its age scale mirrored where needed (the one-epoch tiny run has no sign of its own)."""
-    checkpoint = load_checkpoint(run / "fold_0" / "model.ckpt")
-    predicted = predict_batches(
-        BrainAgeEnsemble([checkpoint]), [torch.from_numpy(np.stack([cache.volume(i) for i in range(len(cache.manifest))]))[:, None].float()]
-    )[:, 0]
-    r = np.corrcoef(predicted, cache.manifest["age"].to_numpy(dtype=float))[0, 1]
-    if (r > 0) != rising:
-        checkpoint.age_std = -checkpoint.age_std
-    return save_checkpoint(checkpoint, folder / ("rising" if rising else "falling") / "model.ckpt")
+    """A run folder of copies of ``run``'s fold checkpoints (fold k's was never fitted on fold k's test
+    people) whose predictions rise (``rising``) or fall with age over the cohort: each age scale
+    mirrored where needed (the one-epoch tiny run has no sign of its own)."""
+    target = folder / ("rising" if rising else "falling")
+    volumes = [torch.from_numpy(np.stack([cache.volume(i) for i in range(len(cache.manifest))]))[:, None].float()]
+    for checkpoint_path in sorted(run.glob("fold_*/model.ckpt")):
+        checkpoint = load_checkpoint(checkpoint_path)
+        predicted = predict_batches(BrainAgeEnsemble([checkpoint]), volumes)[:, 0]
+        if (np.corrcoef(predicted, cache.manifest["age"].to_numpy(dtype=float))[0, 1] > 0) != rising:
+            checkpoint.age_std = -checkpoint.age_std
+        save_checkpoint(checkpoint, target / checkpoint_path.parent.name / "model.ckpt")
+    return target
 
 
 def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
@@ -377,9 +394,9 @@ def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
     result = train(cache, tmp_path / "line", line)
     assert result is not None and result.history.empty and not (tmp_path / "line" / "training.png").exists()
     assert "Not trained: the weights of" in build_report(tmp_path / "line", saliency_scans=0).read_text(encoding="utf-8")
-    source = load_checkpoint(init)
     ages = cache.manifest["age"].to_numpy(dtype=float)
     for fold in make_folds(cache.manifest, line.folds, line.test_fraction, line.early_stopping_fraction, line.seed):
+        source = load_checkpoint(init / f"fold_{fold.index}" / "model.ckpt")
         refitted = load_checkpoint(tmp_path / "line" / f"fold_{fold.index}" / "model.ckpt")
         assert refitted.extra["fine_tuned_from"] == str(init.resolve()) and "age = " in refitted.extra["recalibration"]
         for name, weight in source.model.state_dict().items():  # every weight and batch-norm statistic as it was
@@ -396,3 +413,112 @@ def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
         train(cache, tmp_path / "falling-run", falling)
     with pytest.raises(ConfigError, match="needs one"):
         dataclasses.replace(config, epochs=0, init=None)
+
+
+# --- evaluation apart from training ----------------------------------------------------------------
+
+
+def _synthetic_run(tiny_run: Path, folder: Path, subjects: int = 100) -> Path:
+    """A copy of ``tiny_run`` (its config and checkpoints) whose two folds' out-of-fold predictions are
+    those of ``subjects`` synthetic people, half Nondemented (gap = −0.5 (age − 75)) and half
+    Demented (gap = 3 − 0.2 (age − 75)), enough controls of either group for a correction."""
+    shutil.copytree(tiny_run, folder)
+    rng = np.random.default_rng(0)
+    age = rng.uniform(60, 90, subjects)
+    demented = np.arange(subjects) % 2 == 1
+    gap = np.where(demented, 3 - 0.2 * (age - 75), -0.5 * (age - 75)) + rng.normal(0, 1, subjects)
+    rows = [
+        {"scan_id": f"P{i:03d}_MR1_mpr-{r}", "subject_id": f"P{i:03d}", "session_id": f"P{i:03d}_MR1", "age": age[i],
+         "group": "Demented" if demented[i] else "Nondemented", "fold": int(i >= subjects // 2),
+         "brain_age": age[i] + gap[i] + rng.normal(0, 0.5)}
+        for i in range(subjects) for r in (1, 2)
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    for fold in (0, 1):
+        frame[frame["fold"] == fold].to_csv(folder / f"fold_{fold}" / "predictions.csv", index=False)
+    (folder / "references.csv").write_text("scan_id\n")
+    return folder
+
+
+def test_evaluate_changes_the_controls_without_training(tiny_run: Path, tmp_path: Path) -> None:
+    run = _synthetic_run(tiny_run, tmp_path / "run")
+    weights = {fold: load_checkpoint(run / f"fold_{fold}" / "model.ckpt").model.state_dict() for fold in (0, 1)}
+    fold_files = {fold: (run / f"fold_{fold}" / "predictions.csv").read_bytes() for fold in (0, 1)}
+    runner = CliRunner()
+    first = runner.invoke(app, ["evaluate", str(run), "--control-group", "Nondemented"])
+    assert first.exit_code == 0, first.output
+    before = yaml.safe_load((run / "bias_correction.yaml").read_text())
+    corrected_before = _csv(run / "predictions.csv").set_index("scan_id")["brain_age_corrected"]
+    assert before["final"]["refused"] is None and before["final"]["slope"] == pytest.approx(-0.5, abs=0.1)
+    second = runner.invoke(app, ["evaluate", str(run), "--control-group", "Demented"])
+    assert second.exit_code == 0, second.output
+    after = yaml.safe_load((run / "bias_correction.yaml").read_text())
+    assert after["control_group"] == ["Demented"] and after["final"]["slope"] == pytest.approx(-0.2, abs=0.1)
+    corrected_after = _csv(run / "predictions.csv").set_index("scan_id")["brain_age_corrected"]
+    assert corrected_after.notna().all() and not np.allclose(corrected_after, corrected_before.loc[corrected_after.index])
+    for fold in (0, 1):
+        checkpoint = load_checkpoint(run / f"fold_{fold}" / "model.ckpt")
+        assert checkpoint.corrector.slope_ == pytest.approx(after["final"]["slope"])  # what predict serves
+        for name, weight in weights[fold].items():
+            torch.testing.assert_close(checkpoint.model.state_dict()[name], weight, rtol=0, atol=0)
+        assert (run / f"fold_{fold}" / "predictions.csv").read_bytes() == fold_files[fold]
+    assert yaml.safe_load((run / "evaluation.yaml").read_text())["control_group"] == ["Demented"]
+    summary = pd.read_csv(run / "summary.csv")
+    assert {"icc2_gap", "icc2_gap_low", "icc2_gap_high"} <= set(summary.columns)
+    kept = runner.invoke(app, ["evaluate", str(run)])  # settings left out: as last evaluated
+    assert kept.exit_code == 0 and yaml.safe_load((run / "bias_correction.yaml").read_text())["control_group"] == ["Demented"]
+    typo = runner.invoke(app, ["evaluate", str(run), "--control-group", "Dementd"])
+    assert typo.exit_code == 2 and "Dementd" in typo.output and "groups present: Demented, Nondemented" in typo.output
+    assert len(typo.output.strip().splitlines()) == 1
+
+
+def test_a_typo_in_the_control_group_is_refused_before_training(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no scans in control group\(s\) Nondementd; groups present: .*Nondemented") as error:
+        train(cache, tmp_path / "typo", dataclasses.replace(config, control_group=("Nondementd",)))
+    assert "\n" not in str(error.value) and not (tmp_path / "typo").exists()
+
+
+def test_post_hoc_settings_are_not_the_run_identity(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+    run = tmp_path / "resumed"
+    shutil.copytree(tiny_run, run)
+    metrics = (run / "metrics.csv").read_bytes()
+    other = dataclasses.replace(config, control_group=("Demented",), bias_correction="cole", interval=0.8, voxel_components=3)
+    result = train(cache, run, other)  # the same run: nothing is trained again
+    assert result is not None and (run / "metrics.csv").read_bytes() == metrics
+    pd.testing.assert_frame_equal(_csv(run / "fold_0" / "predictions.csv"), _csv(tiny_run / "fold_0" / "predictions.csv"))
+    record = yaml.safe_load((run / "bias_correction.yaml").read_text())
+    assert record["method"] == "cole" and record["control_group"] == ["Demented"]
+    assert set(record["folds"][0]["subjects"]) <= set(cache.manifest.loc[cache.manifest["group"] == "Demented", "subject_id"])
+    assert load_checkpoint(run / "fold_0" / "model.ckpt").interval.coverage == 0.8
+
+
+def test_the_served_mean_of_k_networks_is_covered_as_calibrated() -> None:
+    """The final correction and interval are fitted on single-fold out-of-fold predictions; predict
+    serves the mean of the K fold networks. On new people that mean's intervals cover at least the
+    nominal share (its errors are smaller: conservative, by a few points where each network's own
+    error is half the person's) and its corrected gap keeps no age bias (averaging removes noise, not
+    the networks' shrinkage towards the mean age)."""
+    rng = np.random.default_rng(0)
+    k, offset_sd, network_sd = 5, 3.0, 1.5
+
+    def people(n: int, start: int) -> tuple[pd.DataFrame, np.ndarray]:
+        age = rng.uniform(60, 90, n)
+        networks = (75 + 0.8 * (age - 75) + rng.normal(0, offset_sd, n))[:, None] + rng.normal(0, network_sd, (n, k))  # person's offset, each network's error
+        ids = [f"S{start + i:05d}" for i in range(n)]
+        frame = pd.DataFrame({"scan_id": ids, "subject_id": ids, "session_id": ids, "age": age, "group": "Nondemented"})
+        return frame, networks
+
+    known, networks = people(6000, 0)  # enough people that the fits' own sampling error stays small
+    known["fold"] = np.arange(len(known)) % k
+    known["brain_age"] = networks[np.arange(len(known)), known["fold"]]  # out of fold: the person's own fold's network
+    settings = EvaluationSettings(interval=0.9, progress=False)
+    _, corrector = correct_bias(known, pd.DataFrame(), settings, None)
+    _, interval = calibrate_intervals(known, pd.DataFrame(), settings)
+    new, networks = people(30000, 10**5)
+    served = networks.mean(axis=1)
+    lower, upper = interval.interval(served)
+    inside = float(np.mean((lower <= new["age"]) & (new["age"] <= upper)))
+    assert 0.9 - 0.005 <= inside <= 0.9 + 0.05
+    gap = corrector.transform(served, new["age"]) - new["age"]
+    by_age = gap.groupby(pd.cut(new["age"], [60, 70, 80, 90])).mean()
+    assert (by_age.abs() < 0.2).all(), by_age

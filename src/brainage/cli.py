@@ -177,6 +177,29 @@ def combine_command(
     _print_run(result, f"{len(runs)} runs combined, {len(result.checkpoints) // len(result.folds)} networks a fold")
 
 
+@app.command("evaluate")
+@reports_errors
+def evaluate_command(
+    run: Path = typer.Argument(..., help="A finished run folder (from `brainage train` or `brainage combine`)."),
+    control_group: list[str] | None = typer.Option(
+        None, "--control-group", help="Group value(s) that count as controls (repeatable); default: as the run was last evaluated, else from the data."
+    ),
+    bias_correction: str | None = typer.Option(None, "--bias-correction", help="residual, cole, or none; default: as the run was last evaluated."),
+    interval: float | None = typer.Option(None, "--interval", min=0.01, max=0.99, help="Coverage of the per-scan conformal intervals, e.g. 0.9."),
+) -> None:
+    """Evaluate a finished run again without training: bias correction, intervals, summary and what
+    the report reads, with other controls, another correction or another coverage.
+
+    The networks and their out-of-fold predictions are kept as they are; the checkpoints get the new
+    final correction and interval, so `brainage predict RUN` serves them.
+    """
+    from brainage.training import evaluate
+
+    result = evaluate(run, control_group=tuple(control_group) if control_group else None, bias_correction=bias_correction, interval=interval)
+    model = str(result.summary["model"].iloc[0]) if not result.summary.empty else "network"
+    _print_run(result, model)
+
+
 def _print_run(result: TrainResult, name: str) -> None:
     """The tables and notes `brainage train` and `brainage combine` print about a finished run."""
     from brainage.console import console, print_table

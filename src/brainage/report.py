@@ -29,12 +29,13 @@ from matplotlib.figure import Figure
 
 from brainage import __version__
 from brainage.checkpoint import fold_folder, load_checkpoint
+from brainage.conformal import covered
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import aggregate_sessions, gap_by_group
 from brainage.inference import BrainAgeEnsemble
 from brainage.preprocess import PreparedCache, StandardConfig, load_cache
 from brainage.preprocess.template import template_on_grid
-from brainage.reliability import covered, longitudinal, test_retest
+from brainage.retest import gap_retest, longitudinal, test_retest
 from brainage.saliency import METHODS, saliency_map
 from brainage.utils import atomic_write
 
@@ -94,6 +95,9 @@ def build_report(
         raise BrainAgeError(f"unknown saliency method {saliency!r}; choose from {', '.join(METHODS)}")
     run_dir = Path(run)
     config = _read_config(run_dir)
+    evaluation = _read_evaluation(run_dir)
+    if evaluation:  # settings of the last `brainage evaluate`, not those training started with
+        config["train"] = {**(config.get("train") or {}), **{k: evaluation[k] for k in ("control_group", "bias_correction", "interval") if k in evaluation}}
     predictions = _read_csv(run_dir / "predictions.csv")
     cache, cache_note = _open_cache(config.get("cache"))
     cohort = find_cohort_summary(cache.manifest["path"] if cache is not None else [])
@@ -111,7 +115,7 @@ def build_report(
         "predicted-vs-true": _image_file(run_dir / "predicted_vs_true.png", "out-of-fold predictions; the black line is the identity"),
         "bland-altman": _figure(bland_altman(predictions)),
         "groups": _groups(predictions),
-        "reliability": _reliability(predictions),
+        "reliability": _reliability(predictions, (config.get("train") or {}).get("control_group")),
         "intervals": _intervals(predictions, config, _heldout_table(heldout)),
         "pose": _pose(run_dir / POSE_CSV),
         "baselines": _baselines(run_dir, cohort),
@@ -438,11 +442,16 @@ def _groups(predictions: pd.DataFrame) -> str:
     return _table(table, caption) + f"<p>{html.escape(line)}</p>" + _figure(gap_figure(predictions, column))
 
 
-def _reliability(predictions: pd.DataFrame) -> str:
-    """Test–retest over the repeat scans of each session and consistency over each person's visits
-    (uncorrected brain age: a linear bias correction divides every difference by its slope)."""
+def _reliability(predictions: pd.DataFrame, control_group: list[str] | None = None) -> str:
+    """Test–retest over the repeat scans of each session (of brain age, and of the gap: the figure
+    that can fail) and consistency over each person's visits, controls (``control_group``, else
+    from the data) first (uncorrected brain age: a linear bias correction divides every difference
+    by its slope)."""
     try:
-        retest, visits = test_retest(predictions), longitudinal(predictions)
+        retest, visits = test_retest(predictions), longitudinal(predictions, control_group=control_group)
+        gaps = [
+            gap_retest(predictions, column) for column in ("brain_age", "brain_age_corrected") if column in predictions and predictions[column].notna().any()
+        ]
     except ValueError as error:  # predictions without session ids or ages
         return _note(f"Test–retest and visits: {error}.")
     if retest.available:
@@ -450,9 +459,15 @@ def _reliability(predictions: pd.DataFrame) -> str:
         caption = (
             f"Test–retest over the repeat scans of {values['n_sessions']} sessions ({values['n_scans']} scans), out-of-fold uncorrected brain age: "
             f"within-session SD pooled over every scan; ICC from the first {values['k']} scans of the {values['n_icc_sessions']} sessions "
-            f"with at least {values['k']} (pingouin), 95 % intervals."
+            f"with at least {values['k']} (pingouin), 95 % intervals. The ICC of the gap (brain age − age, and the bias-corrected gap where "
+            "a correction was fitted) leaves out the spread of ages between people, which makes the ICC of brain age high whatever the network reads."
         )
-        text = _table(_retest_display(retest.table), caption) + (_note(retest.reason) if retest.reason else "")
+        rows = [retest.table]
+        for column, gap in zip(("brain_age", "brain_age_corrected"), gaps, strict=False):
+            if gap.available and "icc2" in gap.values:
+                label = "gap" if column == "brain_age" else "corrected gap"
+                rows.append(gap.table[gap.table["measure"].str.startswith("ICC")].assign(measure=lambda t, label=label: t["measure"] + f", {label}"))
+        text = _table(_retest_display(pd.concat(rows, ignore_index=True)), caption) + (_note(retest.reason) if retest.reason else "")
     else:
         text = _note(f"Test–retest: {retest.reason}.")
     if visits.available:
@@ -656,6 +671,15 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise InputError(path, f"unreadable run configuration ({' '.join(str(error).split())})") from None
+
+
+def _read_evaluation(run_dir: Path) -> dict[str, Any]:
+    """``evaluation.yaml`` (written by every evaluation of the run), or nothing for runs written before it."""
+    path = run_dir / "evaluation.yaml"
+    try:
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except yaml.YAMLError as error:
+        raise InputError(path, f"unreadable evaluation settings ({' '.join(str(error).split())})") from None
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -9,7 +9,7 @@ run folder like any other: ``brainage predict``, ``report`` and ``export`` use a
 
 from __future__ import annotations
 
-import dataclasses
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,18 @@ import yaml
 from brainage.checkpoint import fold_folder, load_checkpoint, refuse_overlap, save_checkpoint
 from brainage.errors import BrainAgeError, InputError
 from brainage.preprocess import load_cache
-from brainage.training.config import TrainConfig, _plain
-from brainage.training.run import (
-    BASELINES,
-    IDS,
-    RunFolderError,
+from brainage.training.config import _plain
+from brainage.training.evaluate import (
+    REFERENCES,
     TrainResult,
-    _member_mean,
-    _read_predictions,
-    _write_yaml,
-    finish_run,
+    evaluate_run,
+    members_per_fold,
+    read_predictions,
+    read_references,
+    run_settings,
+    write_yaml,
 )  # fmt: skip
+from brainage.training.run import RunFolderError
 from brainage.utils import write_csv
 
 #: What runs must share to be combined: the same cache, preprocessing and folds.
@@ -59,40 +60,31 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
         differs = [key for key in SHARED if values.get(key) != first.get(key)]
         if differs:
             raise RunFolderError(f"{run} was not trained on the same {', '.join(differs)} as {runs[0]}; only runs on the same folds can be combined")
-    sources = [{"run": str(run.resolve()), "members": _members(values), "train": values["train"]} for run, values in zip(runs, configs, strict=False)]
+    sources = [{"run": str(run.resolve()), "members": members_per_fold(values), "train": values["train"]} for run, values in zip(runs, configs, strict=False)]
     _start_combined_folder(run_dir, first, sources)
-    config = dataclasses.replace(TrainConfig.from_dict(first["train"]), progress=progress)
 
     run_histories = [_history(run) for run in runs]
-    fold_predictions, validation, histories, checkpoints = [], [], [], []
+    histories = []
     for fold in sorted({int(row["fold"]) for row in first["folds"]}):
-        tests, vals, member = [], [], 0
+        member = 0
         for run, source, history in zip(runs, sources, run_histories, strict=False):
             for own in range(source["members"]):
                 folder, target = fold_folder(run, fold, own), fold_folder(run_dir, fold, member)
                 checkpoint = load_checkpoint(folder / "model.ckpt")
                 checkpoint.extra = {**checkpoint.extra, "member": member, "combined_from": f"{run.resolve()} fold {fold} member {own}"}
                 save_checkpoint(checkpoint, target / "model.ckpt")
-                test, val = _read_predictions(folder / "predictions.csv"), _read_predictions(folder / "val_predictions.csv")
-                write_csv(test, target / "predictions.csv")
-                write_csv(val, target / "val_predictions.csv")
-                tests.append(test)
-                vals.append(val)
+                for name in ("predictions.csv", "val_predictions.csv", "calibration_predictions.csv"):
+                    if (folder / name).is_file():
+                        shutil.copyfile(folder / name, target / name)
                 if not history.empty:
                     histories.append(history[(history["fold"] == fold) & (history["member"] == own)].assign(member=member))
-                checkpoints.append(target / "model.ckpt")
                 member += 1
-        fold_predictions.append(_member_mean(tests))
-        validation.append(_member_mean(vals))
-
-    reference = pd.read_csv(runs[0] / "predictions.csv", dtype=IDS)
-    truth = reference.set_index("scan_id")["true_brain_age"] if "true_brain_age" in reference else None
-    baselines = [column for column in BASELINES if column in reference]
-    resolved = first.get("resolved") or {}
-    return finish_run(
-        run_dir, config, fold_predictions, validation, histories or [pd.DataFrame()], checkpoints, pd.DataFrame(first["folds"]), truth,
-        reference[["scan_id", *baselines]] if baselines else None, str(resolved.get("accelerator")), str(resolved.get("precision")),
-    )  # fmt: skip
+    write_csv(pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(), run_dir / "metrics.csv")
+    write_csv(read_references(runs[0]), run_dir / REFERENCES)
+    if (runs[0] / "baselines.yaml").is_file():  # the same folds: the first run's baselines
+        shutil.copyfile(runs[0] / "baselines.yaml", run_dir / "baselines.yaml")
+    settings = run_settings(runs[0], first, progress)  # the first run's, as it was last evaluated
+    return evaluate_run(run_dir, settings, {**first, "combined_from": _plain(sources)})
 
 
 def _finished_run(run: Path) -> dict[str, Any]:
@@ -107,7 +99,7 @@ def _finished_run(run: Path) -> dict[str, Any]:
     if not (run / "predictions.csv").is_file():
         raise InputError(run, "this run has not finished (no predictions.csv); finish it with `brainage train` first")
     for fold in {int(row["fold"]) for row in values.get("folds") or []}:
-        for member in range(_members(values)):
+        for member in range(members_per_fold(values)):
             if not (fold_folder(run, fold, member) / "model.ckpt").is_file():
                 raise InputError(fold_folder(run, fold, member), "no model.ckpt: this run is incomplete")
     return values
@@ -122,10 +114,10 @@ def _refuse_overlaps(runs: Sequence[Path], configs: Sequence[dict[str, Any]]) ->
     except (BrainAgeError, KeyError, TypeError):
         hashes = {}
     for fold in sorted({int(row["fold"]) for row in configs[0].get("folds") or []}):
-        tests = _read_predictions(fold_folder(runs[0], fold) / "predictions.csv")
+        tests = read_predictions(fold_folder(runs[0], fold) / "predictions.csv")
         where = load_checkpoint(fold_folder(runs[0], fold) / "model.ckpt").train_data_root or None
         for run, values in zip(runs, configs, strict=False):
-            for member in range(_members(values)):
+            for member in range(members_per_fold(values)):
                 path = fold_folder(run, fold, member) / "model.ckpt"
                 if path.is_file() and not tests.empty:
                     tested = [hashes.get(scan) for scan in tests["scan_id"]]
@@ -134,16 +126,10 @@ def _refuse_overlaps(runs: Sequence[Path], configs: Sequence[dict[str, Any]]) ->
 
 def _history(run: Path) -> pd.DataFrame:
     """A run's ``metrics.csv`` (empty if it has none), with member 0 where it was written before ensembles existed."""
-    history = _read_predictions(run / "metrics.csv")
+    history = read_predictions(run / "metrics.csv")
     if not history.empty and "member" not in history:
         history["member"] = 0
     return history
-
-
-def _members(values: dict[str, Any]) -> int:
-    """Networks per fold of the run described by ``config.yaml``'s ``values``."""
-    combined = values.get("combined_from")
-    return sum(source["members"] for source in combined) if combined else int((values.get("train") or {}).get("ensemble", 1))
 
 
 def _start_combined_folder(run_dir: Path, first: dict[str, Any], sources: list[dict[str, Any]]) -> None:
@@ -158,4 +144,4 @@ def _start_combined_folder(run_dir: Path, first: dict[str, Any], sources: list[d
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         raise RunFolderError(f"{run_dir} is not empty and holds no brainage run; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_yaml(values, path)
+    write_yaml(values, path)

@@ -1,12 +1,16 @@
 """The fold loop and the run folder: train one model per subject-grouped fold, predict its test
-scans through the one inference path, fit the age-bias correction on other people's out-of-fold
-predictions, fit the baselines on the very same folds, and summarise.
+scans through the one inference path, fit the baselines on the very same folds, then evaluate
+(:mod:`brainage.training.evaluate`: the age-bias correction on other people's out-of-fold
+predictions, the intervals, the summary; run again with ``brainage evaluate`` without training).
 
 A run folder holds::
 
     config.yaml              resolved configuration (TrainConfig, cache, preprocessing, folds)
     metrics.csv              per-epoch loss, MAE, RMSE (years), learning rate, max gradient norm, per fold (and ensemble member)
     predictions.csv          out-of-fold predictions: network (uncorrected and bias-corrected) and baselines
+    references.csv           the baselines' out-of-fold predictions and (synthetic cohorts) the true brain age, by scan
+    baselines.yaml           the baselines' hyper-parameters chosen by inner CV, and whom each fold fitted them on
+    evaluation.yaml          the post-hoc settings of the last evaluation and what the calibration was fitted on
     summary.csv              metrics at session and scan level for the network, the baselines and
                              (synthetic cohorts) the true brain age
     bias_correction.yaml     each fold's correction, whom it was fitted on, and the final one
@@ -15,6 +19,8 @@ A run folder holds::
     fold_K/model.ckpt        self-contained checkpoint (:mod:`brainage.checkpoint`), with the final correction
     fold_K-M/                ensemble member M > 0 of fold K (``TrainConfig.ensemble``), the same files
     fold_K/predictions.csv   the fold's test predictions (a finished fold is not trained again)
+    fold_K/val_predictions.csv, fold_K/calibration_predictions.csv
+                             its early-stopping people's predictions; hold-out mode: its calibration people's
     fold_K/last.ckpt         Lightning's state while the fold trains: a killed fold resumes from it
     logs/fold_K/             Lightning's CSV and TensorBoard logs
 """
@@ -22,11 +28,12 @@ A run folder holds::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import itertools
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,55 +48,27 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from sklearn.linear_model import LinearRegression
 
 from brainage import __version__
-from brainage.baselines import downsample_volumes, mean_baseline, tabular_baseline, voxel_baseline
+from brainage.baselines import BASELINES as BASELINES  # where demo.py and bench/accuracy.py import it from
+from brainage.baselines import baseline_predictions
 from brainage.checkpoint import BrainAgeCheckpoint, data_root, fitted_scans, fold_folder, load_checkpoint, refuse_overlap, save_checkpoint
 from brainage.cohort.truth import true_brain_ages
 from brainage.console import console
-from brainage.data import BrainAgeDataModule, Fold, make_folds
+from brainage.data import BrainAgeDataModule, Fold, make_folds, subject_holdout
 from brainage.errors import BrainAgeError, InputError
-from brainage.evaluation import (
-    TRUE_BRAIN_AGE_LABEL,
-    AgeBiasCorrector,
-    control_mask,
-    demented_vs_nondemented,
-    fit_bias_correction,
-    gap_by_group,
-    summarize_predictions,
-)  # fmt: skip
-from brainage.figures import plot_predictions, plot_training_curves
+from brainage.evaluation import check_control_group, control_mask
+from brainage.figures import plot_training_curves
 from brainage.inference import BrainAgeEnsemble, predict_batches
 from brainage.models import build_model
 from brainage.predict import resolve_checkpoints
 from brainage.preprocess import PreparedCache, load_cache
-from brainage.reliability import ConformalInterval, ReliabilityResult, coverage, longitudinal, session_residuals, test_retest
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
+from brainage.training.evaluate import POST_HOC, REFERENCES, EvaluationSettings, TrainResult, evaluate_run, write_yaml
 from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
-from brainage.utils import atomic_write, write_csv
+from brainage.utils import write_csv
 
 PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
-#: Columns of the baselines in predictions.csv, and their names in the summary.
-BASELINES = {"mean_age": "mean age", "ridge_tabular": "ridge nWBV+eTIV+sex", "ridge_voxels": "ridge voxels (PCA)"}
-IDS = {"scan_id": str, "subject_id": str, "session_id": str}
-
-
-@dataclass
-class TrainResult:
-    """What a run produced; the same is on disk in ``run_dir``. ``corrector`` and ``interval`` are the
-    final age-bias correction and conformal interval (stored in every fold's checkpoint)."""
-
-    run_dir: Path
-    predictions: pd.DataFrame
-    summary: pd.DataFrame
-    history: pd.DataFrame
-    folds: pd.DataFrame
-    checkpoints: list[Path]
-    group_gaps: pd.DataFrame
-    group_test: dict[str, Any]
-    precision: str
-    accelerator: str
-    corrector: AgeBiasCorrector | None = None
-    interval: ConformalInterval | None = None
-    reliability: list[str] = field(default_factory=list)
+#: Hold-out mode: fewer control people than this to calibrate on, and the command says so.
+MIN_CALIBRATION_CONTROLS = 20
 
 
 class RunFolderError(BrainAgeError):
@@ -113,145 +92,77 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model {config.model!r}: {error}") from error
     cache = cache if isinstance(cache, PreparedCache) else load_cache(cache)
+    try:  # a typo'd control group is refused before anything trains
+        check_control_group(cache.manifest["group"].dropna().tolist() if "group" in cache.manifest else [], config.control_group)
+    except ValueError as error:
+        raise ConfigError(f"--control-group: {error}") from None
     run_dir = Path(out)
     accelerator = resolve_accelerator(config.accelerator)
     precision = resolve_precision(config.precision, accelerator)
     folds = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed, config.train_groups)
+    folds, calibration = calibration_split(cache.manifest, folds, config)
     fold_table = pd.DataFrame([fold.describe(cache.manifest) for fold in folds])
-    _start_run_folder(run_dir, cache, config, fold_table, _split_digest(cache.manifest, folds), accelerator, precision)
+    if config.folds is None:
+        fold_table.insert(3, "calibration", [f"{len(rows)} / {cache.manifest['subject_id'].iloc[rows].nunique()}" for rows in calibration])
+    _start_run_folder(run_dir, cache, config, fold_table, _split_digest(cache.manifest, folds, calibration), accelerator, precision)
+    warning = calibration_warning(cache.manifest, calibration, config) if config.folds is None and config.bias_correction != "none" else None
+    if warning and config.progress:
+        console.print(warning, style="yellow", soft_wrap=True)
 
-    fold_predictions, validation, histories, checkpoints = [], [], [], []
+    histories = []
     for fold in folds:
-        members = [_fit_fold(cache, fold, member, config, run_dir, accelerator, precision) for member in range(config.ensemble)]
-        fold_predictions.append(_member_mean([test for test, _, _ in members]))
-        validation.append(_member_mean([val for _, val, _ in members]))
-        histories += [history.assign(fold=fold.index, member=member) for member, (_, _, history) in enumerate(members)]
-        checkpoints += [fold_folder(run_dir, fold.index, member) / "model.ckpt" for member in range(config.ensemble)]
+        members = [_fit_fold(cache, fold, calibration[fold.index], member, config, run_dir, accelerator, precision) for member in range(config.ensemble)]
+        histories += [history.assign(fold=fold.index, member=member) for member, history in enumerate(members)]
     if rank_zero_only.rank != 0:
         return None
-    truth = true_brain_ages(cache.manifest["path"])
-    truth = None if truth is None else pd.Series(truth, index=cache.manifest["scan_id"].astype(str))
-    baselines = baseline_predictions(cache, folds, config) if config.baselines else None
-    return finish_run(run_dir, config, fold_predictions, validation, histories, checkpoints, fold_table, truth, baselines, accelerator, precision)
-
-
-def finish_run(
-    run_dir: Path,
-    config: TrainConfig,
-    fold_predictions: Sequence[pd.DataFrame],
-    validation: Sequence[pd.DataFrame],
-    histories: Sequence[pd.DataFrame],
-    checkpoints: Sequence[Path],
-    fold_table: pd.DataFrame,
-    truth: pd.Series | None,
-    baselines: pd.DataFrame | None,
-    accelerator: str,
-    precision: str,
-) -> TrainResult:
-    """Everything after the networks: each fold's (member-averaged) out-of-fold and validation
-    predictions are bias-corrected and given conformal intervals, the final correction and interval
-    go into every checkpoint, and predictions (with ``truth``, the true brain age by scan id, and the
-    ``baselines``' columns), summary, metrics and figures are written to ``run_dir``."""
-    predictions = pd.concat(fold_predictions, ignore_index=True)
-    if truth is not None:
-        predictions["true_brain_age"] = truth.reindex(predictions["scan_id"].astype(str)).to_numpy()
-    validation = pd.concat(validation, ignore_index=True)
-    predictions, corrector = correct_bias(predictions, validation, config, run_dir)
-    predictions, interval = calibrate_intervals(predictions, validation, config)
-    for path in checkpoints:  # the final correction and interval, in every fold's checkpoint
-        checkpoint = load_checkpoint(path)
-        checkpoint.corrector, checkpoint.interval = corrector, interval
-        save_checkpoint(checkpoint, path)
-    if baselines is not None:
-        predictions = predictions.merge(baselines, on="scan_id", how="left")
     history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", "member", *HISTORY_COLUMNS])
-    summary = summarize_run(predictions, config.model, config.bias_correction)
-    column = "brain_age_corrected" if predictions["brain_age_corrected"].notna().any() else "brain_age"
-    group_gaps, group_test = gap_by_group(predictions, by="group", column=column) if "group" in predictions else (pd.DataFrame(), {"test": "none"})
-    group_test["column"] = column
-    write_csv(predictions, run_dir / "predictions.csv")
-    write_csv(summary, run_dir / "summary.csv")
     write_csv(history, run_dir / "metrics.csv")
     if not history.empty:  # none when only the output line of --init was re-fitted (epochs 0)
         plot_training_curves(history, run_dir / "training.png")
-    plot_predictions(predictions, run_dir / "predicted_vs_true.png")
-    retest, visits = reliability(predictions)
-    notes = [str(retest), str(visits)]
-    if interval is not None:
-        inside = coverage(predictions["brain_age_lower"], predictions["brain_age_upper"], predictions["age"])
-        notes.append(f"conformal intervals: {inside:.1%} of out-of-fold ages inside the {config.interval:.0%} intervals (each fold calibrated on other people)")
-    return TrainResult(
-        run_dir, predictions, summary, history, fold_table, list(checkpoints), group_gaps, group_test, precision, accelerator, corrector, interval, notes
-    )
+    references = pd.DataFrame({"scan_id": cache.manifest["scan_id"].astype(str)})
+    truth = true_brain_ages(cache.manifest["path"])
+    if truth is not None:
+        references["true_brain_age"] = np.asarray(truth, dtype=float)
+    if config.baselines:
+        chosen: dict[str, Any] = {}
+        references = references.merge(baseline_predictions(cache, folds, config, chosen), on="scan_id", how="left")
+        write_yaml(_plain(chosen), run_dir / "baselines.yaml")
+    write_csv(references, run_dir / REFERENCES)
+    return evaluate_run(run_dir, EvaluationSettings.of(config))
 
 
-def correct_bias(
-    predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig, run_dir: Path | None
-) -> tuple[pd.DataFrame, AgeBiasCorrector | None]:
-    """Add ``brain_age_corrected`` to out-of-fold ``predictions``, record every fit in
-    ``run_dir/bias_correction.yaml`` (no record without ``run_dir``) and return the final correction
-    (for the checkpoints).
-
-    K folds: fold k's scans are corrected with a fit on the out-of-fold predictions of the other
-    folds' controls (never fold k's people); the final correction is fitted on all of them. One
-    hold-out: the fit is on the validation predictions of the training side. Fits are at session
-    level; one refused (too few controls, a slope that could be zero) leaves NaN and says why.
-    """
-    predictions = predictions.copy()
-    predictions["brain_age_corrected"] = np.nan
-    if config.bias_correction == "none":
-        return predictions, None
-    k_fold = predictions["fold"].nunique() > 1
-    record: dict[str, Any] = {"method": config.bias_correction, "control_group": list(config.control_group or []), "folds": []}
-    for fold, rows in predictions.groupby("fold", sort=True):
-        fit_on = predictions[predictions["fold"] != fold] if k_fold else validation[validation.get("fold", pd.Series(dtype=int)) == fold]
-        corrector = fit_bias_correction(fit_on, config.control_group, config.bias_correction)
-        predictions.loc[rows.index, "brain_age_corrected"] = corrector.transform(rows["brain_age"], rows["age"])
-        record["folds"].append(
-            {
-                "fold": int(fold),
-                "fitted_on": "out-of-fold predictions of the other folds" if k_fold else "validation predictions of the training side",
-                "subjects": sorted(set(_controls(fit_on, config).astype(str))),
-                "description": corrector.describe(),
-                **corrector.to_dict(),
-            }
-        )
-        if config.progress and k_fold:
-            console.print(f"[bold]fold {fold}[/]: {corrector.describe()}", style=None if corrector.applicable else "yellow")
-    final = fit_bias_correction(predictions if k_fold else validation, config.control_group, config.bias_correction)
-    record["final"] = {"description": final.describe(), **final.to_dict()}
-    if config.progress:
-        console.print(f"final: {final.describe()}", style=None if final.applicable else "yellow")
-    if run_dir is not None:
-        _write_yaml(_plain(record), run_dir / "bias_correction.yaml")
-    return predictions, final
+def calibration_split(manifest: pd.DataFrame, folds: Sequence[Fold], config: TrainConfig) -> tuple[list[Fold], list[np.ndarray]]:
+    """Hold-out mode (no ``config.folds``): each fold's validation people split by subject into an
+    early-stopping half (the fold's ``val``) and a calibration half (returned beside it), so the
+    correction and the intervals are not fitted on the people that chose the best epoch. K folds:
+    the folds as they are, no calibration people (other folds' out-of-fold predictions calibrate)."""
+    if config.folds is not None:
+        return list(folds), [np.zeros(0, dtype=int) for _ in folds]
+    split, calibration = [], []
+    for fold in folds:
+        n_subjects = manifest["subject_id"].iloc[fold.val].nunique()
+        if n_subjects < 2:
+            split.append(fold)
+            calibration.append(np.zeros(0, dtype=int))
+            continue
+        stopping, calibrating = subject_holdout(manifest.iloc[fold.val], n_subjects // 2, config.seed + 7919 + fold.index)
+        split.append(dataclasses.replace(fold, val=fold.val[stopping]))
+        calibration.append(fold.val[calibrating])
+    return split, calibration
 
 
-def calibrate_intervals(predictions: pd.DataFrame, validation: pd.DataFrame, config: TrainConfig) -> tuple[pd.DataFrame, ConformalInterval | None]:
-    """Add ``brain_age_lower``/``brain_age_upper`` (coverage ``config.interval``) to out-of-fold
-    ``predictions``, each fold's from a split-conformal calibration on the other folds' residuals
-    (one per session; one hold-out: on the validation predictions); return the final calibration
-    (on every out-of-fold residual, for the checkpoints)."""
-    predictions = predictions.copy()
-    k_fold = predictions["fold"].nunique() > 1
-
-    def fitted(frame: pd.DataFrame) -> ConformalInterval | None:
-        residuals = session_residuals(frame, level="scan")["residual"] if len(frame) else []
-        return ConformalInterval(config.interval).fit(residuals) if len(residuals) else None
-
-    predictions["brain_age_lower"] = predictions["brain_age_upper"] = np.nan
-    for fold, rows in predictions.groupby("fold", sort=True):
-        interval = fitted(predictions[predictions["fold"] != fold] if k_fold else validation[validation.get("fold", pd.Series(dtype=int)) == fold])
-        if interval is not None:
-            lower, upper = interval.interval(rows["brain_age"])
-            predictions.loc[rows.index, "brain_age_lower"], predictions.loc[rows.index, "brain_age_upper"] = lower, upper
-    return predictions, fitted(predictions if k_fold else validation)
-
-
-def _controls(frame: pd.DataFrame, config: TrainConfig) -> pd.Series:
-    """The subject ids of the controls among ``frame``'s rows."""
-    mask, _ = control_mask(frame, config.control_group)
-    return frame["subject_id"][mask]
+def calibration_warning(manifest: pd.DataFrame, calibration: Sequence[np.ndarray], config: TrainConfig) -> str | None:
+    """Hold-out mode: one line when a fold has fewer than :data:`MIN_CALIBRATION_CONTROLS` control
+    people to calibrate the correction and the intervals on (None when every fold has enough)."""
+    for rows in calibration:
+        frame = manifest.iloc[rows]
+        controls = frame["subject_id"][control_mask(frame, config.control_group)[0]].nunique() if len(frame) else 0
+        if controls < MIN_CALIBRATION_CONTROLS:
+            return (
+                f"hold-out: {controls} control people to calibrate the bias correction and the intervals on, fewer than "
+                f"{MIN_CALIBRATION_CONTROLS}, so no corrected brain age will be given; --folds K calibrates on everyone's out-of-fold predictions"
+            )
+    return None
 
 
 def _start_run_folder(
@@ -287,25 +198,27 @@ def _start_run_folder(
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise RunFolderError(f"{run_dir} is not empty and holds no brainage run; choose another --out")
     if rank_zero_only.rank == 0:
-        _write_yaml(values, path)
+        write_yaml(values, path)
 
 
 def _run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     """What makes two runs the same run: the cache, its preprocessing, the folds and every training
-    setting except display ones."""
+    setting that changes the trained weights (not the post-hoc ones, ``evaluate.POST_HOC``, which
+    ``brainage evaluate`` changes without training)."""
     train = values.get("train") or {}
     with contextlib.suppress(ConfigError, TypeError):  # a run folder written before a setting existed holds its default
         train = TrainConfig.from_dict(train).to_dict()
-    train = {key: value for key, value in train.items() if key != "progress"}
+    train = {key: value for key, value in train.items() if key not in POST_HOC}
     # A combined run (brainage.training.combine) is never the same run as one to train.
     return {key: values.get(key) for key in ("cache", "n_scans", "preprocessing", "split_digest", "combined_from")} | {"train": train}
 
 
-def _split_digest(manifest: pd.DataFrame, folds: Sequence[Fold]) -> str:
-    """A hash of which scans are in which side of which fold."""
+def _split_digest(manifest: pd.DataFrame, folds: Sequence[Fold], calibration: Sequence[np.ndarray] = ()) -> str:
+    """A hash of which scans are in which side of which fold (the calibration side only where there is one)."""
     digest = hashlib.blake2b(digest_size=8)
-    for fold in folds:
-        for side in (fold.train, fold.val, fold.test):
+    for fold, calibrating in itertools.zip_longest(folds, calibration, fillvalue=np.zeros(0, dtype=int)):
+        sides = (fold.train, fold.val, fold.test, *([calibrating] if len(calibrating) else []))
+        for side in sides:
             digest.update(("|".join(manifest["scan_id"].iloc[side].astype(str)) + "#").encode())
     return digest.hexdigest()
 
@@ -425,47 +338,31 @@ def fold_trainer(
     return trainer, best, curves
 
 
-def _member_mean(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """One fold's predictions by its ensemble members (same scans, same order), with ``brain_age``
-    their mean (empty on the ranks of multi-process training that do not predict)."""
-    frame = frames[0].copy()
-    if len(frames) > 1 and not frame.empty:
-        if any(not other["scan_id"].equals(frame["scan_id"]) for other in frames[1:]):
-            raise BrainAgeError("the ensemble members of a fold predicted different scans; train the run again in a new folder")
-        frame["brain_age"] = np.mean([other["brain_age"].to_numpy(dtype=float) for other in frames], axis=0)
-    return frame
-
-
-def _read_predictions(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=IDS) if path.is_file() else pd.DataFrame()
-
-
 def _fit_fold(
-    cache: PreparedCache, fold: Fold, member: int, config: TrainConfig, run_dir: Path, accelerator: str, precision: str
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    cache: PreparedCache, fold: Fold, calibration: np.ndarray, member: int, config: TrainConfig, run_dir: Path, accelerator: str, precision: str
+) -> pd.DataFrame:
     """Train ensemble member ``member`` of one fold (reuse it if it finished before, resume it from
     ``last.ckpt`` if it was interrupted; ``config.epochs == 0``: re-fit only the output line of
-    ``config.init``, see :func:`_recalibrated`); return its test and validation predictions
-    (uncorrected) and its history."""
+    ``config.init``, see :func:`_recalibrated`); write its test, validation and ``calibration``
+    predictions (uncorrected) beside its checkpoint and return its history."""
     folder = fold_folder(run_dir, fold.index, member)
     name = f"fold {fold.index}" + (f" member {member}" if config.ensemble > 1 else "")
     seed = config.seed + fold.index + 1000 * member
     finished = folder / "predictions.csv"
     if finished.is_file() and (folder / "model.ckpt").is_file():
-        history = pd.read_csv(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
-        return _read_predictions(finished), _read_predictions(folder / "val_predictions.csv"), history
+        return pd.read_csv(folder / "metrics.csv") if (folder / "metrics.csv").is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
 
     L.seed_everything(seed, workers=True, verbose=False)
     module, data = fold_module(cache, fold, config, accelerator, precision, seed)
     if config.epochs == 0:
         if rank_zero_only.rank != 0:  # nothing to train: under DDP only rank 0 predicts
-            return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(columns=HISTORY_COLUMNS)
+            return pd.DataFrame(columns=HISTORY_COLUMNS)
         device = torch.device(accelerator)
         checkpoint = _recalibrated(cache, fold, data, config, device)
-        test, val = _predict_fold(checkpoint, cache, fold, data, device, folder)
+        test = _predict_fold(checkpoint, cache, fold, calibration, data, device, folder)
         if config.progress:
             console.print(f"[bold]{name}[/]: {checkpoint.extra['recalibration']}; test MAE {_mae(test):.2f} y (uncorrected, per scan)", soft_wrap=True)
-        return test, val, pd.DataFrame(columns=HISTORY_COLUMNS)
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
 
     last = folder / "last.ckpt"
     with quiet_lightning():
@@ -480,14 +377,14 @@ def _fit_fold(
             )
         trainer.fit(module, datamodule=data, ckpt_path=last if last.is_file() else None)
     if not trainer.is_global_zero:
-        return pd.DataFrame(), pd.DataFrame(), curves.history
+        return curves.history
     module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     checkpoint = _fold_checkpoint(
         module.model.to(memory_format=torch.contiguous_format), data.age_mean, data.age_std, cache, fold, config,
         member=member, best_epoch=int(curves.history["val_mae"].idxmin()) + 1 if curves.rows else None,
         best_val_mae=float(best.best_model_score) if best.best_model_score is not None else None,
     )  # fmt: skip
-    test, val = _predict_fold(checkpoint, cache, fold, data, trainer.strategy.root_device, folder)
+    test = _predict_fold(checkpoint, cache, fold, calibration, data, trainer.strategy.root_device, folder)
     for leftover in (Path(best.best_model_path), last):
         leftover.unlink(missing_ok=True)
     if config.progress:
@@ -495,7 +392,7 @@ def _fit_fold(
             f"[bold]{name}[/]: best validation MAE {checkpoint.extra['best_val_mae']:.2f} y at epoch "
             f"{checkpoint.extra['best_epoch']}; test MAE {_mae(test):.2f} y (uncorrected, per scan)"
         )
-    return test, val, curves.history
+    return curves.history
 
 
 def _fold_checkpoint(
@@ -545,124 +442,27 @@ def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, co
 
 
 def _predict_fold(
-    checkpoint: BrainAgeCheckpoint, cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, device: torch.device, folder: Path
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The fold's test and validation predictions by ``checkpoint`` through the path of
-    `brainage predict` (its own ensemble of one, in fp32), written with it to ``folder``."""
+    checkpoint: BrainAgeCheckpoint, cache: PreparedCache, fold: Fold, calibration: np.ndarray, data: BrainAgeDataModule, device: torch.device, folder: Path
+) -> pd.DataFrame:
+    """The fold's test, validation and (hold-out mode) calibration predictions by ``checkpoint``
+    through the path of `brainage predict` (its own ensemble of one, in fp32), written with it to
+    ``folder``; returns the test predictions."""
     network = BrainAgeEnsemble([checkpoint])
     manifest = cache.manifest
-    sides = {}
-    for side, indices in (("val", fold.val), ("test", fold.test)):
-        columns = [column for column in PREDICTION_COLUMNS if column in manifest]
+    columns = [column for column in PREDICTION_COLUMNS if column in manifest]
+    sides = {"val": fold.val, "test": fold.test, **({"calibration": calibration} if len(calibration) else {})}
+    frames = {}
+    for side, indices in sides.items():
         frame = manifest.iloc[indices][columns].reset_index(drop=True)
         frame["fold"] = fold.index
         frame["brain_age"] = predict_batches(network, data.loader(indices), device=device)[:, 0]
-        sides[side] = frame
+        frames[side] = frame
     network.cpu()
     save_checkpoint(checkpoint, folder / "model.ckpt")
-    write_csv(sides["val"], folder / "val_predictions.csv")
-    write_csv(sides["test"], folder / "predictions.csv")
-    return sides["test"], sides["val"]
+    for side, frame in frames.items():
+        write_csv(frame, folder / ("predictions.csv" if side == "test" else f"{side}_predictions.csv"))
+    return frames["test"]
 
 
 def _mae(frame: pd.DataFrame) -> float:
     return float(np.mean(np.abs(frame["brain_age"] - frame["age"].to_numpy(dtype=float))))
-
-
-# --- baselines and summary -----------------------------------------------------------------------
-
-
-def baseline_predictions(cache: PreparedCache, folds: Sequence[Fold], config: TrainConfig) -> pd.DataFrame:
-    """Out-of-fold predictions of the baselines on the very same folds, fitted on each fold's
-    train + validation scans: ``scan_id`` and one column per baseline (see ``BASELINES``)."""
-    manifest = cache.manifest
-    ages = manifest["age"].to_numpy(dtype=float)
-    numeric = [c for c in ("nwbv", "etiv") if c in manifest and manifest[c].notna().any()]
-    categorical = [c for c in ("sex",) if c in manifest and manifest[c].notna().any()]
-    factor = config.voxel_downsample or max(1, round(min(cache.shape) / 16))
-    voxels = np.concatenate(
-        [downsample_volumes(np.stack([cache.volume(i) for i in range(start, min(start + 32, len(manifest)))]), factor) for start in range(0, len(manifest), 32)]
-    )
-    frames = []
-    for fold in folds:
-        fit = np.concatenate([fold.train, fold.val])
-        out = pd.DataFrame({"scan_id": manifest["scan_id"].iloc[fold.test].to_numpy()})
-        out["mean_age"] = mean_baseline().fit(np.zeros((len(fit), 1)), ages[fit]).predict(np.zeros((len(fold.test), 1)))
-        if numeric or categorical:
-            tabular = tabular_baseline(numeric, categorical).fit(manifest.iloc[fit], ages[fit])
-            out["ridge_tabular"] = tabular.predict(manifest.iloc[fold.test])
-        out["ridge_voxels"] = voxel_baseline(config.voxel_components).fit(voxels[fit], ages[fit]).predict(voxels[fold.test])
-        frames.append(out)
-    return pd.concat(frames, ignore_index=True)
-
-
-SUMMARY_COLUMNS = (
-    "model", "level", "correction", "n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity", "dementia_gap", "dementia_p",
-    "retest_sd", "icc2", "icc2_low", "icc2_high", "visit_slope", "visit_slope_true", "coverage",
-)  # fmt: skip
-
-
-def summarize_run(predictions: pd.DataFrame, model_name: str, correction: str = "residual") -> pd.DataFrame:
-    """Session- and scan-level metrics of the network (uncorrected, and corrected where a correction
-    was fitted), of every baseline and, on synthetic cohorts, of the true brain age used as a
-    prediction; each row with the Demented-minus-Nondemented gap per subject and its p value, the
-    test–retest SD and ICC(2,1) over repeat scans, the median per-subject slope of brain age on age
-    over visits of controls (and on the true brain age), and, for the network, the share of ages
-    inside the out-of-fold conformal intervals. A figure the data cannot give is NaN here; the
-    printed summary says why."""
-    candidates: list[tuple[str, str, str]] = [(model_name, "none", "brain_age")]
-    if "brain_age_corrected" in predictions and predictions["brain_age_corrected"].notna().any():
-        candidates.append((model_name, correction, "brain_age_corrected"))
-    candidates += [(name, "none", column) for column, name in BASELINES.items() if column in predictions and predictions[column].notna().any()]
-    if "true_brain_age" in predictions and predictions["true_brain_age"].notna().any():
-        candidates.append((TRUE_BRAIN_AGE_LABEL, "none", "true_brain_age"))
-    rows = []
-    for name, how, column in candidates:
-        dementia = demented_vs_nondemented(predictions, column)
-        table = summarize_predictions(predictions, column)
-        retest, visits = reliability(predictions, column)
-        inside = (
-            coverage(predictions["brain_age_lower"], predictions["brain_age_upper"], predictions["age"])
-            if column == "brain_age" and "brain_age_lower" in predictions and predictions["brain_age_lower"].notna().any()
-            else np.nan
-        )
-        rows.append(
-            table.assign(
-                model=name,
-                correction=how,
-                dementia_gap=dementia["difference"],
-                dementia_p=dementia["p_value"],
-                retest_sd=retest.values.get("within_sd", np.nan),
-                icc2=retest.values.get("icc2", np.nan),
-                icc2_low=retest.values.get("icc2_low", np.nan),
-                icc2_high=retest.values.get("icc2_high", np.nan),
-                visit_slope=visits.values.get("slope_median", np.nan),
-                visit_slope_true=visits.values.get("slope_true_median", np.nan),
-                coverage=inside,
-            )
-        )
-    summary = pd.concat(rows, ignore_index=True)
-    order = {"session": 0, "scan": 1}
-    summary = summary.sort_values("level", key=lambda s: s.map(order), kind="stable")
-    return summary[list(SUMMARY_COLUMNS)].reset_index(drop=True)
-
-
-def reliability(predictions: pd.DataFrame, column: str = "brain_age") -> tuple[ReliabilityResult, ReliabilityResult]:
-    """Test–retest over repeat scans and consistency over visits of ``column``; each says why when
-    the data cannot give it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            retest = test_retest(predictions, column)
-        except ValueError as error:
-            retest = ReliabilityResult.unavailable("test–retest", f"not available: {error}")
-        try:
-            visits = longitudinal(predictions, column, true_column="true_brain_age" if column != "true_brain_age" else "")
-        except ValueError as error:
-            visits = ReliabilityResult.unavailable("longitudinal", f"not available: {error}")
-    return retest, visits
-
-
-def _write_yaml(values: Mapping[str, Any], path: Path) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(yaml.safe_dump(dict(values), sort_keys=False))
