@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from joblib import Memory
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
@@ -120,10 +119,10 @@ class LeadingColumns(TransformerMixin, BaseEstimator):
         return np.asarray(X)[:, : self.n]
 
 
-def voxel_baseline(n_components: int = 100, alpha: float = 1.0, memory: Memory | str | None = None) -> Pipeline:
-    """PCA (``n_components`` kept of at most ``n_components``, capped by the training set size),
-    standardised components, then ridge, on flattened volumes; ``memory`` caches the PCA (see
-    :class:`~sklearn.pipeline.Pipeline`)."""
+def voxel_baseline(n_components: int = 100, alpha: float = 1.0, memory: str | None = None) -> Pipeline:
+    """PCA of ``n_components`` (capped as in :class:`CappedPCA`), the components standardised, then
+    ridge with ``alpha``, on flattened volumes. Setting ``components__n`` keeps fewer leading
+    components; with ``memory`` (a folder) the pipeline caches the PCA, so that is not refitted."""
     steps = [("pca", CappedPCA(n_components)), ("scale", StandardScaler()), ("components", LeadingColumns(n_components)), ("ridge", Ridge(alpha=alpha))]
     return Pipeline(steps, memory=memory)
 
@@ -164,24 +163,24 @@ def tuned_voxel_baseline(
     max_components: int = 100,
     alphas: Sequence[float] = ALPHAS,
     components: Sequence[int] = COMPONENTS,
-    memory: Memory | str | None = None,
+    memory: str | None = None,
 ) -> GridSearchCV:
     """:func:`voxel_baseline` with alpha over ``alphas`` and the number of components over
     :func:`component_grid` chosen by ``cv``; fit it with ``groups=`` the rows' subject ids. One PCA of
     ``max_components`` per inner training set serves every candidate when ``memory`` is given."""
-    grid = {"components__n": component_grid(max_components, components), "ridge__alpha": list(alphas)}
+    grid: dict[str, Sequence[Any]] = {"components__n": component_grid(max_components, components), "ridge__alpha": list(alphas)}
     return _search(voxel_baseline(max_components, memory=memory), grid, cv)
 
 
 def gpr_baseline(
-    n_components: int, pca_components: int | None = None, restarts: int = GPR_RESTARTS, random_state: int = 0, memory: Memory | str | None = None
+    n_components: int, pca_components: int | None = None, restarts: int = GPR_RESTARTS, random_state: int = 0, memory: str | None = None
 ) -> Pipeline:
     """The ``n_components`` leading components of a PCA of ``pca_components`` (default
     ``n_components``; capped as in :class:`CappedPCA`), standardised, then
     :class:`~sklearn.gaussian_process.GaussianProcessRegressor` with a constant × RBF + white-noise
     kernel on normalised age; the kernel's amplitude, length scale and noise maximise the marginal
     likelihood of the training rows (``restarts`` extra starts drawn with ``random_state``)."""
-    kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(length_scale=np.sqrt(n_components), length_scale_bounds=(1e-2, 1e4)) + WhiteKernel(0.1, (1e-5, 1e1))
+    kernel = ConstantKernel(1.0, (1e-3, 1e5)) * RBF(length_scale=np.sqrt(n_components), length_scale_bounds=(1e-2, 1e4)) + WhiteKernel(0.1, (1e-5, 1e1))
     gpr = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=restarts, random_state=random_state)
     pca = CappedPCA(max(n_components, pca_components or 0))
     steps = [("pca", pca), ("scale", StandardScaler()), ("components", LeadingColumns(n_components)), ("gpr", gpr)]
@@ -256,9 +255,8 @@ def baseline_predictions(cache: PreparedCache, folds: Sequence[Fold], config: Tr
             tabular_columns=numeric + categorical, scoring=SCORING, gpr_restarts=GPR_RESTARTS, folds=[],
         )  # fmt: skip
     frames = []
-    with tempfile.TemporaryDirectory(prefix="brainage-baselines-") as cache_dir:
-        memory = Memory(cache_dir, verbose=0)
-        for fold in folds:
+    for fold in folds:
+        with tempfile.TemporaryDirectory(prefix="brainage-baselines-") as memory:  # the PCA fits of this fold's inner CV
             fit = np.concatenate([fold.train, fold.val])
             groups = subjects[fit]
             cv = inner_cv(groups)
@@ -292,5 +290,4 @@ def baseline_predictions(cache: PreparedCache, folds: Sequence[Fold], config: Tr
                         "chosen": chosen,
                     }
                 )
-        memory.clear(warn=False)
     return pd.concat(frames, ignore_index=True)
