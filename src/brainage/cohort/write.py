@@ -28,7 +28,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -76,7 +76,7 @@ class SynthesisResult:
     root: Path
     demographics: pd.DataFrame
     ground_truth: pd.DataFrame
-    summary: dict[str, object]
+    summary: dict[str, Any]  # the cohort.json content, nested JSON values
     problems: tuple[Problem, ...]
 
 
