@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from brainage.preprocess import PreparedCache
     from brainage.training.config import TrainConfig
 
+__all__ = [
+    "BASELINES", "CappedPCA", "LeadingColumns", "baseline_predictions", "downsample_volumes", "gpr_baseline", "inner_cv", "mean_baseline",
+    "tabular_baseline", "tuned_tabular_baseline", "tuned_voxel_baseline", "voxel_baseline",
+]  # fmt: skip
+
 TABULAR_NUMERIC = ("nwbv", "etiv")
 TABULAR_CATEGORICAL = ("sex",)
 #: Ridge penalties searched by the inner cross-validation (both ridges).
