@@ -290,9 +290,11 @@ def make_folds(
 class EpochShuffle(Sampler[int]):
     """A random order of ``size`` items that depends on ``seed`` and the epoch only (Lightning calls
     :meth:`set_epoch` before every epoch), so a run resumed from a checkpoint sees the batches and
-    augmentations an uninterrupted one would. Each epoch also seeds torch's global generator (which
-    TorchIO's augmentations draw from in the main process) and the loader's ``generator`` (which
-    seeds its worker processes).
+    augmentations an uninterrupted one would. :meth:`set_epoch` seeds the loader's ``generator``,
+    from which a loader iterator created afterwards draws its worker processes' seeds (the training
+    loader starts its workers afresh every epoch for this); each iteration seeds torch's global
+    generator, which TorchIO's augmentations draw from in the main process (no workers) and dropout
+    draws from in every case.
 
     With ``groups`` (one label per item, such as each scan's session) and ``per_group``, every
     epoch draws afresh at most ``per_group`` items of each group: one repeat per session per epoch
@@ -302,7 +304,7 @@ class EpochShuffle(Sampler[int]):
         self.size = size
         self.seed = seed
         self.generator = generator
-        self.epoch = 0
+        self.set_epoch(0)
         self.members: list[torch.Tensor] | None = None
         self.per_group = per_group
         if groups is not None and per_group is not None:
@@ -313,11 +315,16 @@ class EpochShuffle(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.generator.manual_seed(self.epoch_seed)
+
+    @property
+    def epoch_seed(self) -> int:
+        """The seed of this epoch's order and random draws."""
+        return self.seed * 100_003 + self.epoch
 
     def __iter__(self) -> Iterator[int]:
-        epoch_seed = self.seed * 100_003 + self.epoch
+        epoch_seed = self.epoch_seed
         torch.manual_seed(epoch_seed)
-        self.generator.manual_seed(epoch_seed)
         draw = torch.Generator().manual_seed(epoch_seed)
         if self.members is None:
             return iter(torch.randperm(self.size, generator=draw).tolist())
@@ -369,7 +376,12 @@ class BrainAgeDataModule(L.LightningDataModule):
 
     def loader(self, indices: Rows, train: bool = False) -> DataLoader:
         """Shuffled, augmented batches (dropping a last batch of one for batch norm) if ``train``:
-        shuffling and augmentation follow from ``seed`` and the epoch alone (:class:`EpochShuffle`)."""
+        shuffling and augmentation follow from ``seed`` and the epoch alone (:class:`EpochShuffle`).
+
+        The training loader's worker processes are started again every epoch, seeded from that
+        epoch (persistent workers would carry their generators over from the epoch they started
+        in, which a resumed run never had); the other loaders draw nothing random and keep theirs.
+        """
         generator = torch.Generator()
         sampler = None
         if train:
@@ -383,12 +395,19 @@ class BrainAgeDataModule(L.LightningDataModule):
             generator=generator,
             drop_last=sampler is not None and len(sampler) % self.batch_size == 1,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0 and not train,
             pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.fold.train, train=True)
+        """The training loader, its sampler already at the epoch the trainer is about to run: Lightning
+        creates (and its worker processes start filling) the first iterator of a fit before it calls
+        ``set_epoch``, so a fit resumed at epoch ``e`` would otherwise train on epoch 0's order and
+        seeds (Lightning issue 21938)."""
+        loader = self.loader(self.fold.train, train=True)
+        if self.trainer is not None and isinstance(loader.sampler, EpochShuffle):
+            loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.fold.val)
