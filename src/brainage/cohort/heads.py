@@ -2,7 +2,7 @@
 
 Each head is brought into MNI space (ANTs affine registration of its T1 onto nilearn's MNI152 2009
 template, the identity for the template itself), skull-stripped by deepbet and segmented by ANTs
-Atropos (k-means start, three classes within the brain mask), so every head's tissue maps come
+Atropos (after N4 bias correction; k-means start, three classes within the brain mask), so every head's tissue maps come
 from the same segmentation, which the project runs, not from maps made with the head. Results go to
 a user cache folder (``$BRAINAGE_CACHE``, else ``$XDG_CACHE_HOME/brainage``, else
 ``~/.cache/brainage``) under ``heads/``, keyed by :data:`HEADS_VERSION`, and are read once per process.
@@ -37,7 +37,7 @@ from brainage.cohort.anatomy import (
 from brainage.utils import atomic_write
 
 #: Bump when the way head maps are computed changes, so cached maps are recomputed.
-HEADS_VERSION = 1
+HEADS_VERSION = 2
 #: Reserved heads: nothing here may read them.
 RESERVED = ("colin27", "pycortex_s1")
 _BORDER_SIGMA_MM, _SULCAL_SIGMA_MM, _PERIVENTRICULAR_SIGMA_MM = 1.0, 2.0, 6.0
@@ -128,13 +128,14 @@ def _compute(head: Head) -> HeadMaps:
     its brain onto the template's brain. T1 is scaled so that white matter is 1."""
     import nibabel as nib
 
-    from brainage.preprocess.stages import register_affine, skull_strip
+    from brainage.preprocess.stages import n4_bias_correct, register_affine, skull_strip
 
     mni, mni_affine = _mni_t1()
     data, affine = head.load()
     image = nib.as_closest_canonical(nib.Nifti1Image(np.clip(data, 0.0, None), affine))
     t1, affine = np.asarray(image.dataobj, dtype=np.float32), image.affine
     mask = skull_strip(t1).astype(np.float32)
+    t1 = n4_bias_correct(t1, affine)  # the ROBEX head's bias field would otherwise split white matter into two classes
     csf, gm, wm = _atropos(t1, mask, affine)
     t1 = t1 / np.float32(np.median(t1[wm > 0.9]))
     maps = (t1, gm, wm, csf, mask)
@@ -153,7 +154,7 @@ def _atropos(t1: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[np.n
 
     ants.config._random_seed = 1  # as register_affine: a fixed seed for reproducible maps
     image, region = to_ants(t1, affine), to_ants(mask.astype(np.float32), affine)
-    result = ants.atropos(a=image, x=region, i="kmeans[3]", m="[0.2,1x1x1]", c="[5,0]", verbose=0)
+    result = ants.atropos(a=image, x=region, i="kmeans[3]", m="[0.2,1x1x1]", c="[10,0]", verbose=0)
     maps = [p.numpy().astype(np.float32) * mask for p in result["probabilityimages"]]
     return maps[0], maps[1], maps[2]  # classes ordered by mean intensity: CSF < GM < WM on T1
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from brainage.errors import BrainAgeError
+
+if TYPE_CHECKING:
+    from brainage.cohort.population import PopulationPreset
 
 
 @dataclass(frozen=True)
@@ -141,9 +145,14 @@ PRETRAIN = Preset(
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (TINY, DEMO, OASIS2, OASIS1, PRETRAIN)}
 
 
-def get_preset(name: str) -> Preset:
-    """The preset called ``name``."""
-    try:
+def get_preset(name: str) -> Preset | PopulationPreset:
+    """The preset called ``name``: a ``v1`` :class:`Preset` or a ``v2`` population preset
+    (:data:`brainage.cohort.population.POPULATION_PRESETS`)."""
+    from brainage.cohort.population import POPULATION_PRESETS  # here: population imports this module
+
+    if name in PRESETS:
         return PRESETS[name]
+    try:
+        return POPULATION_PRESETS[name]
     except KeyError:
-        raise BrainAgeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise BrainAgeError(f"unknown preset {name!r}; choose one of {', '.join([*PRESETS, *POPULATION_PRESETS])}") from None
