@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def test_the_tiny_demo_runs_end_to_end(tiny_cohort: Path, tmp_path: Path) -> Non
     session_truth = summary.query("level == 'session' and model.str.startswith('true brain age')")["mae"].iloc[0]
     trained = truth.loc[sorted(set(pd.read_csv(out / "run" / "predictions.csv")["session_id"]))]
     assert session_truth == pytest.approx((trained["brain_age"] - trained["Age"]).abs().mean(), abs=1e-6)  # on the very sessions predicted
-    printed = " ".join(result.output.split())  # Rich wraps long cells at the runner's 80 columns
+    printed = " ".join(result.output.split())
+    steps = [line for line in result.output.splitlines() if "total" in line]  # the steps table's last row: wall and CPU seconds
+    assert len(steps) == 1 and len(re.findall(r"\b\d+\b", steps[0])) == 2, steps
     for text in (
         "perfect",
         f"{session_truth:.2f}",
