@@ -406,7 +406,8 @@ class BrainAgeDataModule(L.LightningDataModule):
         seeds (Lightning issue 21938)."""
         loader = self.loader(self.fold.train, train=True)
         if self.trainer is not None and isinstance(loader.sampler, EpochShuffle):
-            loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+            # Lightning types epoch_progress.current as a _ReadyCompletedTracker; what it holds is a _ProcessedTracker
+            loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
         return loader
 
     def val_dataloader(self) -> DataLoader:
