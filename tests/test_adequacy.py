@@ -68,7 +68,7 @@ def test_predict_gives_them_no_brain_age_and_goes_on(untrained_checkpoints: list
     assert model.problems_ == []
     assert table.loc["slab", "inadequate"].startswith("thick slices: 6.5 mm") and table.loc["crop", "inadequate"].startswith("field of view 33 × 41 × 25 mm")
     assert table.loc[["slab", "crop"], "brain_age"].isna().all() and not table.loc[["slab", "crop"], "qc_flagged"].any()
-    assert table.loc["mpr-1", "inadequate"] == "" and np.isfinite(table.loc["mpr-1", "brain_age"])
+    assert table.loc["OAS2_0001_MR1_mpr-1", "inadequate"] == "" and np.isfinite(table.loc["OAS2_0001_MR1_mpr-1", "brain_age"])  # the ids of its OASIS layout
     forced = model.predict([*unreadable, good], cache=None, force=True).set_index("scan_id")
     assert forced["brain_age"].notna().all() and forced.loc["slab", "inadequate"] == table.loc["slab", "inadequate"]
 

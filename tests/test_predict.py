@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -16,10 +17,11 @@ import torch
 from typer.testing import CliRunner
 
 from brainage.cli import app
-from brainage.io import discover
+from brainage.io import discover, scan_stem
 from brainage.predict import BrainAgeModel, find_inputs, resolve_checkpoints, training_caches
 from brainage.preprocess import load_cache, prepare
 from brainage.training import load_checkpoint
+from brainage.utils import parallel_map
 
 runner = CliRunner()
 NUMBERS = ["age", "brain_age", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected", "qc_score"]
@@ -148,15 +150,15 @@ def test_scans_in_a_cache_are_taken_from_it(untrained_checkpoints: list[Path], t
     manifest = discover(tiny_cohort).manifest.iloc[[0, -1]].reset_index(drop=True)
     prepare(manifest, tmp_path / "cache", "seed")
     model = BrainAgeModel.load(untrained_checkpoints[0])
-    fresh = model.predict(manifest, cache=None)["brain_age"].to_numpy()
-    cached = model.predict(manifest, cache=tmp_path / "cache")["brain_age"].to_numpy()
+    fresh = model.predict(manifest, cache=None, force=True)["brain_age"].to_numpy()  # force: an age may lie outside the model's 60–90
+    cached = model.predict(manifest, cache=tmp_path / "cache", force=True)["brain_age"].to_numpy()
     np.testing.assert_allclose(cached, fresh, atol=1e-3)
     assert abs(fresh[0] - fresh[1]) > 0.1
     files = [tmp_path / "cache" / name for name in load_cache(tmp_path / "cache").manifest["cache_file"]]
     first, second = files[0].read_bytes(), files[1].read_bytes()
     files[0].write_bytes(second)
     files[1].write_bytes(first)
-    swapped = model.predict(manifest, cache=tmp_path / "cache")["brain_age"].to_numpy()
+    swapped = model.predict(manifest, cache=tmp_path / "cache", force=True)["brain_age"].to_numpy()
     np.testing.assert_allclose(swapped, fresh[::-1], atol=1e-3)  # the cached volumes were used, not the files
 
 
@@ -206,7 +208,12 @@ def test_inputs_are_found_in_cohorts_tables_files_and_folders(tiny_cohort: Path,
     rows, problems = find_inputs([table, folder, scan.with_suffix(".img"), tmp_path / "missing.nii", notes])
     assert rows["path"].tolist() == [str(copies[0]), str(copies[3]), str(copies[1]), str(copies[2]), str(scan)]
     assert rows["age"].iat[0] == 71 and np.isnan(rows["age"].iat[1])
-    assert rows["subject_id"].tolist() == rows["session_id"].tolist() == rows["scan_id"].tolist()  # each scan alone
+    assert rows["subject_id"].tolist()[:4] == rows["session_id"].tolist()[:4] == rows["scan_id"].tolist()[:4]  # each scan alone
+    assert rows.iloc[4][["scan_id", "session_id", "subject_id"]].tolist() == [
+        f"{scan.parent.parent.name}_{scan_stem(scan)}",
+        scan.parent.parent.name,
+        "OAS2_0001",
+    ]
     causes = {Path(problem.path).name: problem.cause for problem in problems}
     assert causes["list.csv"].startswith("row 4 (scans/deeper/copy.nii.gz): non-numeric age")
     assert causes["missing.nii"] == "no such file or folder"
@@ -234,3 +241,31 @@ def test_prediction_loads_a_checkpoint_without_lightning_torchmetrics_or_matplot
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _started(path: str) -> str:
+    """Worker: leave a file saying this item started."""
+    Path(path).touch()
+    return path
+
+
+def test_the_worker_pool_keeps_few_items_in_flight(tmp_path: Path) -> None:
+    """predict's pool (utils.parallel_map) submits at most 2 × workers items ahead, so memory stays bounded."""
+    paths = [str(tmp_path / f"{k}.started") for k in range(16)]
+    results = parallel_map(_started, paths, workers=2)
+    first = next(results)
+    time.sleep(1.0)  # a slow consumer: the workers may run all they were given meanwhile
+    assert len(list(tmp_path.glob("*.started"))) <= 2 * 2 + 1  # four in flight, one submitted as the first finished
+    rest = list(results)
+    assert sorted(item for item, _ in [first, *rest]) == sorted(paths) and all(item == result for item, result in [first, *rest])
+
+
+def test_a_file_alone_keeps_the_ids_of_its_oasis_layout_and_xlsx_tables_are_read(tiny_cohort: Path, tmp_path: Path) -> None:
+    scan = _scans(tiny_cohort)[0]  # <root>/OAS2_RAW_PART1/OAS2_xxxx_MRy/RAW/mpr-n.nifti.hdr
+    session = scan.parent.parent.name
+    expected = [f"{session}_{scan_stem(scan)}", session, session.rsplit("_MR", 1)[0]]
+    rows, problems = find_inputs([scan])
+    assert problems == [] and rows.loc[0, ["scan_id", "session_id", "subject_id"]].tolist() == expected
+    pd.DataFrame({"path": [str(scan)], "age": [71.5]}).to_excel(tmp_path / "scans.xlsx", index=False)  # a table prepare reads
+    rows, problems = find_inputs(tmp_path / "scans.xlsx")
+    assert problems == [] and rows.loc[0, ["scan_id", "session_id", "subject_id", "age"]].tolist() == [*expected, 71.5]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import itertools
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -29,6 +30,7 @@ os.umask(_UMASK)
 
 T = TypeVar("T")
 R = TypeVar("R")
+_NOTHING = object()
 
 
 @contextmanager
@@ -100,7 +102,9 @@ def parallel_map(
     Yields ``(item, result)`` pairs in completion order; an exception raised by ``func`` is
     yielded in place of its result so that one bad item never stops the batch.
     ``func`` must be picklable (a module-level function) when ``workers > 1``; the worker
-    processes die with the calling process, even when it is killed with SIGKILL.
+    processes die with the calling process, even when it is killed with SIGKILL. At most
+    ``2 × workers`` items are in flight, and a result is let go once yielded, so memory stays
+    bounded whatever the number of items.
     """
     items = list(items)
     columns = (
@@ -122,11 +126,18 @@ def parallel_map(
                 yield item, result
             return
         with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(func, item): item for item in items}
-            for future in as_completed(futures):
-                error = future.exception()
-                progress.advance(task)
-                yield futures[future], (error if error is not None else future.result())
+            waiting = iter(items)
+            running = {pool.submit(func, item): item for item in itertools.islice(waiting, 2 * workers)}
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = running.pop(future)
+                    following = next(waiting, _NOTHING)
+                    if following is not _NOTHING:
+                        running[pool.submit(func, following)] = following
+                    error = future.exception()
+                    progress.advance(task)
+                    yield item, (error if error is not None else future.result())
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -84,9 +84,8 @@ def header_reasons(path: str | Path, config: AdequacyConfig = AdequacyConfig()) 
     shape = tuple(int(n) for n in image.shape[:3])
     if len(shape) < 3:
         return []
-    zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
+    zooms = np.abs(np.asarray(image.header.get_zooms()[:3], dtype=float))
     found = []
-    zooms = np.abs(zooms)
     slices = zooms.min() > 0 and zooms.max() > config.max_anisotropy * zooms.min()
     limit = config.max_voxel_mm if slices else config.max_isotropic_mm
     thick = [(axis + 1, zoom) for axis, zoom in enumerate(zooms) if zoom > limit]
@@ -94,7 +93,7 @@ def header_reasons(path: str | Path, config: AdequacyConfig = AdequacyConfig()) 
         sides = ", ".join(f"{zoom:.3g} mm along axis {axis}" for axis, zoom in thick)
         kind = f"thick slices: {sides}, in-plane {zooms.min():.3g} mm" if slices else f"voxels too coarse: {sides}"
         found.append(f"{kind} (at most {limit:g} mm)")
-    extent = np.abs(zooms) * np.asarray(shape)
+    extent = zooms * np.asarray(shape)
     if (extent < config.min_field_of_view_mm).any():
         sizes = " × ".join(f"{value:g}" for value in np.round(extent, 1))
         found.append(f"field of view {sizes} mm cannot hold a whole brain (at least {config.min_field_of_view_mm:g} mm along every axis)")
