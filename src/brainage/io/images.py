@@ -8,13 +8,14 @@ Orientation is never assumed silently: an Analyze 7.5 header has no field for it
 header whose ``qform_code`` and ``sform_code`` are both 0 declares none; nibabel then takes the
 voxel axes as left, anterior, superior (``LAS``, Analyze's radiological default), and
 :func:`load_scan` warns (:class:`OrientationWarning`) naming that assumption. Whether it holds is
-checked after registration: a swapped or reversed axis (other than left–right, which a symmetric
-template cannot tell) makes a rearranged copy fit the template better, and the scan is refused
-(:func:`brainage.preprocess.qc.orientation_check`).
+judged after registration: a swapped or reversed axis leaves the brain on its side, which the
+registration score flags or, where a rearranged copy fits the template clearly better, the
+orientation check refuses (:func:`brainage.preprocess.qc.orientation_check`); a left–right mirror
+cannot be seen against the symmetric template.
 
 Storage conventions of the OASIS data sets. OASIS-2's RAW scans (``mpr-n.nifti.hdr``) are NIfTI-1
-pairs whose qform gives the orientation: sagittal, voxel axes posterior, inferior, right (PIR),
-256 × 256 × 128 voxels of 1 × 1 × 1.25 mm; nothing is assumed. OASIS-1's RAW scans
+pairs whose qform gives the orientation (sagittal, voxel axes posterior, inferior, right: PIR,
+256 × 256 × 128 voxels of 1 × 1 × 1.25 mm, as docs/preprocessing.md records); nothing is assumed. OASIS-1's RAW scans
 (``OAS1_xxxx_MRy_mpr-n_anon.hdr``) are Analyze 7.5 pairs (16-bit big-endian) of the same sagittal
 MP-RAGE geometry, 256 × 256 × 128 voxels of 1 × 1 × 1.25 mm (the OASIS-1 fact sheet, as summarised
 at huggingface.co/DRDMsig/Data_Engineering, OAISIS_clean/dataclean_OASIS_1_CS_Sectional.py; the
