@@ -314,7 +314,7 @@ def prepare_command(
     pipeline: str = typer.Option(
         "standard",
         "--pipeline",
-        help="standard (skull strip + MNI registration), standard-v1 (the earlier default, to reproduce its caches) or seed (the tutorial's).",
+        help="standard (skull strip + MNI registration), standard-v1 (the earlier default, to reproduce its caches) or tutorial (the tutorial's; seed before).",
     ),
     shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Output grid shape, e.g. --shape 64 64 64."),
     voxel_size: float | None = typer.Option(None, "--voxel-size", help="Output voxel size in mm."),
@@ -444,7 +444,7 @@ def export_command(
 def demo_command(
     out: Path = typer.Option(Path("brainage-demo"), "--out", "-o", help="Folder for the cohort, cache, run, predictions and report."),
     preset: str | None = typer.Option(None, "--preset", help="Synthetic cohort size: demo (default) or tiny."),
-    pipeline: str | None = typer.Option(None, "--pipeline", help="Preprocessing: standard (default) or seed."),
+    pipeline: str | None = typer.Option(None, "--pipeline", help="Preprocessing: standard (default) or tutorial."),
     model: str | None = typer.Option(None, "--model", help="Network by name."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum training epochs."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes for synthesis, preprocessing and prediction; default all cores."),
@@ -461,7 +461,7 @@ def demo_command(
     if model is not None or epochs is not None:
         config = dataclasses.replace(config, train=training_for(config.preset, model, epochs))
     result = run_demo(out, config)
-    print_table([{"step": step, "seconds": seconds} for step, seconds in result.seconds.items()], title="Demo steps", floatfmt="{:.0f}")
+    print_table(result.timings(), title="Demo steps, seconds: wall, and CPU (over the cores used: the wall time of a quiet machine)", floatfmt="{:.0f}")
     print_table(result.table, title="Per session (repeats averaged), years: network, baselines and the true brain age on the same sessions")
     console.print(
         "mae_true: MAE against the true brain age; gap_fidelity: partial r of predicted with true brain age given age; "
