@@ -10,21 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainage.cohort import (
+from brainage.cohort import TINY, Preset, get_preset, load_anatomy, sample_cohort, synthesize
+from brainage.cohort.heads import available_heads
+from brainage.cohort.population import (
     COMPONENTS,
     POPULATION_PRESETS,
-    TINY,
     AnatomyVariation,
     PopulationPreset,
-    Preset,
-    available_heads,
-    get_preset,
-    load_anatomy,
-    sample_cohort,
+    brain_age,
+    component_decades,
     sample_population,
-    synthesize,
 )
-from brainage.cohort.population import brain_age, component_decades
 from brainage.cohort.population_render import aged_tissues, person_space
 from brainage.cohort.render import acquire as acquire_v1
 from brainage.cohort.render import aged_tissues as aged_tissues_v1
