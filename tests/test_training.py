@@ -40,6 +40,7 @@ from brainage.training import (
     calibrate_intervals,
     combine,
     correct_bias,
+    evaluate,
     load_checkpoint,
     load_config,
     recompute_batch_norm,
@@ -522,3 +523,16 @@ def test_the_served_mean_of_k_networks_is_covered_as_calibrated() -> None:
     gap = corrector.transform(served, new["age"]) - new["age"]
     by_age = gap.groupby(pd.cut(new["age"], [60, 70, 80, 90])).mean()
     assert (by_age.abs() < 0.2).all(), by_age
+
+
+def test_a_run_folder_written_before_evaluate_existed_is_evaluated(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "older"
+    shutil.copytree(tiny_run, run)
+    for name in ("references.csv", "evaluation.yaml", "baselines.yaml"):
+        (run / name).unlink()
+    result = evaluate(run, control_group=["Demented"], progress=False)
+    before = _csv(tiny_run / "predictions.csv").set_index("scan_id")
+    after = result.predictions.set_index("scan_id").loc[before.index]
+    for column in ("brain_age", "ridge_voxels", "true_brain_age"):  # baselines and truth taken from its predictions.csv
+        np.testing.assert_allclose(after[column], before[column])
+    assert yaml.safe_load((run / "bias_correction.yaml").read_text())["control_group"] == ["Demented"]

@@ -209,7 +209,7 @@ def correct_bias(
         mask = control_mask(fit_on, settings.control_group)[0] if len(fit_on) else np.zeros(0, dtype=bool)
         record["folds"].append(
             {
-                "fold": int(fold),
+                "fold": int(str(fold)),
                 "fitted_on": "out-of-fold predictions of the other folds" if k_fold else "calibration predictions of the training side",
                 "subjects": sorted(set(fit_on["subject_id"][mask].astype(str))) if len(fit_on) else [],
                 "description": corrector.describe(),
@@ -238,8 +238,8 @@ def calibrate_intervals(
     k_fold = predictions["fold"].nunique() > 1
 
     def fitted(frame: pd.DataFrame) -> ConformalInterval | None:
-        residuals = session_residuals(frame, level="scan")["residual"] if len(frame) else []
-        return ConformalInterval(settings.interval).fit(residuals) if len(residuals) else None
+        residuals = session_residuals(frame, level="scan")["residual"].to_numpy(dtype=float) if len(frame) else np.zeros(0)
+        return ConformalInterval(settings.interval).fit(residuals) if residuals.size else None
 
     predictions["brain_age_lower"] = predictions["brain_age_upper"] = np.nan
     for fold, rows in predictions.groupby("fold", sort=True):

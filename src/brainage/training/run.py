@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -216,7 +215,8 @@ def _run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
 def _split_digest(manifest: pd.DataFrame, folds: Sequence[Fold], calibration: Sequence[np.ndarray] = ()) -> str:
     """A hash of which scans are in which side of which fold (the calibration side only where there is one)."""
     digest = hashlib.blake2b(digest_size=8)
-    for fold, calibrating in itertools.zip_longest(folds, calibration, fillvalue=np.zeros(0, dtype=int)):
+    calibration = list(calibration) + [np.zeros(0, dtype=int)] * (len(folds) - len(calibration))
+    for fold, calibrating in zip(folds, calibration, strict=True):
         sides = (fold.train, fold.val, fold.test, *([calibrating] if len(calibrating) else []))
         for side in sides:
             digest.update(("|".join(manifest["scan_id"].iloc[side].astype(str)) + "#").encode())
