@@ -30,7 +30,6 @@ os.umask(_UMASK)
 
 T = TypeVar("T")
 R = TypeVar("R")
-_NOTHING = object()
 
 
 @contextmanager
@@ -132,8 +131,7 @@ def parallel_map(
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     item = running.pop(future)
-                    following = next(waiting, _NOTHING)
-                    if following is not _NOTHING:
+                    for following in itertools.islice(waiting, 1):
                         running[pool.submit(func, following)] = following
                     error = future.exception()
                     progress.advance(task)

@@ -154,9 +154,12 @@ def assumed_orientation(image: SpatialImage | str | Path) -> str | None:
     takes; None when the header gives it (NIfTI with a qform or sform code, MGH)."""
     if not isinstance(image, SpatialImage):
         try:
-            image = nib.load(image)
+            loaded = nib.load(image)
         except Exception:  # unreadable: the readers say why
             return None
+        if not isinstance(loaded, SpatialImage):
+            return None
+        image = loaded
     header = image.header
     if isinstance(header, nib.Nifti1Header):  # NIfTI-2's header is a subclass
         if int(header["qform_code"]) or int(header["sform_code"]):

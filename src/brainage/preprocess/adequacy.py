@@ -33,6 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.spatialimages import SpatialImage
 
 from brainage.errors import InputError
 from brainage.preprocess import stages
@@ -81,10 +82,12 @@ def header_reasons(path: str | Path, config: AdequacyConfig = AdequacyConfig()) 
         image = nib.load(path)
     except Exception:  # the reader names the cause later
         return []
+    if not isinstance(image, SpatialImage):
+        return []
     shape = tuple(int(n) for n in image.shape[:3])
     if len(shape) < 3:
         return []
-    zooms = np.abs(np.asarray(image.header.get_zooms()[:3], dtype=float))
+    zooms = np.abs(np.array(image.header.get_zooms()[:3], dtype=np.float64))
     found = []
     slices = zooms.min() > 0 and zooms.max() > config.max_anisotropy * zooms.min()
     limit = config.max_voxel_mm if slices else config.max_isotropic_mm
@@ -148,7 +151,7 @@ def row_reasons(rows: pd.DataFrame, config: AdequacyConfig = AdequacyConfig()) -
     """:func:`reasons` of each row's recorded measures, ``"; "``-joined (empty: none; rows recorded
     before the measures were kept have none)."""
     columns = [column for column in MEASURES if column in rows.columns]
-    records = rows[columns].to_dict("records") if columns else [{}] * len(rows)
+    records = [{str(key): value for key, value in record.items()} for record in rows[columns].to_dict("records")] if columns else [{}] * len(rows)
     return pd.Series(["; ".join(reasons(record, config)) for record in records], index=rows.index, dtype=object)
 
 
@@ -177,11 +180,14 @@ def _priors_on_grid(affine: tuple[float, ...], shape: tuple[int, ...]) -> tuple[
     return masks[0], masks[1]
 
 
-def _prior_image(name: str) -> nib.Nifti1Image:
+def _prior_image(name: str) -> SpatialImage:
+    """nilearn's MNI152 ``gm`` or ``wm`` prior, read from its package data (no download)."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("nilearn is not installed; its MNI152 tissue priors are needed")
-    return nib.load(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / _PRIOR_FILES[name])
+    image = nib.load(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / _PRIOR_FILES[name])
+    assert isinstance(image, SpatialImage)
+    return image
 
 
 def _number(value: object) -> float:

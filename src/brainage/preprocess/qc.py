@@ -28,9 +28,9 @@ def registration_score(volume: np.ndarray, affine: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _arrangements() -> tuple[tuple[str, tuple[int, int, int], tuple[bool, bool, bool]], ...]:
+def _arrangements() -> tuple[tuple[str, tuple[int, ...], tuple[bool, ...]], ...]:
     """Every arrangement of a cube's axes but the identity: (name, permutation, flips)."""
-    found = []
+    found: list[tuple[str, tuple[int, ...], tuple[bool, ...]]] = []
     for order in itertools.permutations(range(3)):
         for flips in itertools.product((False, True), repeat=3):
             if order == (0, 1, 2) and not any(flips):
