@@ -105,7 +105,7 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
         fold_table.insert(3, "calibration", [f"{len(rows)} / {cache.manifest['subject_id'].iloc[rows].nunique()}" for rows in calibration])
     _start_run_folder(run_dir, cache, config, fold_table, _split_digest(cache.manifest, folds, calibration), accelerator, precision)
     warning = calibration_warning(cache.manifest, calibration, config) if config.folds is None and config.bias_correction != "none" else None
-    if warning and config.progress:
+    if warning and config.progress and rank_zero_only.rank == 0:
         console.print(warning, style="yellow", soft_wrap=True)
 
     histories = []
