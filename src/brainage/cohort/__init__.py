@@ -13,6 +13,7 @@ from pathlib import Path
 
 from brainage.cohort.ageing import AGEING, GROUPS, AgeingModel
 from brainage.cohort.anatomy import Anatomy, load_anatomy
+from brainage.cohort.heads import HeadMaps, available_heads, head_anatomy, head_maps
 from brainage.cohort.people import (
     ACQUISITION,
     DEMOGRAPHICS,
@@ -25,7 +26,17 @@ from brainage.cohort.people import (
     SubjectRecord,
     sample_cohort,
 )
-from brainage.cohort.population import PopulationPreset
+from brainage.cohort.population import (
+    COMPONENTS,
+    POPULATION_PRESETS,
+    AgeingFamily,
+    AnatomyVariation,
+    PersonRecord,
+    PopulationPreset,
+    ScannerVariation,
+    ScanSetting,
+    sample_population,
+)
 from brainage.cohort.population_write import synthesize_population
 from brainage.cohort.presets import DEMO, OASIS2, PRESETS, TINY, Preset, get_preset
 from brainage.cohort.render import (
@@ -65,24 +76,33 @@ def synthesize(out: str | Path, preset: Preset | PopulationPreset, seed: int = 0
 __all__ = [
     "ACQUISITION",
     "AGEING",
+    "COMPONENTS",
     "DEMO",
     "DEMOGRAPHICS",
     "GROUND_TRUTH",
     "GROUPS",
     "MEASUREMENT",
     "OASIS2",
+    "POPULATION_PRESETS",
     "PRESETS",
     "REAL_OASIS2",
     "SPREADSHEET",
     "SUMMARY",
     "TINY",
     "Acquisition",
+    "AgeingFamily",
     "AgeingModel",
     "Anatomy",
+    "AnatomyVariation",
     "Demographics",
+    "HeadMaps",
     "Measurement",
+    "PersonRecord",
+    "PopulationPreset",
     "Preset",
     "ScanRecord",
+    "ScanSetting",
+    "ScannerVariation",
     "SessionRecord",
     "SubjectAnatomy",
     "SubjectRecord",
@@ -91,18 +111,23 @@ __all__ = [
     "Volumes",
     "acquire",
     "aged_tissues",
+    "available_heads",
     "demographics",
     "demographics_table",
     "get_preset",
+    "head_anatomy",
+    "head_maps",
     "load_anatomy",
     "measure",
     "sample_cohort",
+    "sample_population",
     "scan_path",
     "scanner_affine",
     "spreadsheet_statistics",
     "subject_anatomy",
     "summary_table",
     "synthesize",
+    "synthesize_population",
     "t1_signal",
     "true_brain_age_mae",
     "unfinished",
