@@ -260,7 +260,7 @@ def fold_module(
         repeats_per_session=config.repeats_per_session,
     )
     hparams = dict(config.model_hparams)
-    if accelerator == "mps" and config.model == "seed":
+    if accelerator == "mps" and config.model == "tutorial":
         hparams.setdefault("strided_pool", True)  # the tutorial's MaxPool3d replacement on Apple GPUs
     model = build_model(config.model, **hparams)
     if config.init:
