@@ -34,6 +34,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -126,7 +127,8 @@ def load_scan(path: str | Path) -> Scan:
         raise InputError(path, "no finite voxel value (the image is all NaN or infinite)")
     if low == high:
         raise InputError(path, f"constant image (every voxel is {low:g})")
-    zooms = tuple(float(zoom) for zoom in image.header.get_zooms()[:3])
+    zx, zy, zz = (float(zoom) for zoom in image.header.get_zooms()[:3])
+    zooms = (zx, zy, zz)
     affine = np.asarray(image.affine, dtype=np.float64)
     assumed = assumed_orientation(image)
     if assumed is not None and OASIS1_RAW_NAME.match(scan_stem(path)):
@@ -203,11 +205,13 @@ def _open_header(path: Path) -> tuple[SpatialImage, tuple[int, int, int]]:
         if _is_gzip(path):
             _data_length(path, expected=-1)  # a cut gzip stream is the likelier cause: say so
         raise InputError(path, f"unreadable image header ({_one_line(error)})") from None
+    if not isinstance(image, SpatialImage):
+        raise InputError(path, f"not a volume image ({type(image).__name__})")
     full_shape = tuple(int(n) for n in image.shape)
     shape = _spatial_shape(path, full_shape)
-    proxy = image.dataobj
+    proxy: Any = image.dataobj  # an ArrayProxy, as the image was read from a file
     expected = int(proxy.offset) + math.prod(full_shape) * np.dtype(proxy.dtype).itemsize
-    data_file = Path(image.file_map["image"].filename)
+    data_file = Path(image.file_map["image"].filename or path)
     actual = _data_length(data_file, expected)
     if actual < expected:
         raise InputError(data_file, f"truncated: {actual} bytes of data where the header needs {expected}")
@@ -224,7 +228,8 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
         raise InputError(path, f"not a 3-D image: shape {shape} has {math.prod(shape[3:])} volumes")
     if len(shape) < 3 or min(shape) < 2:
         raise InputError(path, f"not a 3-D image: shape {shape} is 2-D")
-    return shape  # type: ignore[return-value]
+    x, y, z = shape
+    return x, y, z
 
 
 def _data_length(path: Path, expected: int) -> int:

@@ -18,7 +18,7 @@ from brainage.io.table import read_spreadsheet
 DEMOGRAPHICS_COLUMNS = (
     "Subject ID", "MRI ID", "Group", "Visit", "MR Delay", "M/F", "Hand",
     "Age", "EDUC", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF",
-)  # fmt: skip
+)  # fmt: skip  # names grouped in rows
 #: Columns without which a spreadsheet is refused; the others are filled with missing values.
 REQUIRED_DEMOGRAPHICS = ("Subject ID", "MRI ID", "Age")
 NUMERIC_DEMOGRAPHICS = ("Visit", "MR Delay", "Age", "EDUC", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF")
@@ -27,7 +27,7 @@ MANIFEST_NAMES = {
     "Subject ID": "subject_id", "MRI ID": "session_id", "Group": "group", "Visit": "visit",
     "MR Delay": "mr_delay", "M/F": "sex", "Hand": "hand", "Age": "age", "EDUC": "educ", "SES": "ses",
     "MMSE": "mmse", "CDR": "cdr", "eTIV": "etiv", "nWBV": "nwbv", "ASF": "asf",
-}  # fmt: skip
+}  # fmt: skip  # keys grouped in rows
 #: Other headings of a column, as exports of the table spell them (matched like the names above).
 COLUMN_ALIASES = {"sex": "M/F", "gender": "M/F"}
 SCAN_FOLDER = "RAW"
@@ -109,7 +109,7 @@ def discover_oasis(root: Path, demographics: str | Path | None = None) -> Discov
     """Match every raw scan to its spreadsheet row by MRI ID; see :func:`brainage.io.discover`."""
     sheet = Path(demographics) if demographics is not None else find_demographics(root)
     rows, problems, bad_sessions = _usable_rows(sheet)
-    by_session = {row["session_id"]: row for row in rows}
+    by_session = {str(row["session_id"]): row for row in rows}
     records: list[dict[str, object]] = []
     scans_without_rows: list[str] = []
     sessions = find_sessions(root)
@@ -171,7 +171,7 @@ def _usable_rows(sheet: Path) -> tuple[list[dict[str, object]], list[Problem], s
         session = ids[index]
         if session in bad_sessions:
             continue
-        cause = _row_cause(row)
+        cause = _row_cause({str(key): value for key, value in row.items()})
         if cause is not None:
             label = f"row {index + 2}" + (f" ({session})" if session else "")
             problems.append(Problem(str(sheet), f"{label}: {cause}"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -29,7 +30,7 @@ NUMERIC_COLUMNS = ("Age", "Educ", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF", "
 MANIFEST_NAMES = {
     "M/F": "sex", "Hand": "hand", "Age": "age", "Educ": "educ", "SES": "ses", "MMSE": "mmse", "CDR": "cdr",
     "eTIV": "etiv", "nWBV": "nwbv", "ASF": "asf", "Delay": "mr_delay",
-}  # fmt: skip
+}  # fmt: skip  # keys grouped in rows
 #: Filled from the person's first session when a re-scan row leaves them empty.
 INHERITED = ("sex", "hand", "educ", "ses", "mmse", "cdr", "etiv", "nwbv", "asf")
 SESSION_ID = re.compile(r"^(OAS1_\d+)_MR(\d+)$", re.IGNORECASE)
@@ -117,7 +118,7 @@ def discover_oasis1(root: Path, demographics: str | Path | None = None) -> Disco
     return finish(
         root, "oasis1", pd.DataFrame.from_records(records), problems,
         rows_without_scans=rows_without_scans, scans_without_rows=scans_without_rows, demographics=sheet,
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
 
 
 def _usable_rows(sheet: Path) -> tuple[dict[str, dict[str, object]], list[Problem], set[str]]:
@@ -125,12 +126,12 @@ def _usable_rows(sheet: Path) -> tuple[dict[str, dict[str, object]], list[Proble
     frame = read_cross_sectional(sheet)
     problems: list[Problem] = []
     bad: set[str] = set()
-    parsed: dict[str, dict[str, object]] = {}
+    parsed: dict[str, dict[str, Any]] = {}
     for index, row in zip(frame.index, frame.to_dict("records"), strict=False):
         label = f"row {index + 2}"
         session = None if is_missing(row["ID"]) else str(row["ID"]).strip()
         match = SESSION_ID.match(session or "")
-        if match is None:
+        if match is None or session is None:
             problems.append(Problem(str(sheet), f"{label}: ID {session!r} is not OAS1_<number>_MR<k>"))
             continue
         label += f" ({session})"
@@ -172,7 +173,7 @@ def _usable_rows(sheet: Path) -> tuple[dict[str, dict[str, object]], list[Proble
     return usable, problems, bad
 
 
-def _inherit_from_first_session(rows: dict[str, dict[str, object]]) -> None:
+def _inherit_from_first_session(rows: dict[str, dict[str, Any]]) -> None:
     """Re-scan rows (``_MR2``…) take the person's missing fields from ``_MR1``; the age from its age + Delay."""
     first = {record["subject_id"]: record for record in rows.values() if record["visit"] == 1}
     for record in rows.values():

@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -152,7 +153,7 @@ def row_reasons(rows: pd.DataFrame, config: AdequacyConfig = AdequacyConfig()) -
     before the measures were kept have none)."""
     columns = [column for column in MEASURES if column in rows.columns]
     records = [{str(key): value for key, value in record.items()} for record in rows[columns].to_dict("records")] if columns else [{}] * len(rows)
-    return pd.Series(["; ".join(reasons(record, config)) for record in records], index=rows.index, dtype=object)
+    return pd.Series(["; ".join(reasons({str(key): value for key, value in record.items()}, config)) for record in records], index=rows.index, dtype=object)
 
 
 def age_reason(age: float, low: float, high: float) -> str | None:
@@ -164,17 +165,18 @@ def age_reason(age: float, low: float, high: float) -> str | None:
 
 def tissue_priors(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Grey and white matter masks (prior probability above 0.5) of nilearn's MNI152 on ``(affine, shape)``."""
-    return _priors_on_grid(tuple(map(float, np.asarray(affine, dtype=float).ravel())), tuple(int(n) for n in shape))
+    x, y, z = (int(n) for n in shape)
+    return _priors_on_grid(tuple(map(float, np.asarray(affine, dtype=float).ravel())), (x, y, z))
 
 
 @functools.lru_cache(maxsize=8)
-def _priors_on_grid(affine: tuple[float, ...], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _priors_on_grid(affine: tuple[float, ...], shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     target = np.asarray(affine).reshape(4, 4)
     _, _, source = mni152_1mm()
     masks = []
     for name in ("gm", "wm"):
         prior = np.asanyarray(_prior_image(name).dataobj).astype(np.float32)
-        mask = stages.resample(prior / prior.max(), source, target, shape) > 0.5  # type: ignore[arg-type]
+        mask = stages.resample(prior / prior.max(), source, target, shape) > 0.5
         mask.setflags(write=False)
         masks.append(mask)
     return masks[0], masks[1]
@@ -190,9 +192,9 @@ def _prior_image(name: str) -> SpatialImage:
     return image
 
 
-def _number(value: object) -> float:
+def _number(value: Any) -> float:
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # any recorded value: TypeError and ValueError below say it is no number
     except (TypeError, ValueError):
         return math.nan
     return number

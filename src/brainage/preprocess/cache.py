@@ -69,7 +69,7 @@ from brainage.utils import atomic_write, parallel_map
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; a prepare there never removes temporary files
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # None stands for the missing module; its users check for it
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.csv"
@@ -80,7 +80,7 @@ TIME_COLUMNS = tuple(f"cpu_s_{stage}" for stage in STAGES)
 CACHE_COLUMNS = (
     "cache_file", "qc_file", "qc_score", "qc_flagged", "content_hash", "config_digest", "spatial_file", "reference_scan",
     *MEASURES, "inadequate", *TIME_COLUMNS,
-)  # fmt: skip
+)  # fmt: skip  # names grouped in rows
 #: Folders where ``atomic_write`` leaves ``.<name>.<random>.tmp<suffix>`` files when killed.
 _WRITTEN_FOLDERS = ("", "volumes", "spatial", "qc", "hashes")
 
@@ -100,7 +100,7 @@ class PreparedCache:
 
     def volume(self, i: int) -> np.ndarray:
         """The ``i``-th manifest row's volume, a read-only memory map (RAS axes, ``shape``)."""
-        return np.load(self.root / self.manifest["cache_file"].iat[i], mmap_mode="r")
+        return np.load(self.root / str(self.manifest["cache_file"].iat[i]), mmap_mode="r")
 
 
 @dataclass(frozen=True)

@@ -415,7 +415,7 @@ def align_to_reference(data: np.ndarray, affine: np.ndarray, reference: SessionR
         stages.resample(data, affine, moving_grid, moving_shape), moving_grid,
         stages.resample(reference.data, reference.affine, fixed_grid, fixed_shape), fixed_grid,
         "Rigid", config.registration_sampling, iterations=config.rigid_iterations,
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
     mask = stages.carry_mask(reference.spatial.mask, reference.affine, affine, data.shape, np.linalg.inv(motion))
     if not mask.any():
         raise ValueError("the session reference's brain mask falls outside this scan")

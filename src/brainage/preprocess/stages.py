@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Literal
 
 import nibabel as nib
 import numpy as np
@@ -94,7 +94,7 @@ def skull_strip_coarse(data: np.ndarray, threshold: float = 0.5, device: str = "
 
 
 @functools.lru_cache(maxsize=2)
-def _coarse_network(device: str = "cpu"):  # type: ignore[no-untyped-def]
+def _coarse_network(device: str = "cpu"):
     """deepbet's first network frozen and optimised for inference (convolution and batch norm
     fused: half the CPU time, probabilities within 2e-4 of the unfrozen network's), and its device."""
     import torch
@@ -132,7 +132,7 @@ def torch_device(device: str = "cpu") -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def deepbet_model(device: str = "cpu"):  # type: ignore[no-untyped-def]
+def deepbet_model(device: str = "cpu"):
     """deepbet's two networks, loaded once per process and device (``torch_device`` decides where)."""
     from deepbet import BrainExtraction
 
@@ -151,7 +151,7 @@ def resample(
     target_affine: np.ndarray,
     target_shape: tuple[int, int, int],
     world_to_source: np.ndarray | None = None,
-    order: int = 1,
+    order: Literal[0, 1, 2, 3, 4, 5] = 1,
     antialias: float = 0.0,
 ) -> np.ndarray:
     """Resample ``data`` onto a target grid (voxel → world given by ``target_affine``).
@@ -203,7 +203,8 @@ def _grid_over(affine: np.ndarray, low: np.ndarray, high: np.ndarray, voxel_size
     low, high = world.min(axis=0) - margin, world.max(axis=0) + margin
     grid = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
     grid[:3, 3] = low
-    return grid, tuple(int(n) for n in np.ceil((high - low) / voxel_size) + 1)  # type: ignore[return-value]
+    nx, ny, nz = (int(n) for n in np.ceil((high - low) / voxel_size) + 1)
+    return grid, (nx, ny, nz)
 
 
 def carry_mask(
@@ -230,8 +231,9 @@ def carry_mask(
     coarse_affine = target_affine.copy()
     coarse_affine[:3, :3] = 2 * target_affine[:3, :3]
     coarse_affine[:3, 3] = target_affine[:3, :3] @ start + target_affine[:3, 3]
-    coarse_shape = tuple(int(n) for n in size // 2 + 1)  # 2 (n - 1) ≥ size - 1: the upsampled grid covers the part
-    coarse = resample(crop.astype(np.float32), crop_affine, coarse_affine, coarse_shape, world_to_source)  # type: ignore[arg-type]
+    cx, cy, cz = (int(n) for n in size // 2 + 1)  # 2 (n - 1) ≥ size - 1: the upsampled grid covers the part
+    coarse_shape = (cx, cy, cz)
+    coarse = resample(crop.astype(np.float32), crop_affine, coarse_affine, coarse_shape, world_to_source)
     fine = F.interpolate(torch.from_numpy(coarse)[None, None], size=tuple(2 * n - 1 for n in coarse_shape), mode="trilinear", align_corners=True)[
         0, 0, : size[0], : size[1], : size[2]
     ]
@@ -251,7 +253,7 @@ def crop_to(mask: np.ndarray, affine: np.ndarray, *arrays: np.ndarray) -> tuple[
     return (mask[box], *(array[box] for array in arrays), cut_affine)
 
 
-def to_ants(data: np.ndarray, affine: np.ndarray):  # type: ignore[no-untyped-def]
+def to_ants(data: np.ndarray, affine: np.ndarray):
     """An ANTs image with the same world geometry as ``(data, affine)`` (RAS → LPS)."""
     import ants
 

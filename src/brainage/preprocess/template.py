@@ -34,7 +34,8 @@ def template_grid(voxel_size: float, margin: float | None = None) -> tuple[np.nd
         low = _MNI_BRAIN_LOW - margin
         affine[:3, 3] = low
         shape = tuple(int(n) for n in np.ceil((_MNI_BRAIN_HIGH + margin - low) / voxel_size) + 1)
-    return affine, shape  # type: ignore[return-value]
+    x, y, z = shape
+    return affine, (x, y, z)
 
 
 def template_on_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +65,7 @@ def mni152_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("nilearn is not installed; its MNI152 template is needed")
-    image = nib.load(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / _MNI152_FILE)
+    image = nib.Nifti1Image.from_filename(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / _MNI152_FILE)
     data = np.asanyarray(image.dataobj).astype(np.float32)
     data /= data.max()
     return data, data > _MNI152_MASK_THRESHOLD, np.asarray(image.affine, dtype=float)
