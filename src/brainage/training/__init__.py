@@ -23,7 +23,7 @@ from brainage.training.config import (
     resolve_accelerator,
     resolve_channels_last,
     resolve_precision,
-)  # fmt: skip
+)
 from brainage.training.evaluate import EvaluationSettings, TrainResult, calibrate_intervals, correct_bias, evaluate
 from brainage.training.module import (
     BrainAgeModule,
@@ -33,7 +33,7 @@ from brainage.training.module import (
     TrainingCurves,
     TrainingDiverged,
     recompute_batch_norm,
-)  # fmt: skip
+)
 from brainage.training.run import RunFolderError, baseline_predictions, fold_module, fold_trainer, quiet_lightning, train
 from brainage.training.summary import summarize_run
 from brainage.utils import write_csv
@@ -43,4 +43,4 @@ __all__ = [
     "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "TrainingDiverged", "baseline_predictions", "calibrate_intervals", "combine", "correct_bias", "cpu_supports_bf16", "evaluate",
     "fold_module", "fold_trainer", "load_checkpoint", "load_config", "quiet_lightning", "recompute_batch_norm",
     "resolve_accelerator", "resolve_channels_last", "resolve_precision", "save_checkpoint", "summarize_run", "train", "write_csv",
-]  # fmt: skip
+]  # fmt: skip  # names grouped in rows

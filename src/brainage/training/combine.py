@@ -30,7 +30,7 @@ from brainage.training.evaluate import (
     read_references,
     run_settings,
     write_yaml,
-)  # fmt: skip
+)
 from brainage.training.run import RunFolderError
 from brainage.utils import write_csv
 
@@ -49,25 +49,25 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
     baselines are the first run's too (the same folds give the same baselines). ``out`` may be a
     folder that holds this same combination, which is then written again.
     """
-    runs = [Path(run) for run in runs]
-    if len(runs) < 2:
+    dirs = [Path(run) for run in runs]  # the runs as paths
+    if len(dirs) < 2:
         raise RunFolderError("combine needs at least two run folders")
     run_dir = Path(out)
-    configs = [_finished_run(run) for run in runs]
+    configs = [_finished_run(run) for run in dirs]
     first = configs[0]
-    _refuse_overlaps(runs, configs)
-    for run, values in zip(runs[1:], configs[1:], strict=False):
+    _refuse_overlaps(dirs, configs)
+    for run, values in zip(dirs[1:], configs[1:], strict=False):
         differs = [key for key in SHARED if values.get(key) != first.get(key)]
         if differs:
-            raise RunFolderError(f"{run} was not trained on the same {', '.join(differs)} as {runs[0]}; only runs on the same folds can be combined")
-    sources = [{"run": str(run.resolve()), "members": members_per_fold(values), "train": values["train"]} for run, values in zip(runs, configs, strict=False)]
+            raise RunFolderError(f"{run} was not trained on the same {', '.join(differs)} as {dirs[0]}; only runs on the same folds can be combined")
+    sources = [{"run": str(run.resolve()), "members": members_per_fold(values), "train": values["train"]} for run, values in zip(dirs, configs, strict=False)]
     _start_combined_folder(run_dir, first, sources)
 
-    run_histories = [_history(run) for run in runs]
+    run_histories = [_history(run) for run in dirs]
     histories = []
     for fold in sorted({int(row["fold"]) for row in first["folds"]}):
         member = 0
-        for run, source, history in zip(runs, sources, run_histories, strict=False):
+        for run, source, history in zip(dirs, sources, run_histories, strict=False):
             for own in range(source["members"]):
                 folder, target = fold_folder(run, fold, own), fold_folder(run_dir, fold, member)
                 checkpoint = load_checkpoint(folder / "model.ckpt")
@@ -80,10 +80,10 @@ def combine(runs: Sequence[str | Path], out: str | Path, progress: bool = True) 
                     histories.append(history[(history["fold"] == fold) & (history["member"] == own)].assign(member=member))
                 member += 1
     write_csv(pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(), run_dir / "metrics.csv")
-    write_csv(read_references(runs[0]), run_dir / REFERENCES)
-    if (runs[0] / "baselines.yaml").is_file():  # the same folds: the first run's baselines
-        shutil.copyfile(runs[0] / "baselines.yaml", run_dir / "baselines.yaml")
-    settings = run_settings(runs[0], first, progress)  # the first run's, as it was last evaluated
+    write_csv(read_references(dirs[0]), run_dir / REFERENCES)
+    if (dirs[0] / "baselines.yaml").is_file():  # the same folds: the first run's baselines
+        shutil.copyfile(dirs[0] / "baselines.yaml", run_dir / "baselines.yaml")
+    settings = run_settings(dirs[0], first, progress)  # the first run's, as it was last evaluated
     return evaluate_run(run_dir, settings, {**first, "combined_from": _plain(sources)})
 
 

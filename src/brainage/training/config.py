@@ -29,7 +29,7 @@ __all__ = [
     "resolve_accelerator",
     "resolve_channels_last",
     "resolve_precision",
-]  # fmt: skip
+]
 
 
 def _plain(value: Any) -> Any:
@@ -54,9 +54,10 @@ def _numbers(kind: type, values: Mapping[str, Any]) -> dict[str, Any]:
     types = {f.name: _NUMBERS.get(str(f.type)) for f in dataclasses.fields(kind)}
     converted = {}
     for name, value in values.items():
-        if isinstance(value, str) and types.get(name):
+        convert = types.get(name)
+        if isinstance(value, str) and convert:
             try:
-                converted[name] = types[name](value)
+                converted[name] = convert(value)
             except ValueError:
                 raise ConfigError(f"{name} must be a number, got {value!r}") from None
     return converted
@@ -239,7 +240,7 @@ def load_config(path: str | Path) -> TrainConfig:
     """A :class:`TrainConfig` from a YAML file: a bare configuration or a run's ``config.yaml``."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
         return TrainConfig.from_dict(values.get("train", values))
     except OSError as error:
         raise InputError(path, error.strerror or "cannot be read") from error

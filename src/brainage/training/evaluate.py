@@ -166,7 +166,7 @@ def evaluate_run(run_dir: Path, settings: EvaluationSettings, values: Mapping[st
     return TrainResult(
         run_dir, predictions, summary, history, pd.DataFrame(values.get("folds") or []), list(checkpoints), group_gaps, group_test,
         str(resolved.get("precision")), str(resolved.get("accelerator")), corrector, interval, notes,
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
 
 
 def calibration_record(k_fold: bool, n_networks: int, n_folds: int, fitted_on: pd.DataFrame) -> dict[str, Any]:

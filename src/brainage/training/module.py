@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.utilities import grad_norm
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 
 from brainage.errors import BrainAgeError
 from brainage.figures import plot_training_curves
@@ -31,7 +31,8 @@ class BrainAgeModule(L.LightningModule):
 
     def __init__(self, model: AgeRegressor, age_mean: float, age_std: float, config: TrainConfig, channels_last: bool = False) -> None:
         super().__init__()
-        self.model = model.to(memory_format=torch.channels_last_3d) if channels_last else model
+        # torch's stubs of Module.to lack memory_format, which it accepts
+        self.model = model.to(memory_format=torch.channels_last_3d) if channels_last else model  # type: ignore[call-overload]
         self.age_mean = age_mean
         self.age_std = age_std
         self.config = config
@@ -56,6 +57,7 @@ class BrainAgeModule(L.LightningModule):
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         for name in ("mae", "rmse"):
             metric = self.metrics[f"{stage}_{name}"]
+            assert isinstance(metric, Metric)  # narrows the ModuleDict's item
             metric(predicted, age)
             self.log(f"{stage}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "mae", batch_size=size)
         return loss
@@ -89,7 +91,7 @@ class BrainAgeModule(L.LightningModule):
             # lr × (epoch + 1) / warmup for the first epochs, as the tutorial; chains with the plateau.
             schedulers.insert(0, {"scheduler": torch.optim.lr_scheduler.LinearLR(
                 optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1
-            ), "interval": "epoch"})  # fmt: skip
+            ), "interval": "epoch"})  # fmt: skip  # keys grouped in rows
         return [optimizer], schedulers
 
 
@@ -142,7 +144,7 @@ class MaxGradientNorm(Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         total = grad_norm(pl_module, norm_type=2).get("grad_2.0_norm_total")
         if total is not None:
-            self._max = torch.maximum(self._max, total.detach().float().to(self._max.device))
+            self._max = torch.maximum(self._max, torch.as_tensor(total).detach().float().to(self._max.device))  # grad_norm is typed float, gives tensors
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("max_grad_norm", self._max, on_epoch=True, sync_dist=True, reduce_fx="max")
@@ -193,6 +195,7 @@ class PreciseBatchNorm(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
+            assert isinstance(pl_module.model, torch.nn.Module)  # narrows the LightningModule's attribute
             with trainer.precision_plugin.forward_context():
                 recompute_batch_norm(pl_module.model, self.loader, pl_module.device, getattr(pl_module, "channels_last", False), self.max_batches)
 

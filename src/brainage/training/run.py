@@ -57,7 +57,7 @@ from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import check_control_group, control_mask
 from brainage.figures import plot_training_curves
 from brainage.inference import BrainAgeEnsemble, predict_batches
-from brainage.models import build_model
+from brainage.models import AgeRegressor, build_model
 from brainage.predict import resolve_checkpoints
 from brainage.preprocess import PreparedCache, load_cache
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
@@ -105,14 +105,14 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
         fold_table.insert(3, "calibration", [f"{len(rows)} / {cache.manifest['subject_id'].iloc[rows].nunique()}" for rows in calibration])
     _start_run_folder(run_dir, cache, config, fold_table, _split_digest(cache.manifest, folds, calibration), accelerator, precision)
     warning = calibration_warning(cache.manifest, calibration, config) if config.folds is None and config.bias_correction != "none" else None
-    if warning and config.progress and rank_zero_only.rank == 0:
+    if warning and config.progress and rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets .rank at import
         console.print(warning, style="yellow", soft_wrap=True)
 
     histories = []
     for fold in folds:
         members = [_fit_fold(cache, fold, calibration[fold.index], member, config, run_dir, accelerator, precision) for member in range(config.ensemble)]
         histories += [history.assign(fold=fold.index, member=member) for member, history in enumerate(members)]
-    if rank_zero_only.rank != 0:
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # Lightning sets .rank on the function at import
         return None
     history = pd.concat(histories, ignore_index=True).reindex(columns=["fold", "member", *HISTORY_COLUMNS])
     write_csv(history, run_dir / "metrics.csv")
@@ -196,7 +196,7 @@ def _start_run_folder(
         return
     if run_dir.is_dir() and any(run_dir.iterdir()):
         raise RunFolderError(f"{run_dir} is not empty and holds no brainage run; choose another --out")
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets .rank on the function at import
         write_yaml(values, path)
 
 
@@ -321,7 +321,7 @@ def fold_trainer(
         accelerator=accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
-        precision=precision,
+        precision=precision,  # type: ignore[arg-type]  # resolve_precision gives one of Lightning's names
         gradient_clip_val=config.gradient_clip,
         gradient_clip_algorithm="norm",
         deterministic=config.deterministic,
@@ -355,7 +355,7 @@ def _fit_fold(
     L.seed_everything(seed, workers=True, verbose=False)
     module, data = fold_module(cache, fold, config, accelerator, precision, seed)
     if config.epochs == 0:
-        if rank_zero_only.rank != 0:  # nothing to train: under DDP only rank 0 predicts
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # nothing to train: under DDP only rank 0 predicts
             return pd.DataFrame(columns=HISTORY_COLUMNS)
         device = torch.device(accelerator)
         checkpoint = _recalibrated(cache, fold, data, config, device)
@@ -380,10 +380,11 @@ def _fit_fold(
         return curves.history
     module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     checkpoint = _fold_checkpoint(
-        module.model.to(memory_format=torch.contiguous_format), data.age_mean, data.age_std, cache, fold, config,
-        member=member, best_epoch=int(curves.history["val_mae"].idxmin()) + 1 if curves.rows else None,
+        # torch's stubs of Module.to lack memory_format, which it accepts
+        module.model.to(memory_format=torch.contiguous_format), data.age_mean, data.age_std, cache, fold, config,  # type: ignore[call-overload]
+        member=member, best_epoch=int(np.nanargmin(curves.history["val_mae"].to_numpy(dtype=float))) + 1 if curves.rows else None,
         best_val_mae=float(best.best_model_score) if best.best_model_score is not None else None,
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
     test = _predict_fold(checkpoint, cache, fold, calibration, data, trainer.strategy.root_device, folder)
     for leftover in (Path(best.best_model_path), last):
         leftover.unlink(missing_ok=True)
@@ -396,7 +397,7 @@ def _fit_fold(
 
 
 def _fold_checkpoint(
-    model: torch.nn.Module, age_mean: float, age_std: float, cache: PreparedCache, fold: Fold, config: TrainConfig, **extra: Any
+    model: AgeRegressor, age_mean: float, age_std: float, cache: PreparedCache, fold: Fold, config: TrainConfig, **extra: Any
 ) -> BrainAgeCheckpoint:
     """The self-contained checkpoint of one fold's model, fitted on its training and validation scans."""
     manifest = cache.manifest
@@ -414,7 +415,7 @@ def _fold_checkpoint(
         extra={
             "fold": fold.index, **extra, "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None, "train_config": config.to_dict(),
         },
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
 
 
 def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, config: TrainConfig, device: torch.device) -> BrainAgeCheckpoint:
@@ -422,6 +423,7 @@ def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, co
     cohort: age regressed on its predictions (least squares, per scan) over the fold's training and
     validation scans, folded into the checkpoint's age scale (``age_mean``, ``age_std``) so that
     ``brainage predict`` applies it. The fold's test people are not used."""
+    assert config.init is not None  # called only for a run with --init
     source = initial_checkpoint(config.init, fold.index)
     _refuse_init_overlap(source, cache, fold, config)
     source.tta_flip = config.tta_flip
@@ -438,7 +440,7 @@ def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, co
     return _fold_checkpoint(
         source.model, intercept + slope * source.age_mean, slope * source.age_std, cache, fold, config, member=0,
         recalibration=f"output re-calibrated on {len(fitted_on)} training scans: age = {intercept:.2f} + {slope:.3f} × prediction (MAE {np.mean(np.abs(line.predict(predicted[:, None]) - ages)):.2f} y there, {np.mean(np.abs(predicted - ages)):.2f} y before)",
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
 
 
 def _predict_fold(

@@ -19,7 +19,7 @@ from brainage.retest import ReliabilityResult, gap_retest, longitudinal, test_re
 SUMMARY_COLUMNS = (
     "model", "level", "correction", "n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity", "dementia_gap", "dementia_p",
     "retest_sd", "icc2", "icc2_low", "icc2_high", "icc2_gap", "icc2_gap_low", "icc2_gap_high", "visit_slope", "visit_slope_true", "coverage",
-)  # fmt: skip
+)  # fmt: skip  # names grouped in rows
 
 
 def summarize_run(
