@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASELINES", "CappedPCA", "LeadingColumns", "baseline_predictions", "downsample_volumes", "gpr_baseline", "inner_cv", "mean_baseline",
     "tabular_baseline", "tuned_tabular_baseline", "tuned_voxel_baseline", "voxel_baseline",
-]  # fmt: skip
+]  # fmt: skip  # names grouped in rows
 
 TABULAR_NUMERIC = ("nwbv", "etiv")
 TABULAR_CATEGORICAL = ("sex",)
@@ -258,7 +258,7 @@ def baseline_predictions(cache: PreparedCache, folds: Sequence[Fold], config: Tr
         record.update(
             downsample=factor, features=int(voxels.shape[1]), alphas=list(ALPHAS), components=component_grid(config.voxel_components),
             tabular_columns=numeric + categorical, scoring=SCORING, gpr_restarts=GPR_RESTARTS, folds=[],
-        )  # fmt: skip
+        )  # fmt: skip  # arguments grouped by meaning
     frames = []
     for fold in folds:
         with tempfile.TemporaryDirectory(prefix="brainage-baselines-") as memory:  # the PCA fits of this fold's inner CV

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -24,21 +24,22 @@ app = typer.Typer(
     add_completion=False,
 )
 
-F = TypeVar("F", bound=Callable[..., object])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def reports_errors(func: F) -> F:
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`BrainAgeError` into one red line on stderr and exit code 2."""
 
     @functools.wraps(func)
-    def wrapper(*args: object, **kwargs: object) -> object:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except BrainAgeError as error:
             err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
             raise typer.Exit(code=2) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -130,7 +131,7 @@ def train_command(
     if folds is not None and test_fraction is not None:
         raise BrainAgeError("choose either --folds or --test-fraction, not both")
     base = load_config(config_file) if config_file else TrainConfig()
-    given = {
+    given: dict[str, Any] = {
         "model": model,
         "folds": folds,
         "test_fraction": test_fraction,
@@ -341,10 +342,11 @@ def prepare_command(
     except ValueError as error:
         raise BrainAgeError(f"--pipeline {pipeline}: {error}") from None
     parts = tuple(int(part) for part in shard.split("/") if part.isdigit()) if shard else None
-    if parts is not None and (len(parts) != 2 or shard.count("/") != 1 or not 1 <= parts[0] <= parts[1]):
+    if shard and parts is not None and (len(parts) != 2 or shard.count("/") != 1 or not 1 <= parts[0] <= parts[1]):
         raise BrainAgeError(f"--shard {shard}: expected I/N with 1 ≤ I ≤ N, e.g. 3/8")
+    pair = (parts[0], parts[1]) if parts else None
     adequacy = AdequacyConfig.with_overrides(max_voxel_mm=max_voxel_mm)
-    report = prepare(source, out, config, workers=workers, shard=parts, demographics=demographics, device=device, adequacy=adequacy)
+    report = prepare(source, out, config, workers=workers, shard=pair, demographics=demographics, device=device, adequacy=adequacy)
     print_table(report.summary(), title=f"brainage prepare ({config.name}) → {out}")
     flagged = report.flagged
     if len(flagged):
@@ -373,16 +375,21 @@ def synth_command(
     import os
     import time
 
-    from brainage.cohort import get_preset, summary_table, synthesize
+    from brainage.cohort import Preset, get_preset, summary_table, synthesize
     from brainage.console import console, print_problems, print_table
 
     chosen = get_preset(preset)
     if layout not in ("oasis2", "oasis1"):
         raise BrainAgeError(f"--layout {layout}: choose oasis2 or oasis1")
-    if layout == "oasis1":
-        from brainage.cohort.oasis1 import synthesize_oasis1 as synthesize  # the same cohort, OASIS-1's files
     start = time.perf_counter()
-    result = synthesize(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
+    if layout == "oasis1":
+        from brainage.cohort.oasis1 import synthesize_oasis1  # the same cohort, OASIS-1's files
+
+        if not isinstance(chosen, Preset):
+            raise BrainAgeError(f"--layout oasis1: {preset} is a v2 population preset; OASIS-1's files are written from the v1 presets")
+        result = synthesize_oasis1(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
+    else:
+        result = synthesize(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
     elapsed = time.perf_counter() - start
     print_table(summary_table(result), title=f"brainage synth ({chosen.name}, seed {seed}) → {out}", floatfmt="{:.3g}")
     mae = result.summary["true_brain_age_mae"]
@@ -456,7 +463,7 @@ def demo_command(
     from brainage.console import console, print_table
     from brainage.demo import DemoConfig, run_demo, training_for
 
-    given = {"preset": preset, "pipeline": pipeline, "workers": workers, "seed": seed}
+    given: dict[str, Any] = {"preset": preset, "pipeline": pipeline, "workers": workers, "seed": seed}
     config = dataclasses.replace(DemoConfig(), **{key: value for key, value in given.items() if value is not None})
     if model is not None or epochs is not None:
         config = dataclasses.replace(config, train=training_for(config.preset, model, epochs))

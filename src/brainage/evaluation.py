@@ -187,7 +187,7 @@ class AgeBiasCorrector:
             "method": self.method, "min_subjects": self.min_subjects, "confidence": self.confidence,
             "slope": self.slope_, "intercept": self.intercept_, "slope_ci": [float(v) for v in self.slope_ci_],
             "n_subjects": self.n_subjects_, "n_sessions": self.n_sessions_, "refused": self.refused_,
-        }  # fmt: skip
+        }  # fmt: skip  # keys grouped in rows
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AgeBiasCorrector:
@@ -195,7 +195,8 @@ class AgeBiasCorrector:
         corrector = cls(str(values.get("method", "residual")), int(values.get("min_subjects", 20)), float(values.get("confidence", 0.95)))
         corrector.slope_ = float(values["slope"])
         corrector.intercept_ = float(values["intercept"])
-        corrector.slope_ci_ = tuple(float(v) for v in values.get("slope_ci", (math.nan, math.nan)))  # type: ignore[assignment]
+        low, high = (float(v) for v in values.get("slope_ci", (math.nan, math.nan)))
+        corrector.slope_ci_ = (low, high)
         corrector.n_subjects_ = int(values.get("n_subjects", 0))
         corrector.n_sessions_ = int(values.get("n_sessions", 0))
         corrector.refused_ = values.get("refused")
@@ -206,7 +207,7 @@ def _groups(frame: pd.DataFrame) -> pd.Series:
     return frame["group"].astype("string").str.strip() if "group" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
 
 
-def check_control_group(groups: Sequence[object], control_group: Sequence[str] | None) -> None:
+def check_control_group(groups: Sequence[Any], control_group: Sequence[str] | None) -> None:
     """A ``ValueError`` (one line, listing the groups present) when a name of ``control_group`` is
     not among ``groups`` (case-insensitive): a typo must not silently pick other controls."""
     if not control_group:
@@ -336,7 +337,7 @@ def gap_by_group(predictions: pd.DataFrame, by: str = "group", column: str = "br
     result: dict[str, Any] = {
         "test": "none", "statistic": float("nan"), "p_value": float("nan"),
         "groups": [_native(level) for level in samples], "difference": float(difference),
-    }  # fmt: skip
+    }  # fmt: skip  # keys grouped in rows
     if len(samples) == 2:
         statistic, p_value = stats.ttest_ind(*samples.values(), equal_var=False)
         result.update(test="Welch t-test", statistic=float(statistic), p_value=float(p_value))

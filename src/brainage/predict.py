@@ -53,7 +53,7 @@ CARRIED_COLUMNS = ("scan_id", "subject_id", "session_id", "path", "age", "sex", 
 PREDICTION_COLUMNS = (
     "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected",
     "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings", "inadequate",
-)  # fmt: skip
+)  # fmt: skip  # names grouped in rows
 #: Emptied (NaN) in a row that fails an adequacy check, unless ``force``.
 BRAIN_AGE_COLUMNS = ("brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected")
 
@@ -264,8 +264,8 @@ class BrainAgeModel:
     @property
     def correction(self) -> str:
         """What ``brain_age_corrected`` is: the members' correction in words, or why there is none."""
-        correctors = [checkpoint.corrector for checkpoint in self.checkpoints]
-        if any(corrector is None for corrector in correctors):
+        correctors = [checkpoint.corrector for checkpoint in self.checkpoints if checkpoint.corrector is not None]
+        if len(correctors) < len(self.checkpoints):
             return "none: a model has no bias correction"
         refused = [corrector.refused_ for corrector in correctors if not corrector.applicable]
         if refused:
@@ -365,8 +365,8 @@ class BrainAgeModel:
             hit = lookup.get(digest) if lookup and digest else None
             if hit is not None:
                 found, i = hit
-                measured[index] = {key: found.manifest[key].iat[i] for key in MEASURES if key in found.manifest}
-                yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iat[i])
+                measured[index] = {key: found.manifest[key].iloc[i] for key in MEASURES if key in found.manifest}
+                yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iloc[i])
             else:
                 to_prepare.setdefault(path, []).append(index)
         if not to_prepare:
@@ -396,7 +396,7 @@ class BrainAgeModel:
         refused = {index for index, reason in enumerate(inadequate) if reason}
         done = sorted(set(predicted) | (set() if force else refused))
         trained = self.training_hashes
-        seen = [trained.get(hashes[index], 0) if hashes[index] else 0 for index in done]
+        seen = [trained.get(digest, 0) if digest else 0 for digest in (hashes[index] for index in done)]
         table = rows.iloc[done].reset_index(drop=True)
         values = np.array([predicted.get(index, (np.nan,) * 4) for index in done], dtype=float).reshape(-1, 4)
         table["brain_age"], table["brain_age_corrected"], member_sd, table["qc_score"] = values.T
@@ -487,7 +487,7 @@ def accuracy_table(predictions: pd.DataFrame, mean_training_age: float) -> pd.Da
     known = predictions[predictions["age"].notna()]
     if known.empty:
         return pd.DataFrame(columns=["prediction", "n", "mae", "rmse", "r"])
-    candidates = {
+    candidates: dict[str, pd.Series | np.ndarray] = {
         "brain age": known["brain_age"],
         "brain age, bias-corrected": known["brain_age_corrected"],
         "mean training age": np.full(len(known), mean_training_age),

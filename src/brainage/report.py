@@ -358,8 +358,8 @@ def saliency_figure(saliency: np.ndarray, background: np.ndarray, mask: np.ndarr
     figure = Figure(figsize=(11, 4), layout="constrained")
     axes = figure.subplots(1, 3)
     for ax, axis, label in zip(axes, range(3), ("sagittal", "coronal", "axial"), strict=False):
-        take = [slice(None)] * 3
-        take[axis] = peak[axis]
+        take: list[slice | int] = [slice(None)] * 3
+        take[axis] = int(peak[axis])
         ax.imshow(background[tuple(take)].T, origin="lower", cmap="gray", vmin=low, vmax=high)
         image = ax.imshow(shown[tuple(take)].T, origin="lower", cmap="hot", alpha=0.65, vmin=shown.min(), vmax=shown.max())
         ax.set_title(f"{label} (slice {peak[axis]})", fontsize=9)
@@ -466,7 +466,8 @@ def _reliability(predictions: pd.DataFrame, control_group: list[str] | None = No
         for column, gap in zip(("brain_age", "brain_age_corrected"), gaps, strict=False):
             if gap.available and "icc2" in gap.values:
                 label = "gap" if column == "brain_age" else "corrected gap"
-                rows.append(gap.table[gap.table["measure"].str.startswith("ICC")].assign(measure=lambda t, label=label: t["measure"] + f", {label}"))
+                iccs = gap.table[gap.table["measure"].str.startswith("ICC")]
+                rows.append(iccs.assign(measure=iccs["measure"] + f", {label}"))
         text = _table(_retest_display(pd.concat(rows, ignore_index=True)), caption) + (_note(retest.reason) if retest.reason else "")
     else:
         text = _note(f"Test–retest: {retest.reason}.")
@@ -503,7 +504,7 @@ def _intervals(predictions: pd.DataFrame, config: dict[str, Any], heldout: pd.Da
         "set": table["set"], "scans": table["scans"], "ages inside": table["inside"],
         "coverage": [f"{value:.1%}" for value in table["coverage"]],
         "median width (years)": [f"{value:.1f}" for value in table["median_width"]],
-    })  # fmt: skip
+    })  # fmt: skip  # keys grouped in rows
     if nominal is not None:
         shown[f"within ±{COVERAGE_TOLERANCE * 100:.0f} points of {float(nominal):.0%}"] = [
             "yes" if abs(value - float(nominal)) <= COVERAGE_TOLERANCE else "no" for value in table["coverage"]
@@ -537,7 +538,7 @@ def _pose(path: Path) -> str:
             f"SD ≤ {POSE_TARGET_SD:g} y": ("yes" if ages.std(ddof=1) <= POSE_TARGET_SD else "no") if len(ages) > 1 else "–",
             "QC lowest / identity": (f"{frame['qc_score'].min():.2f} / {frame.loc[frame['pose'] == 0, 'qc_score'].iloc[0]:.2f}"
                                      if "qc_score" in frame and (frame["pose"] == 0).any() else "–"),
-        })  # fmt: skip
+        })  # fmt: skip  # keys grouped in rows
     caption = (
         f"From {path.name} (bench/pose.py): each scan written again in {poses['pose'].nunique()} poses (pose 0 the identity), as a new header "
         "(voxels untouched) and as voxels resampled in the same grid, predicted from the raw files; SD of the brain age across the poses "
@@ -566,7 +567,7 @@ def _retest_display(table: pd.DataFrame) -> pd.DataFrame:
         "95 % interval": ["–" if math.isnan(low) else f"{low:.{d}f} to {high:.{d}f}" for low, high, d in zip(table["ci_low"], table["ci_high"], digits, strict=False)],
         "sessions": table["n_sessions"],
         "scans": table["n_scans"],
-    })  # fmt: skip
+    })  # fmt: skip  # keys grouped in rows
 
 
 def _visits_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -583,7 +584,7 @@ def _visits_display(table: pd.DataFrame) -> pd.DataFrame:
         "years followed (median)": [_number(value, 1) for value in table["years_median"]],
         "slope on age, median [IQR]": spread("slope"),
         "gap SD over visits (median, y)": [_number(value, 2) for value in table["gap_sd_median"]],
-    })  # fmt: skip
+    })  # fmt: skip  # keys grouped in rows
     if "slope_true_median" in table:
         shown["slope on true brain age, median [IQR]"] = spread("slope_true")
     return shown
