@@ -213,7 +213,7 @@ def refuse_overlap(
         warnings.warn(f"{what} was written before checkpoints kept subject ids; its overlap with test people was checked {kept}", stacklevel=2)
 
 
-def seen_by_id(checkpoints: Sequence[BrainAgeCheckpoint], subject_ids: Sequence[str], session_ids: Sequence[str], paths: Sequence[str]) -> list[str]:
+def seen_by_id(checkpoints: Sequence[BrainAgeCheckpoint], subject_ids: Iterable[str], session_ids: Iterable[str], paths: Iterable[str]) -> list[str]:
     """Per scan, a warning where any of ``checkpoints`` was fitted on its person (by subject id) or
     its session (by session id) and the scan lies in that checkpoint's dataset (:func:`same_dataset`);
     empty where none was. Another scan or visit of a training person is not out-of-sample either."""

@@ -153,6 +153,7 @@ def run_demo(out: str | Path = "brainage-demo", config: DemoConfig | None = None
     lap(f"prepare ({config.pipeline})")
     train_config = config.train_config()
     result = train(out / "cache", out / "run", train_config)
+    assert result is not None  # train returns None only on the non-zero ranks of multi-process training
     lap(f"train ({train_config.model})")
     model = BrainAgeModel.load(out / "run")
     heldout = model.predict(manifest.iloc[held_out], workers=config.workers)
@@ -206,11 +207,11 @@ def comparison_table(summary: pd.DataFrame, model: str, heldout: pd.DataFrame) -
         rows.append({
             "model": name, "sessions": "out-of-fold", "n": row.n, "mae": row.mae, "mae_true": row.mae_true,
             "gap_fidelity": row.gap_fidelity, "dementia_gap": row.dementia_gap, "dementia_p": row.dementia_p,
-        })  # fmt: skip
+        })  # fmt: skip  # keys grouped in rows
     labels = {
         "brain age": f"{model} (network)",
         "brain age, bias-corrected": f"{model}, bias-corrected",
         "mean training age": f"baseline: {BASELINES['mean_age']}",
     }
-    rows += [{"model": labels[row.prediction], "sessions": "held-out people", "n": row.n, "mae": row.mae} for row in heldout.itertuples() if row.n]
+    rows += [{"model": labels[str(row.prediction)], "sessions": "held-out people", "n": row.n, "mae": row.mae} for row in heldout.itertuples() if row.n]
     return pd.DataFrame(rows).astype({"n": int})
