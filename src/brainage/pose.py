@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +17,11 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from brainage.errors import InputError
 from brainage.io.images import scan_stem
+
+#: The order of scipy's spline interpolation.
+SplineOrder = Literal[0, 1, 2, 3, 4, 5]
 
 __all__ = ["Pose", "grid_centre", "random_poses", "repose_header", "repose_voxels", "write_poses"]
 
@@ -54,7 +59,9 @@ class Pose:
         """The pose that undoes this one (about the same centre)."""
         inverse = self.rotation().inv()
         shift = -inverse.apply(np.asarray(self.shift_mm, dtype=float))
-        return Pose(tuple(float(a) for a in inverse.as_euler("xyz", degrees=True)), tuple(float(s) for s in shift))
+        rx, ry, rz = (float(a) for a in inverse.as_euler("xyz", degrees=True))
+        sx, sy, sz = (float(s) for s in shift)
+        return Pose((rx, ry, rz), (sx, sy, sz))
 
     @property
     def is_identity(self) -> bool:
@@ -80,8 +87,17 @@ def random_poses(count: int, max_rotation_deg: float = 15.0, max_shift_mm: float
     while len(poses) < count:
         angles = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
         shifts = rng.uniform(-max_shift_mm, max_shift_mm, 3)
-        poses.append(Pose(tuple(float(a) for a in angles), tuple(float(s) for s in shifts)))
+        rx, ry, rz = (float(a) for a in angles)
+        sx, sy, sz = (float(s) for s in shifts)
+        poses.append(Pose((rx, ry, rz), (sx, sy, sz)))
     return poses
+
+
+def _load(path: str | Path) -> nib.spatialimages.SpatialImage:
+    image = nib.load(path)
+    if not isinstance(image, nib.spatialimages.SpatialImage):
+        raise InputError(path, f"not a volume image ({type(image).__name__})")
+    return image
 
 
 def _volume(image: nib.spatialimages.SpatialImage) -> np.ndarray:
@@ -121,14 +137,14 @@ def repose_header(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose
         moved = repose_header("scan.nii.gz", Pose((0, 10, 0), (0, 0, 5)))
         moved.to_filename("scan_moved.nii.gz")       # voxels untouched, affine changed
     """
-    image = nib.load(image) if isinstance(image, (str, Path)) else image
+    image = _load(image) if isinstance(image, (str, Path)) else image
     data = _volume(image)
     affine = np.asarray(image.affine, dtype=float)
     centre = grid_centre(data.shape, affine) if centre is None else centre
     return _nifti(data, pose.matrix(centre) @ affine)
 
 
-def repose_voxels(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose, order: int = 1, centre: ArrayLike | None = None) -> nib.Nifti1Image:
+def repose_voxels(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose, order: SplineOrder = 1, centre: ArrayLike | None = None) -> nib.Nifti1Image:
     """The head moved by ``pose`` in world space by resampling the voxels into the original grid
     (affine unchanged; ``order`` of the spline interpolation, outside the field of view is 0, as a
     scanner would miss what moved out). Integer images stay integer (rounded, clipped). ``centre``
@@ -140,7 +156,7 @@ def repose_voxels(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose
 
         moved = repose_voxels("scan.nii.gz", Pose((0, 10, 0), (0, 0, 5)))   # same grid, new voxels
     """
-    image = nib.load(image) if isinstance(image, (str, Path)) else image
+    image = _load(image) if isinstance(image, (str, Path)) else image
     data = _volume(image)
     affine = np.asarray(image.affine, dtype=float)
     world = pose.matrix(grid_centre(data.shape, affine) if centre is None else centre)
@@ -148,14 +164,14 @@ def repose_voxels(image: nib.spatialimages.SpatialImage | str | Path, pose: Pose
     moved = ndimage.affine_transform(
         np.asarray(data, dtype=np.float64), to_source[:3, :3], offset=to_source[:3, 3], output_shape=data.shape,
         order=order, mode="constant", cval=0.0,
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
     if np.issubdtype(data.dtype, np.integer):
         limits = np.iinfo(data.dtype)
         moved = np.clip(np.rint(moved), limits.min, limits.max)
     return _nifti(moved.astype(data.dtype), affine)
 
 
-def write_poses(path: str | Path, poses: Sequence[Pose], out_dir: str | Path, mode: str = "header", order: int = 1) -> list[Path]:
+def write_poses(path: str | Path, poses: Sequence[Pose], out_dir: str | Path, mode: str = "header", order: SplineOrder = 1) -> list[Path]:
     """Write one NIfTI per pose of the scan ``path`` (any format nibabel reads: NIfTI, Analyze
     pairs, MGZ) into ``out_dir`` as ``<stem>_<mode>_pose<k>.nii.gz``; ``mode`` is ``"header"``
     (:func:`repose_header`) or ``"voxels"`` (:func:`repose_voxels`). Returns the paths in pose order.
@@ -167,7 +183,7 @@ def write_poses(path: str | Path, poses: Sequence[Pose], out_dir: str | Path, mo
     """
     if mode not in ("header", "voxels"):
         raise ValueError(f"mode must be 'header' or 'voxels', not {mode!r}")
-    image = nib.load(str(path))
+    image = _load(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

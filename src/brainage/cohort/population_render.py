@@ -51,11 +51,12 @@ def person_space(subject: SubjectRecord, person: PersonRecord, preset: Populatio
     """The person's head, warped by their affine map and diffeomorphism, and their ageing patterns."""
     anatomy = head_anatomy(person.head, preset.resolution)
     res = np.float32(anatomy.resolution)
-    field_shape = tuple(int(n) for n in anatomy.sulcal.shape[1:])
+    fx, fy, fz = (int(n) for n in anatomy.sulcal.shape[1:])
+    field_shape = (fx, fy, fz)
     rng = np.random.default_rng(person.anatomy_seed)
     a = preset.anatomy
-    velocity = np.stack([bspline_field(rng, person.velocity_mm, a.velocity_spacing_mm, field_shape, 2.0 * res) for _ in range(3)])
-    scalar = bspline_field(rng, 1.0, a.regional_spacing_mm, field_shape, 2.0 * res)
+    velocity = np.stack([bspline_field(rng, person.velocity_mm, a.velocity_spacing_mm, field_shape, 2.0 * float(res)) for _ in range(3)])
+    scalar = bspline_field(rng, 1.0, a.regional_spacing_mm, field_shape, 2.0 * float(res))
     push = np.stack(np.gradient(scalar, 2.0 * float(res)))
     velocity += push * np.float32(person.regional_mm / max(float(np.sqrt((push**2).sum(0)).max()), 1e-6))
     displacement = _upsample(_integrate(velocity, a.integration_steps, 2.0 * float(res)), anatomy.shape)
@@ -86,7 +87,7 @@ def person_space(subject: SubjectRecord, person: PersonRecord, preset: Populatio
     )
     family = preset.ageing
     pattern_rng = np.random.default_rng(person.pattern_seed)
-    patterns = np.stack([np.exp(bspline_field(pattern_rng, family.pattern_sd, family.pattern_spacing_mm, field_shape, 2.0 * res)) for _ in COMPONENTS])
+    patterns = np.stack([np.exp(bspline_field(pattern_rng, family.pattern_sd, family.pattern_spacing_mm, field_shape, 2.0 * float(res))) for _ in COMPONENTS])
     mm = positions * res + anatomy.origin.astype(np.float32)[:, None, None, None]
     region, pull = np.zeros(anatomy.shape, dtype=np.float32), np.zeros((3, *field_shape), dtype=np.float32)
     radius = np.float32(family.medial_temporal_radius_mm)

@@ -40,7 +40,7 @@ from brainage.cohort.write import (
     ground_truth_table,
     write_scan,
     write_spreadsheet,
-)  # fmt: skip
+)
 from brainage.errors import BrainAgeError, Problem
 from brainage.utils import atomic_write, parallel_map
 
