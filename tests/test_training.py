@@ -160,7 +160,14 @@ def test_predict_on_a_folds_test_scans_reproduces_the_out_of_fold_predictions(ti
         expected = saved[saved["fold"] == fold].reset_index(drop=True)
         rows = cache.manifest.set_index("scan_id").loc[expected["scan_id"]].reset_index()
         model = BrainAgeModel.load(tiny_run / f"fold_{fold}" / "model.ckpt", device="cpu")
-        table = model.predict(rows[["path", "scan_id", "subject_id", "session_id", "age"]])
+        # A test person older or younger than everyone the fold's model was trained on gets no brain
+        # age and the reason, unless forced; forced, every scan gets the out-of-fold prediction.
+        low, high = model.train_age_range
+        outside = ~rows["age"].between(low, high)
+        refused = model.predict(rows[["path", "scan_id", "subject_id", "session_id", "age"]])
+        assert refused["brain_age"].isna().tolist() == outside.tolist()
+        assert refused["inadequate"][outside.to_numpy()].str.contains("outside the model's training range").all()
+        table = model.predict(rows[["path", "scan_id", "subject_id", "session_id", "age"]], force=True)
         assert list(table["scan_id"]) == list(expected["scan_id"])
         np.testing.assert_allclose(table["brain_age"], expected["brain_age"], atol=1e-4)
         assert not table["warnings"].str.contains("training data").any()

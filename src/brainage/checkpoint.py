@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from brainage import __version__
+from brainage.conformal import ConformalInterval
 from brainage.errors import BrainAgeError, InputError
 from brainage.evaluation import AgeBiasCorrector
 from brainage.models import AgeRegressor, build_model, current_model_name
-from brainage.reliability import ConformalInterval
 from brainage.utils import atomic_write
 
 if TYPE_CHECKING:

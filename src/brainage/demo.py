@@ -19,13 +19,13 @@ from typing import Any
 import pandas as pd
 
 from brainage.cohort import SUMMARY, get_preset, synthesize, unfinished
+from brainage.conformal import coverage
 from brainage.data import subject_holdout
 from brainage.errors import BrainAgeError, InputError
 from brainage.io import discover
 from brainage.predict import BrainAgeModel, accuracy_table, summarise_sessions
 from brainage.preprocess import make_config, prepare
 from brainage.preprocess.pipelines import PIPELINES, PipelineConfig, pipeline_name
-from brainage.reliability import coverage
 from brainage.report import build_report
 from brainage.training import TrainConfig, train
 from brainage.training.run import BASELINES
