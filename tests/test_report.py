@@ -40,7 +40,7 @@ def test_the_report_is_one_self_contained_file_with_every_section(tiny_run: Path
     assert "True brain age (a perfect brain reader) on this synthetic cohort" in text
     assert "averaged over 2 test scans" in text
     assert "ICC(2,1) absolute agreement" in text and "within-session SD (years)" in text  # repeats in every tiny session
-    assert "Over each person&#x27;s visits" in text and "slope on age, median [IQR]" in text  # and two or more visits per person
+    assert "Over each person&#39;s visits" in text and "slope on age, median [IQR]" in text  # and two or more visits per person
     assert "Pose invariance: not measured for this run (no pose.csv in the run folder)" in text
 
 
@@ -59,7 +59,7 @@ def test_the_four_biomarker_sections_show_their_numbers(tiny_run: Path, tmp_path
     with the numbers of the library functions that compute them, recomputed here."""
     from brainage.reliability import coverage, longitudinal, test_retest
 
-    run = tmp_path / "run"
+    run = tmp_path / "run <b>&"  # the template escapes the folder name in the title (autoescaping on)
     shutil.copytree(tiny_run, run)
     predictions = pd.read_csv(run / "predictions.csv", dtype={"scan_id": str, "subject_id": str, "session_id": str})
     assert predictions["brain_age_lower"].notna().all()
@@ -72,6 +72,7 @@ def test_the_four_biomarker_sections_show_their_numbers(tiny_run: Path, tmp_path
     poses.to_csv(run / "pose.csv", index=False)
     text = build_report(run, tmp_path / "report.html", saliency_scans=1, heldout=heldout).read_text(encoding="utf-8")
     assert "nan" not in re.sub(r'src="data:[^"]+"', "", text).lower()
+    assert "<title>brainage report: run &lt;b&gt;&amp;</title>" in text and "<b>" not in text
 
     retest = test_retest(predictions).values
     cells = _cells(_section(text, "reliability"))
