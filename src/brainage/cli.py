@@ -365,7 +365,7 @@ def synth_command(
     preset: str = typer.Option(
         "demo",
         "--preset",
-        help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans), oasis1 (416 people aged 18–96) or pretrain (1000 people, one scan each).",
+        help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans), oasis1 (416 people aged 18–96) or pretrain (1000 people, one scan each), all from the MNI152 template (v1); or population_tiny, population or population_pretrain (v2: several real heads, varied anatomy, ageing and scanners).",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
