@@ -34,8 +34,11 @@ def write_series(
     side: int = 32,
     seed: int = 0,
     study_date: str = "20200101",
+    spacing: float = 1.0,
+    thickness: float = 1.2,
 ) -> list[Path]:
-    """A synthetic axial MR series, one file per slice, with a proper geometry and SOP class."""
+    """A synthetic axial MR series, one file per slice, with a proper geometry and SOP class:
+    ``side`` × ``side`` pixels of ``spacing`` mm, ``slices`` slices ``thickness`` mm apart."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     volume = (rng.uniform(0, 1000, (slices, side, side)) * np.linspace(0.5, 1, side)).astype(np.uint16)
@@ -64,11 +67,11 @@ def write_series(
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "GR\\IR", "SP\\MP", "3D"
         ds.RepetitionTime, ds.EchoTime, ds.InversionTime, ds.FlipAngle = 2300, 2.98, 900, 9
-        ds.ImagePositionPatient = [-16.0, -16.0, float(k) * 1.2]
+        ds.ImagePositionPatient = [-side * spacing / 2, -side * spacing / 2, k * thickness]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 1.2
-        ds.SliceLocation = float(k) * 1.2
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = thickness
+        ds.SliceLocation = k * thickness
         ds.Rows = ds.Columns = side
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
@@ -86,12 +89,14 @@ def convert_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def make_study(root: Path) -> Path:
-    """A T1 series of one person, a localizer, a T2 series, and a T1 series with a corrupt file."""
-    write_series(root / "P001/t1_mprage", "t1_mprage_sag", seed=1)
+def make_study(root: Path, slices: int = 16, spacing: float = 1.0, thickness: float = 1.2) -> Path:
+    """A T1 series of one person, a localizer, a T2 series, and a T1 series with a corrupt file;
+    the two T1 series with ``slices`` slices of ``spacing`` mm pixels, ``thickness`` mm apart."""
+    geometry = {"slices": slices, "spacing": spacing, "thickness": thickness}
+    write_series(root / "P001/t1_mprage", "t1_mprage_sag", seed=1, **geometry)
     write_series(root / "P001/localizer", "localizer", slices=3, seed=2)
     write_series(root / "P001/t2", "t2_tse_axial", seed=3)
-    write_series(root / "P002/spgr", "3D SPGR", patient="P002", age="064Y", sex="M", seed=4)
+    write_series(root / "P002/spgr", "3D SPGR", patient="P002", age="064Y", sex="M", seed=4, **geometry)
     (root / "P001/t1_mprage/broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
     return root
 
@@ -144,7 +149,8 @@ def test_prepare_and_predict_a_dicom_folder(tmp_path: Path, convert_dir: Path, u
     from brainage.predict import BrainAgeModel
     from brainage.preprocess import load_cache
 
-    root = make_study(tmp_path / "dicom")
+    # A field of view that can hold a brain (128 × 128 × 104 mm): a smaller one is refused as inadequate.
+    root = make_study(tmp_path / "dicom", slices=26, spacing=4.0, thickness=4.0)
     result = CliRunner().invoke(app, ["prepare", str(root), "--out", str(tmp_path / "cache"), "--pipeline", "seed"])
     assert result.exit_code == 0, result.output
     cache = load_cache(tmp_path / "cache")
