@@ -24,8 +24,7 @@ from brainage.cohort.fields import bspline_field
 from brainage.cohort.heads import head_anatomy
 from brainage.cohort.people import ScanRecord, SessionRecord, SubjectRecord
 from brainage.cohort.population import COMPONENTS, AgeingFamily, PersonRecord, PopulationPreset, ScanSetting, component_decades
-from brainage.cohort.render import SubjectAnatomy, Tissues, _head_signal, _rotation, _sample, _upsample
-from brainage.utils import mask_bounds
+from brainage.cohort.render import SubjectAnatomy, Tissues, _rotation, _sample, _upsample, anatomy_at
 
 #: Centres (MNI mm) of the left and right medial temporal lobes (hippocampus and amygdala).
 MEDIAL_TEMPORAL_MM = ((-26.0, -22.0, -18.0), (26.0, -22.0, -18.0))
@@ -64,27 +63,7 @@ def person_space(subject: SubjectRecord, person: PersonRecord, preset: Populatio
     matrix = np.diag(np.exp(person.axis_log_scale)) + np.array([[0, person.shear[0], person.shear[1]], [0, 0, person.shear[2]], [0, 0, 0]])
     warped = np.indices(anatomy.shape, dtype=np.float32) + displacement / res - centre.astype(np.float32)[:, None, None, None]
     positions = np.einsum("ij,j...->i...", matrix.astype(np.float32), warped) + centre.astype(np.float32)[:, None, None, None]
-    coarse = positions[:, ::2, ::2, ::2] / np.float32(2.0)
-
-    distance = _sample(anatomy.distance, positions, mode="nearest")
-    icv = _sample(anatomy.icv, positions)
-    height = positions[2] * res + np.float32(anatomy.origin[2])
-    head = (1.0 - icv) * _head_signal(distance, height, _sample(anatomy.neck, positions), subject, anatomy.resolution)
-    space = SubjectAnatomy(
-        anatomy=anatomy,
-        head_scale=subject.head_scale,
-        positions=positions,
-        icv=icv,
-        ventricles=_sample(anatomy.ventricles, positions),
-        head=head,
-        periventricular=_sample(anatomy.periventricular, positions),
-        texture=_sample(anatomy.texture, positions),
-        support=mask_bounds((head > 1e-3) | (icv > 1e-3)),
-        sulcal=np.stack([_sample(c, coarse) for c in anatomy.sulcal]),
-        retraction=np.stack([_sample(c, coarse) for c in anatomy.retraction]),
-        ventricle_normal=np.stack([_sample(c, coarse) for c in anatomy.ventricle_normal]),
-        ventricle_distance=_sample(anatomy.ventricle_distance, coarse, mode="nearest"),
-    )
+    space = anatomy_at(positions, subject, anatomy)
     family = preset.ageing
     pattern_rng = np.random.default_rng(person.pattern_seed)
     patterns = np.stack([np.exp(bspline_field(pattern_rng, family.pattern_sd, family.pattern_spacing_mm, field_shape, 2.0 * float(res))) for _ in COMPONENTS])

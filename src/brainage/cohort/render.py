@@ -106,6 +106,12 @@ def subject_anatomy(subject: SubjectRecord, anatomy: Anatomy) -> SubjectAnatomy:
     """Warp the template by the subject's random deformation and add their skull, scalp and neck."""
     displacement = _random_deformation(subject.deformation_seed, subject.deformation_mm, anatomy)
     positions = np.indices(anatomy.shape, dtype=np.float32) + displacement / np.float32(anatomy.resolution)
+    return anatomy_at(positions, subject, anatomy)
+
+
+def anatomy_at(positions: np.ndarray, subject: SubjectRecord, anatomy: Anatomy) -> SubjectAnatomy:
+    """The template sampled at ``positions`` (for each output voxel, the template voxel it comes
+    from), with the subject's skull, scalp and neck."""
     coarse = positions[:, ::2, ::2, ::2] / np.float32(2.0)
     distance = _sample(anatomy.distance, positions, mode="nearest")
     icv = _sample(anatomy.icv, positions)
