@@ -86,9 +86,18 @@ def load_anatomy(resolution: float) -> Anatomy:
     2 mm or coarser; the ageing fields always come from the 2 mm block means.
     """
     t1, gm, wm, mask, offset = _load_templates()
+    return anatomy_from_maps(t1, gm, wm, mask, offset, resolution)
+
+
+def anatomy_from_maps(
+    t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, mask: np.ndarray, offset: np.ndarray, resolution: float, csf_class: np.ndarray | None = None
+) -> Anatomy:
+    """An :class:`Anatomy` on a ``resolution`` mm grid from 1 mm maps on the MNI grid (``offset``: the
+    MNI position of voxel 0). CSF is the mask less GM and WM; ``csf_class``, a segmentation's own CSF
+    map where there is one, also marks the ventricles and gives the CSF intensity."""
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
-    ventricles = _ventricles(csf, offset)
-    means = [float(t1[p > 0.9].mean()) for p in (gm, wm, csf)]
+    ventricles = _ventricles(csf if csf_class is None else np.maximum(csf, csf_class), offset)
+    means = [float(t1[p > 0.9].mean()) for p in (gm, wm, csf if csf_class is None else csf_class)]
     texture = (t1 - means[0] * gm - means[1] * wm - means[2] * csf) * mask / means[1]
     fine = {"gm": gm, "wm": wm, "mask": mask, "ventricles": ventricles, "texture": texture}
     coarse = {name: _block_mean(array) for name, array in fine.items()}
@@ -98,7 +107,7 @@ def load_anatomy(resolution: float) -> Anatomy:
     ventricles2, mask2 = coarse["ventricles"], coarse["mask"]
     border = np.clip(ndimage.gaussian_filter(csf2, _BORDER_SIGMA_MM / 2) / 0.5, 0.0, 1.0) * (coarse["gm"] > 0.05)
     periventricular = ndimage.gaussian_filter(ventricles2, _PERIVENTRICULAR_SIGMA_MM / 2)
-    periventricular = np.clip(periventricular / periventricular.max() * 2.0, 0.0, 1.0) * coarse["wm"]
+    periventricular = np.clip(periventricular / max(float(periventricular.max()), 1e-6) * 2.0, 0.0, 1.0) * coarse["wm"]
     sulcal = _unit_gradient(ndimage.gaussian_filter(csf2, _SULCAL_SIGMA_MM / 2), mask2 > 0.5)
     icv_distance = _signed_distance(ndimage.binary_fill_holes(mask2 > 0.5), 2.0)
     retraction = _normal(icv_distance) * np.exp(np.minimum(icv_distance, 0.0) / 15.0)

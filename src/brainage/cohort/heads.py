@@ -23,24 +23,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from brainage.cohort.anatomy import (
-    LOWER_MM,
-    Anatomy,
-    _block_mean,
-    _Grid,
-    _neck,
-    _normal,
-    _signed_distance,
-    _unit_gradient,
-    _ventricles,
-)
+from brainage.cohort.anatomy import Anatomy, anatomy_from_maps
 from brainage.utils import atomic_write
 
 #: Bump when the way head maps are computed changes, so cached maps are recomputed.
 HEADS_VERSION = 2
 #: Reserved heads: nothing here may read them.
 RESERVED = ("colin27", "pycortex_s1")
-_BORDER_SIGMA_MM, _SULCAL_SIGMA_MM, _PERIVENTRICULAR_SIGMA_MM = 1.0, 2.0, 6.0
 
 
 @dataclass(frozen=True)
@@ -165,42 +154,5 @@ def head_anatomy(name: str, resolution: float) -> Anatomy:
     """A head's :class:`~brainage.cohort.anatomy.Anatomy` on a ``resolution`` mm working grid, built as
     :func:`brainage.cohort.anatomy.load_anatomy` builds the template's, from the head's own maps."""
     maps = head_maps(name)
-    gm, wm = maps.gm, maps.wm
     mask = np.maximum(maps.mask, 0.0).astype(np.float32)
-    csf = np.clip(mask - gm - wm, 0.0, 1.0)
-    ventricles = _ventricles(np.maximum(csf, maps.csf), maps.offset)
-    means = [float(maps.t1[p > 0.9].mean()) for p in (gm, wm, maps.csf)]
-    texture = (maps.t1 - means[0] * gm - means[1] * wm - means[2] * csf) * mask / means[1]
-    fine = {"gm": gm, "wm": wm, "mask": mask, "ventricles": ventricles, "texture": texture}
-    coarse = {key: _block_mean(array) for key, array in fine.items()}
-    csf2, offset2 = _block_mean(csf), maps.offset + 0.5
-    mask2 = coarse["mask"]
-    border = np.clip(ndimage.gaussian_filter(csf2, _BORDER_SIGMA_MM / 2) / 0.5, 0.0, 1.0) * (coarse["gm"] > 0.05)
-    periventricular = ndimage.gaussian_filter(coarse["ventricles"], _PERIVENTRICULAR_SIGMA_MM / 2)
-    periventricular = np.clip(periventricular / max(float(periventricular.max()), 1e-6) * 2.0, 0.0, 1.0) * coarse["wm"]
-    sulcal = _unit_gradient(ndimage.gaussian_filter(csf2, _SULCAL_SIGMA_MM / 2), mask2 > 0.5)
-    icv_distance = _signed_distance(ndimage.binary_fill_holes(mask2 > 0.5), 2.0)
-    retraction = _normal(icv_distance) * np.exp(np.minimum(icv_distance, 0.0) / 15.0)
-    ventricle_distance = _signed_distance(coarse["ventricles"] > 0.5, 2.0)
-
-    grid, field = _Grid(resolution), _Grid(2.0 * resolution)
-    source, source_offset, source_res = (coarse, offset2, 2.0) if resolution >= 2.0 else (fine, maps.offset, 1.0)
-    base = {key: grid.sample(array, source_offset, source_res) for key, array in source.items()}
-    icv = np.maximum(base["mask"], ndimage.binary_fill_holes(base["mask"] > 0.5)).astype(np.float32)
-    return Anatomy(
-        resolution=float(resolution),
-        origin=np.asarray(LOWER_MM),
-        gm=base["gm"] * icv,
-        wm=base["wm"] * icv,
-        icv=icv,
-        distance=_signed_distance(icv > 0.5, resolution),
-        neck=_neck(grid.shape, resolution),
-        ventricles=base["ventricles"],
-        border=grid.sample(border, offset2, 2.0),
-        periventricular=grid.sample(periventricular, offset2, 2.0),
-        texture=base["texture"],
-        sulcal=np.stack([field.sample(c, offset2, 2.0) for c in sulcal]),
-        retraction=np.stack([field.sample(c, offset2, 2.0) for c in retraction]),
-        ventricle_normal=np.stack([field.sample(c, offset2, 2.0) for c in _normal(ventricle_distance)]),
-        ventricle_distance=field.sample(ventricle_distance, offset2, 2.0),
-    )
+    return anatomy_from_maps(maps.t1, maps.gm, maps.wm, mask, maps.offset, resolution, csf_class=maps.csf)
