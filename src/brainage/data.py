@@ -8,7 +8,6 @@ checked for subjects on two sides before anything trains.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from torchio.transforms.augmentation import RandomTransform
 from brainage.errors import BrainAgeError
 from brainage.inference import LEFT_RIGHT_AXIS
 from brainage.preprocess import PreparedCache
+from brainage.utils import usable_cores
 
 #: Manifest row positions: a list or an integer array (a :class:`Fold`'s sides are arrays).
 Rows = Sequence[int] | np.ndarray
@@ -168,7 +168,7 @@ def age_statistics(ages: Sequence[float] | np.ndarray) -> tuple[float, float]:
 
 def default_num_workers() -> int:
     """Loader processes: none on a machine of two cores or fewer, else half the cores (at most 8)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return 0 if cores <= 2 else min(8, cores // 2)
 
 

@@ -8,8 +8,6 @@ fields of :class:`DemoConfig`.
 from __future__ import annotations
 
 import json
-import os
-import resource
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,12 +27,7 @@ from brainage.preprocess.pipelines import PIPELINES, PipelineConfig, pipeline_na
 from brainage.report import build_report
 from brainage.training import TrainConfig, train
 from brainage.training.run import BASELINES
-from brainage.utils import write_csv
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
+from brainage.utils import usable_cores, write_csv
 
 #: Training settings (:class:`TrainConfig` fields) per cohort preset; the others keep their defaults.
 #: One device: the demo is one process, never a multi-GPU launch.
@@ -72,7 +65,7 @@ class DemoConfig:
     pipeline: str = "standard"
     seed: int = 0
     holdout_fraction: float = 0.1
-    workers: int = field(default_factory=_cores)
+    workers: int = field(default_factory=usable_cores)
     train: Mapping[str, Any] | None = None
     saliency: str = "gradient"
 
@@ -121,7 +114,12 @@ class DemoResult:
 
 
 def _cpu_time() -> float:
-    """User + system seconds of this process and of its finished (waited-for) child processes."""
+    """User + system seconds of this process and of its finished (waited-for) child processes
+    (this process's alone where the system has no ``resource`` module: Windows)."""
+    try:
+        import resource  # POSIX only: imported here so that the package imports on Windows
+    except ImportError:
+        return time.process_time()
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
