@@ -6,7 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage.bootstrap import at_level, bootstrap_gap_fidelity, bootstrap_mae, bootstrap_mae_difference, cluster_bootstrap, compare_predictors
+from brainage.bootstrap import (
+    at_level,
+    bootstrap_fidelity_difference,
+    bootstrap_gap_fidelity,
+    bootstrap_group_difference,
+    bootstrap_mae,
+    bootstrap_mae_difference,
+    cluster_bootstrap,
+    compare_predictors,
+    group_effects,
+    paired_runs,
+    person_gaps,
+)
 from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 
 
@@ -123,3 +135,66 @@ def test_compare_predictors_ranks_the_baselines_and_says_whether_the_network_is_
     assert network["diff_high"] < 0 and network["diff"] == pytest.approx(network["mae"] - by_name[best]["mae"])
     assert by_name["mean age"]["gap_fidelity"] is None and "diff" not in by_name["mean age"]
     assert network["n"] == 60 and network["mae_low"] < network["mae"] < network["mae_high"]
+
+
+def _grouped(people: int = 60, shift: float = 4.0, seed: int = 5) -> pd.DataFrame:
+    """``_frame`` with the first third of the people Demented, their every scan's brain age ``shift`` years older."""
+    frame = _frame(people=people, seed=seed)
+    person = frame["subject_id"].str[1:].astype(int)
+    frame["group"] = np.where(person < people // 3, "Demented", "Nondemented")
+    frame["shifted"] = frame["age"] + np.where(frame["group"] == "Demented", shift, 0.0)
+    return frame
+
+
+def test_person_gaps_average_each_persons_scans_and_leave_other_groups_out() -> None:
+    frame = _grouped(people=6)
+    frame.loc[frame["subject_id"] == "p5", "group"] = "Converted"
+    people = person_gaps(frame, ["shifted"])
+    assert list(people["subject_id"]) == ["p0", "p1", "p2", "p3", "p4"]
+    assert list(people["case"]) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert people["shifted"].tolist() == pytest.approx([4.0, 4.0, 0.0, 0.0, 0.0])
+
+
+def test_a_known_group_difference_is_found_with_its_interval() -> None:
+    frame = _grouped(people=60)
+    rng = np.random.default_rng(2)
+    frame["shifted"] += rng.normal(0, 1, len(frame))
+    effect = bootstrap_group_difference(frame, "shifted", resamples=400)
+    assert (effect["n_case"], effect["n_control"]) == (20, 40)
+    assert effect["difference_low"] < 4.0 < effect["difference_high"] and abs(effect["difference"] - 4.0) < 0.6
+    assert effect["cohen_d_low"] > 2 and effect["p"] < 1e-6
+    null = bootstrap_group_difference(frame.assign(shifted=frame["age"] + rng.normal(0, 1, len(frame))), "shifted", resamples=400)
+    assert null["difference_low"] < 0 < null["difference_high"] and null["p"] > 0.01
+
+
+def test_the_fidelity_difference_of_a_column_with_itself_is_zero_and_of_truth_against_noise_positive() -> None:
+    frame = _frame(people=60)
+    frame["noise"] = frame["age"] + np.random.default_rng(3).normal(0, 3, len(frame))
+    same = bootstrap_fidelity_difference(frame.assign(copy=frame["brain_age"]), "brain_age", "copy", resamples=200)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    better = bootstrap_fidelity_difference(frame, "brain_age", "noise", resamples=300)
+    assert better.low > 0
+
+
+def test_paired_runs_keep_the_scans_both_predicted_and_compare_them() -> None:
+    frame = _grouped(people=30)
+    second = frame.assign(brain_age=frame["age"] + 10.0).iloc[:-4]  # the second run is 10 years off and lacks two people's scans
+    pair = paired_runs(frame, second, ["brain_age"])
+    assert len(pair) == len(frame) - 4 and {"brain_age_a", "brain_age_b", "group", "true_brain_age"} <= set(pair)
+    difference = bootstrap_mae_difference(pair, "brain_age_a", "brain_age_b", resamples=200)
+    assert difference.high < 0
+
+
+def test_compare_predictors_reports_controls_and_the_differences_on_every_measure() -> None:
+    frame = _grouped(people=60)
+    rng = np.random.default_rng(4)
+    frame["ridge"] = frame["age"] + rng.normal(0, 6, len(frame))
+    frame["shifted"] += rng.normal(0, 1, len(frame))
+    rows = compare_predictors(frame, {"brain_age": "network"}, {"ridge": "ridge"}, "scan", resamples=300)
+    network = rows[0]
+    controls = frame[frame["group"] == "Nondemented"]
+    assert network["mae_controls"] == pytest.approx(float(np.abs(controls["brain_age"] - controls["age"]).mean()))
+    assert network["best_baseline_true"] == "ridge" and network["ahead_true"] is True and network["diff_true_high"] < 0
+    assert network["best_baseline_fidelity"] == "ridge" and network["ahead_fidelity"] is True and network["diff_fidelity_low"] > 0
+    effects = group_effects(frame, {"shifted": "shifted", "absent": "absent"}, resamples=200)
+    assert [row["predictor"] for row in effects] == ["shifted", TRUE_BRAIN_AGE_LABEL]

@@ -16,13 +16,15 @@ each draw, so what both share (a hard person, a noisy session) cancels out of th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pingouin
+from scipy import stats
 
-from brainage.evaluation import TRUE_BRAIN_AGE_LABEL, aggregate_sessions, gap_fidelity
+from brainage.evaluation import TRUE_BRAIN_AGE_LABEL, aggregate_sessions, control_mask, gap_fidelity
 
 LEVELS = ("scan", "session")
 #: Default number of resamples and seed.
@@ -143,6 +145,82 @@ def bootstrap_mae_difference(
     return cluster_bootstrap(frame, lambda a: first(a) - second(a), resamples, seed)
 
 
+def bootstrap_fidelity_difference(
+    predictions: pd.DataFrame, column: str, reference: str, level: str = "scan", resamples: int = RESAMPLES, seed: int = SEED
+) -> Estimate:
+    """Gap fidelity of ``column`` minus that of ``reference``, paired as in :func:`bootstrap_mae_difference`;
+    an interval above zero means ``column``'s gap follows the true one more closely."""
+    frame = at_level(predictions, [column, reference], level)
+    if "true_brain_age" not in frame:
+        raise ValueError("predictions lack column(s): true_brain_age")
+    frame = frame.dropna(subset=[column, reference, "true_brain_age"]).reset_index(drop=True)
+    return cluster_bootstrap(
+        frame, lambda a: gap_fidelity(a["age"], a[column], a["true_brain_age"]) - gap_fidelity(a["age"], a[reference], a["true_brain_age"]), resamples, seed
+    )
+
+
+def controls_of(predictions: pd.DataFrame, control_group: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of the healthy controls (:func:`brainage.evaluation.control_mask`)."""
+    mask, _ = control_mask(predictions, control_group)
+    return predictions[mask]
+
+
+def person_gaps(predictions: pd.DataFrame, columns: Sequence[str], case: str = "Demented", control: str = "Nondemented") -> pd.DataFrame:
+    """One row per person of group ``case`` or ``control``: ``subject_id``, ``case`` (1.0 or 0.0) and,
+    per column, the person's mean gap (``column − age``) over all their scans, so that a group test
+    counts people, not their repeats and visits."""
+    missing = [column for column in ("subject_id", "age", "group", *columns) if column not in predictions]
+    if missing:
+        raise ValueError(f"predictions lack column(s): {', '.join(missing)}")
+    groups = predictions["group"].astype("string").str.strip()
+    rows = predictions[groups.isin([case, control]).fillna(False).to_numpy(dtype=bool)]
+    gaps = rows[list(columns)].astype(float).sub(rows["age"].astype(float), axis=0).assign(subject_id=rows["subject_id"].astype(str))
+    people = gaps.groupby("subject_id", sort=True).mean()
+    people["case"] = (rows.groupby(rows["subject_id"].astype(str), sort=True)["group"].first().astype(str).str.strip() == case).astype(float)
+    return people.reset_index()
+
+
+def _group_difference(column: str, effect: str = "difference") -> Statistic:
+    """Case minus control mean gap (``effect="difference"``) or Cohen's d (``"d"``, pingouin)."""
+
+    def statistic(arrays: Mapping[str, np.ndarray]) -> float:
+        case = arrays["case"] == 1
+        x, y = arrays[column][case], arrays[column][~case]
+        x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+        if x.size < 2 or y.size < 2:
+            return float("nan")
+        return float(x.mean() - y.mean()) if effect == "difference" else float(pingouin.compute_effsize(x, y, eftype="cohen"))
+
+    return statistic
+
+
+def bootstrap_group_difference(
+    predictions: pd.DataFrame, column: str, case: str = "Demented", control: str = "Nondemented", resamples: int = RESAMPLES, seed: int = SEED
+) -> dict[str, object]:
+    """``case`` minus ``control`` mean gap per person of ``column`` (e.g. Demented − Nondemented) and
+    Cohen's d (pingouin), each with a subject-level CI, Welch's p and the numbers of people."""
+    people = person_gaps(predictions, [column], case, control)
+    x, y = (people.loc[people["case"] == flag, column].dropna().to_numpy() for flag in (1.0, 0.0))
+    p = float(stats.ttest_ind(x, y, equal_var=False).pvalue) if min(x.size, y.size) >= 2 else float("nan")
+    return {
+        "n_case": int(x.size),
+        "n_control": int(y.size),
+        **_ci("difference", cluster_bootstrap(people[["subject_id", "case", column]], _group_difference(column), resamples, seed)),
+        **_ci("cohen_d", cluster_bootstrap(people[["subject_id", "case", column]], _group_difference(column, "d"), resamples, seed)),
+        "p": p,
+    }
+
+
+def paired_runs(first: pd.DataFrame, second: pd.DataFrame, columns: Sequence[str], suffixes: tuple[str, str] = ("_a", "_b")) -> pd.DataFrame:
+    """Two prediction tables of the same scans (two runs on the same folds) side by side, one row per
+    scan present in both: the identity, age, group and true brain age once, each of ``columns`` twice
+    (``suffixes``), ready for the paired bootstraps above (e.g. ``brain_age_a`` against ``brain_age_b``)."""
+    keep = [column for column in ("scan_id", "subject_id", "session_id", "age", "group", "cdr", "true_brain_age") if column in first]
+    left = first[keep + list(columns)].rename(columns={column: column + suffixes[0] for column in columns})
+    right = second[["scan_id", *columns]].rename(columns={column: column + suffixes[1] for column in columns})
+    return left.merge(right, on="scan_id", how="inner", validate="one_to_one")
+
+
 def _ci(prefix: str, estimate: Estimate | None) -> dict[str, float | None]:
     if estimate is None:
         return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
@@ -156,15 +234,20 @@ def compare_predictors(
     level: str = "scan",
     resamples: int = RESAMPLES,
     seed: int = SEED,
+    control_group: Sequence[str] | None = None,
 ) -> list[dict[str, object]]:
     """One record per predictor column (``networks`` then ``baselines``, each ``{column: name}``,
     those with no prediction left out) at ``level``: ``n`` rows, ``mae`` against age, ``mae_true``
-    against the true brain age and ``gap_fidelity``, each with ``_low``/``_high`` (subject-level
-    95 % CI); for the networks also ``diff``, the paired MAE difference against the best baseline
-    (the lowest MAE here) with its CI, ``best_baseline``, and ``ahead`` (the CI lies below zero).
-    Where the true brain age is known it closes the table as a predictor of age."""
+    against the true brain age, ``gap_fidelity`` and ``mae_controls`` (against age, on the controls
+    of :func:`brainage.evaluation.control_mask`), each with ``_low``/``_high`` (subject-level 95 % CI).
+    For the networks also the paired differences against the best baseline on each measure, with
+    CIs: ``diff`` (MAE; best = lowest MAE, ``best_baseline``; ``ahead`` when the CI lies below
+    zero), ``diff_true`` (MAE against the true brain age; ``ahead_true``) and ``diff_fidelity``
+    (gap fidelity; ``ahead_fidelity`` when the CI lies above zero). Where the true brain age is known
+    it closes the table as a predictor of age."""
     truth = "true_brain_age" in predictions and predictions["true_brain_age"].notna().any()
     present = {column: name for column, name in {**networks, **baselines}.items() if column in predictions and predictions[column].notna().any()}
+    controls = controls_of(predictions, control_group) if "group" in predictions or "cdr" in predictions else predictions.iloc[:0]
     records: dict[str, dict[str, object]] = {}
     for column, name in present.items():
         frame = at_level(predictions, [column], level)
@@ -175,13 +258,25 @@ def compare_predictors(
             **_ci("mae", bootstrap_mae(predictions, column, level, resamples=resamples, seed=seed)),
             **_ci("mae_true", bootstrap_mae(predictions, column, level, "true_brain_age", resamples, seed) if truth else None),
             **_ci("gap_fidelity", bootstrap_gap_fidelity(predictions, column, level, resamples, seed) if known else None),
+            **_ci("mae_controls", bootstrap_mae(controls, column, level, resamples=resamples, seed=seed) if len(controls) else None),
         }
-    maes = {column: float(str(records[column]["mae"])) for column in baselines if column in records}
-    best = min(maes, key=maes.__getitem__) if maes else None
+
+    def best(key: str, lowest: bool = True) -> str | None:
+        values = {column: float(str(records[column][key])) for column in baselines if column in records and records[column].get(key) is not None}
+        return (min if lowest else max)(values, key=values.__getitem__) if values else None
+
     for column in networks:
-        if column in records and best is not None:
-            difference = bootstrap_mae_difference(predictions, column, best, level, resamples=resamples, seed=seed)
-            records[column].update(_ci("diff", difference), best_baseline=baselines[best], ahead=bool(difference.high < 0))
+        if column not in records:
+            continue
+        if (reference := best("mae")) is not None:
+            difference = bootstrap_mae_difference(predictions, column, reference, level, resamples=resamples, seed=seed)
+            records[column].update(_ci("diff", difference), best_baseline=baselines[reference], ahead=bool(difference.high < 0))
+        if truth and (reference := best("mae_true")) is not None:
+            difference = bootstrap_mae_difference(predictions, column, reference, level, "true_brain_age", resamples, seed)
+            records[column].update(_ci("diff_true", difference), best_baseline_true=baselines[reference], ahead_true=bool(difference.high < 0))
+        if records[column].get("gap_fidelity") is not None and (reference := best("gap_fidelity", lowest=False)) is not None:
+            difference = bootstrap_fidelity_difference(predictions, column, reference, level, resamples, seed)
+            records[column].update(_ci("diff_fidelity", difference), best_baseline_fidelity=baselines[reference], ahead_fidelity=bool(difference.low > 0))
     rows = list(records.values())
     if truth:
         rows.append(
@@ -191,6 +286,20 @@ def compare_predictors(
                 **_ci("mae", bootstrap_mae(predictions, "true_brain_age", level, resamples=resamples, seed=seed)),
                 "mae_true": 0.0,
                 "gap_fidelity": 1.0,
+                **_ci("mae_controls", bootstrap_mae(controls, "true_brain_age", level, resamples=resamples, seed=seed) if len(controls) else None),
             }
         )
     return rows
+
+
+def group_effects(
+    predictions: pd.DataFrame, predictors: Mapping[str, str], case: str = "Demented", control: str = "Nondemented", resamples: int = RESAMPLES, seed: int = SEED
+) -> list[dict[str, object]]:
+    """One record per predictor column (``{column: name}``, those absent left out, the true brain age
+    added where known): :func:`bootstrap_group_difference` of its gap, per person."""
+    columns = {**predictors, **({"true_brain_age": TRUE_BRAIN_AGE_LABEL} if "true_brain_age" in predictions else {})}
+    return [
+        {"predictor": name, **bootstrap_group_difference(predictions, column, case, control, resamples, seed)}
+        for column, name in columns.items()
+        if column in predictions and predictions[column].notna().any()
+    ]
