@@ -259,7 +259,8 @@ def make_folds(
     if train_groups:
         unknown = sorted(set(train_groups) - set(manifest["group"].dropna().astype(str)))
         if unknown:
-            raise SplitError(f"no scans in group(s) {', '.join(unknown)}; groups present: {', '.join(sorted(manifest['group'].dropna().astype(str).unique()))}")
+            present = ", ".join(sorted(manifest["group"].dropna().astype(str).unique()))
+            raise SplitError(f"--train-groups: no scans in group(s) {', '.join(unknown)}; groups present: {present}")
     flagged = manifest["qc_flagged"].fillna(False).astype(bool).to_numpy() if "qc_flagged" in manifest else np.zeros(len(manifest), bool)
     in_group = manifest["group"].astype(str).isin(train_groups).to_numpy() if train_groups else np.ones(len(manifest), bool)
     outer = subject_kfold(manifest, folds, seed) if folds else [subject_holdout(manifest, test_fraction, seed)]
