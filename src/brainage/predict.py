@@ -46,6 +46,7 @@ from brainage.io.table import TABLE_SUFFIXES, read_scan_list
 from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
 from brainage.preprocess.adequacy import MEASURES, AdequacyConfig, age_reason, header_reasons, reasons
 from brainage.utils import parallel_map
+from brainage.zoo import resolve_model
 
 CHECKPOINT_NAME = "model.ckpt"
 #: Input columns carried into the predictions when the source has them.
@@ -59,12 +60,12 @@ BRAIN_AGE_COLUMNS = ("brain_age", "brain_age_lower", "brain_age_upper", "brain_a
 
 
 def resolve_checkpoints(path_or_paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Checkpoint files from files and run folders (a run folder gives every ``fold_*/model.ckpt``)."""
+    """Checkpoint files from files, run folders (a run folder gives every ``fold_*/model.ckpt``) and named models (:mod:`brainage.zoo`)."""
     paths = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
     if not paths:
         raise BrainAgeError("no model given: pass a checkpoint (model.ckpt) or a run folder")
     found: list[Path] = []
-    for path in map(Path, paths):
+    for path in map(resolve_model, paths):
         if path.is_dir():
             inside = sorted(path.glob(f"fold_*/{CHECKPOINT_NAME}"), key=lambda p: natural_key(str(p)))
             inside = inside or ([path / CHECKPOINT_NAME] if (path / CHECKPOINT_NAME).is_file() else [])
