@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
 METRIC_KEYS = ("n", "mae", "rmse", "r", "r2", "gap_age_r", "mae_true", "gap_fidelity")
 SESSION_KEYS = ("subject_id", "session_id")
@@ -41,16 +44,38 @@ def _as_pair(age: ArrayLike, predicted: ArrayLike) -> tuple[np.ndarray, np.ndarr
     return age, predicted
 
 
+@dataclass(frozen=True)
+class Line:
+    """A fitted straight line ``y = slope·x + intercept`` and the standard error of its slope."""
+
+    slope: float
+    intercept: float
+    stderr: float
+
+    def __call__(self, x: ArrayLike) -> np.ndarray:
+        """The line's values at ``x``."""
+        return self.slope * np.asarray(x, dtype=float) + self.intercept
+
+
+def fit_line(x: ArrayLike, y: ArrayLike) -> Line:
+    """The least-squares line of ``y`` on ``x`` (``scipy.stats.linregress``): the one straight-line
+    fit of the package (bias correction, gap fidelity, visit slopes, re-calibration). ``x`` must vary."""
+    fit = stats.linregress(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    return Line(float(fit.slope), float(fit.intercept), float(fit.stderr))
+
+
 def _residual(values: np.ndarray, age: np.ndarray) -> np.ndarray:
     """What is left of ``values`` after a least-squares line on ``age``."""
-    slope, intercept = np.polyfit(age, values, deg=1)
-    return values - (slope * age + intercept)
+    return values - fit_line(age, values)(age)
 
 
 def gap_fidelity(age: ArrayLike, predicted: ArrayLike, true_brain_age: ArrayLike) -> float:
     """Partial correlation of predicted with true brain age given chronological age: the Pearson r of
     the two gaps after each is regressed on age. NaN where either has no variation left (a constant
-    prediction, such as the mean-age baseline, has none)."""
+    prediction, such as the mean-age baseline, has none).
+
+    The same value as ``pingouin.partial_corr(x=predicted, y=true_brain_age, covar=age)`` (a test
+    pins it), computed here without a DataFrame because the subject bootstrap calls it thousands of times."""
     age, predicted = _as_pair(age, predicted)
     _, true_brain_age = _as_pair(age, true_brain_age)
     keep = np.isfinite(age) & np.isfinite(predicted) & np.isfinite(true_brain_age)
@@ -81,17 +106,15 @@ def regression_metrics(age: ArrayLike, predicted: ArrayLike, true_brain_age: Arr
     n = age.size
     if n == 0:
         return {"n": 0, **{key: float("nan") for key in METRIC_KEYS[1:]}}
-    error = predicted - age
-    ss_tot = float(np.sum((age - age.mean()) ** 2))
     known = np.isfinite(truth)
     return {
         "n": int(n),
-        "mae": float(np.mean(np.abs(error))),
-        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": float(mean_absolute_error(age, predicted)),
+        "rmse": float(root_mean_squared_error(age, predicted)),
         "r": _pearson(age, predicted),
-        "r2": 1.0 - float(np.sum(error**2)) / ss_tot if ss_tot > 0 else float("nan"),
-        "gap_age_r": _pearson(age, error),
-        "mae_true": float(np.mean(np.abs(predicted[known] - truth[known]))) if known.any() else float("nan"),
+        "r2": float(r2_score(age, predicted)) if np.ptp(age) > 0 else float("nan"),  # sklearn gives 0 or 1 for constant ages
+        "gap_age_r": _pearson(age, predicted - age),
+        "mae_true": float(mean_absolute_error(truth[known], predicted[known])) if known.any() else float("nan"),
         "gap_fidelity": gap_fidelity(age[known], predicted[known], truth[known]) if known.sum() >= 3 else float("nan"),
     }
 
@@ -99,7 +122,7 @@ def regression_metrics(age: ArrayLike, predicted: ArrayLike, true_brain_age: Arr
 # --- age-bias correction -------------------------------------------------------------------------
 
 
-class AgeBiasCorrector:
+class AgeBiasCorrector(RegressorMixin, BaseEstimator):
     """Age-bias correction of the brain-age gap, fitted on controls at session level.
 
     ``method="residual"`` (default; Beheshti et al. 2019, Smith et al. 2019; de Lange & Cole 2020
@@ -113,6 +136,13 @@ class AgeBiasCorrector:
     ``confidence`` interval covers zero: such a correction would add noise, not remove a bias.
     ``transform`` needs the chronological age (NaN where it is unknown) for both methods, so a
     corrected value exists only where the uncorrected gap does.
+
+    A scikit-learn regressor of brain age on age (``clone``, ``get_params``, ``check_is_fitted``
+    work): ``fit(age, predicted)`` is ``fit(X, y)``, :meth:`predict` gives the fitted brain age
+    expected at an age, everything learned ends in ``_``. The correction is the same for one model
+    and for the mean of K fold models that ``predict`` serves: averaging removes noise that does not
+    depend on age, not the slope, so the line fitted on single-model out-of-fold predictions holds
+    for their mean (tests/test_calibration.py checks this on a synthetic case).
     """
 
     METHODS = ("residual", "cole")
@@ -157,6 +187,15 @@ class AgeBiasCorrector:
     def applicable(self) -> bool:
         """Fitted and not refused."""
         return hasattr(self, "refused_") and self.refused_ is None
+
+    def predict(self, age: ArrayLike) -> np.ndarray:
+        """The brain age the fitted line expects at ``age`` (``age`` may be ``(n, 1)``, as ``X``): the
+        bias that :meth:`transform` removes (NaN where none was fitted)."""
+        if not hasattr(self, "refused_"):
+            raise RuntimeError("AgeBiasCorrector is not fitted; call fit(age, predicted) first")
+        age = np.asarray(age, dtype=float).ravel()
+        line = self.slope_ * age + self.intercept_
+        return age + line if self.method == "residual" else line
 
     def transform(self, predicted: ArrayLike, age: ArrayLike) -> np.ndarray:
         """Bias-corrected brain age; NaN where ``age`` is unknown or the correction was refused."""
