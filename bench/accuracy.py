@@ -20,12 +20,11 @@ cohort changes with brain age alone, so this is about the lowest MAE against age
 the images can reach, and its MAE against the true brain age shows how far a good age predictor
 must sit from the truth before bias correction.
 
-The tutorial's network is slow on a CPU (about 5 s per 64³ scan forward and backward on 2 cores:
-some 9 minutes per epoch of one fold of the demo cohort), so its recipe runs ``--seed-epochs``
-(default 8, of the tutorial's 50) and the table says how many epochs each network ran; with
-``--folds 5`` that is five times as long as with ``--folds 0`` (one 20 % hold-out).
-``--seed-epochs 0`` leaves the recipe out. ``--side`` resamples both pipelines to another grid
-over the same field of view (32 is 8× cheaper to train than the default 64); ``--seed-side``
+The tutorial's network is slow on a CPU, so its recipe runs ``--seed-epochs`` (default 8, of the
+tutorial's 50) and the table says how many epochs each network ran; ``--folds 5`` trains five
+times what ``--folds 0`` (one 20 % hold-out) trains. ``--seed-epochs 0`` leaves the recipe out.
+``--side`` resamples both pipelines to another grid over the same field of view (a grid half as
+wide holds an eighth of the voxels); ``--seed-side``
 resamples the recipe's alone (the table names each grid). ``--repeats-per-session 1`` trains the
 default model on one random repeat of each session per epoch (``TrainConfig.repeats_per_session``;
 OASIS-2 has 3–4); ``--schedule cosine`` trains it with a cosine decay over all ``--epochs`` (no early
@@ -40,8 +39,10 @@ model, epochs, folds, batch size), else from TrainConfig's defaults.
 of those fresh cohorts (new people, new folds) in ``--out/seed-S``, resumable as above, and prints per
 seed, per scan and per session, every predictor of the run's ``predictions.csv`` (the network
 uncorrected and bias-corrected, every baseline, the true brain age) with subject-level bootstrap 95 %
-CIs (:mod:`brainage.bootstrap`), and the network's paired MAE difference against the best baseline
-(``ahead``: its CI lies below zero):
+CIs (:mod:`brainage.bootstrap`), the controls' MAE, and the network's paired differences against
+the best baseline on MAE (``ahead``: its CI lies below zero), on MAE against the true brain age
+(``ahead_true``) and on gap fidelity (``ahead_fidelity``: above zero); then per person the
+Demented − Nondemented gap of every predictor with its CI, Cohen's d and Welch's p:
 
     .venv/bin/python bench/accuracy.py --out bench-out/eval-demo --preset demo --eval-seeds 1 2 3
 
@@ -68,7 +69,7 @@ from results import ROOT, display, write_results
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 
-from brainage.bootstrap import LEVELS, RESAMPLES, compare_predictors
+from brainage.bootstrap import LEVELS, RESAMPLES, compare_predictors, group_effects
 from brainage.cohort import SUMMARY, Preset, get_preset, synthesize
 from brainage.console import console, print_table
 from brainage.demo import TRAINING, training_for
@@ -82,7 +83,10 @@ except ImportError:
     from brainage.training.run import BASELINES
 
 #: What the summary across evaluation seeds shows of the network's row.
-SUMMARY_KEYS = ("mae", "mae_low", "mae_high", "best_baseline", "diff", "diff_low", "diff_high", "ahead")
+SUMMARY_KEYS = (
+    "mae", "mae_low", "mae_high", "best_baseline", "diff", "diff_low", "diff_high", "ahead",
+    "diff_true", "diff_true_low", "diff_true_high", "ahead_true", "diff_fidelity", "diff_fidelity_low", "diff_fidelity_high", "ahead_fidelity",
+)  # fmt: skip  # one row per measure
 
 
 def _cohort(root: Path, preset: Preset, seed: int, workers: int) -> dict:
@@ -306,11 +310,22 @@ def _evaluation(args: argparse.Namespace, seconds: dict[str, float]) -> tuple[li
             tables.append({"title": title, "records": records, "notes": notes})
             network = records[0]
             summary.append({"seed": seed, "level": level, "predictor": network["predictor"], **{key: network.get(key) for key in SUMMARY_KEYS}})
+        effects = group_effects(predictions, {**networks, **baselines}, resamples=args.resamples)
+        title = f"{args.preset} cohort, evaluation seed {seed}: Demented − Nondemented gap per person (mean over each person's scans), years"
+        notes = ["the bias-corrected row is corrected on the controls of the other folds; a positive difference means the Demented look older"]
+        print_table(display(effects), title=title)
+        tables.append({"title": title, "records": effects, "notes": notes})
         seconds["bootstrap"] = seconds.get("bootstrap", 0.0) + time.perf_counter() - start
     title = f"{args.preset} cohort: the network against the best baseline on each evaluation seed, years"
-    ahead = {level: sum(bool(row.get("ahead")) for row in summary if row["level"] == level) for level in LEVELS}
     notes = [
-        f"ahead (the paired 95 % CI of the MAE difference below zero) per {level}: {count} of {len(args.eval_seeds)} seeds" for level, count in ahead.items()
+        f"ahead{measure} (the paired 95 % CI of the difference {side} zero) per {level}: "
+        f"{sum(bool(row.get(key)) for row in summary if row['level'] == level)} of {len(args.eval_seeds)} seeds"
+        for key, measure, side in (
+            ("ahead", " on MAE", "below"),
+            ("ahead_true", " on MAE against the true brain age", "below"),
+            ("ahead_fidelity", " on gap fidelity", "above"),
+        )
+        for level in LEVELS
     ]
     print_table(display(summary), title=title)
     for note in notes:

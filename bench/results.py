@@ -129,22 +129,31 @@ def write_results(
 LABELS = {
     "predictor": "predictor", "n": "n", "mae": "MAE", "mae_true": "MAE true", "gap_fidelity": "gap fidelity",
     "diff": "Δ MAE vs best baseline", "best_baseline": "best baseline", "ahead": "ahead", "seed": "seed", "level": "level",
-}  # fmt: skip
+    "mae_controls": "MAE controls", "diff_true": "Δ MAE true vs best baseline", "best_baseline_true": "best baseline (MAE true)",
+    "ahead_true": "ahead (MAE true)", "diff_fidelity": "Δ gap fidelity vs best baseline", "best_baseline_fidelity": "best baseline (fidelity)",
+    "ahead_fidelity": "ahead (fidelity)", "n_case": "Demented people", "n_control": "Nondemented people",
+    "difference": "D − ND gap", "cohen_d": "Cohen's d", "p": "p (Welch)",
+    "delta_fidelity": "Δ gap fidelity", "delta_mae_controls": "Δ MAE controls", "delta_mae_true": "Δ MAE true",
+}  # fmt: skip  # one row per group of related keys
 
 
-def _cell(value: Any, digits: int = 2) -> str:
+#: Keys shown to 2 significant digits (p values) rather than 2 decimals.
+SIGNIFICANT = frozenset({"p", "p_value"})
+
+
+def _cell(value: Any, digits: int = 2, significant: bool = False) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.{digits}g}" if significant else f"{value:.{digits}f}"
     return str(value)
 
 
 def display(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Records as text cells: a value with ``_low``/``_high`` beside it as ``value [low, high]`` (one
-    column), floats to 2 decimals, booleans as yes/no, missing values as a dash; keys renamed by
+    column), floats to 2 decimals (p values to 2 significant digits), booleans as yes/no, missing values as a dash; keys renamed by
     :data:`LABELS`. Columns that no record has a value for are left out."""
     keys = list(dict.fromkeys(key for record in records for key in record))
     shown = [key for key in keys if not (key.endswith(("_low", "_high")) and key.rsplit("_", 1)[0] in keys)]
@@ -153,7 +162,7 @@ def display(records: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     for record in records:
         row = {}
         for key in shown:
-            cell = _cell(record.get(key))
+            cell = _cell(record.get(key), significant=key in SIGNIFICANT)
             if f"{key}_low" in keys and cell != "–" and _cell(record.get(f"{key}_low")) != "–":
                 cell += f" [{_cell(record.get(f'{key}_low'))}, {_cell(record.get(f'{key}_high'))}]"
             row[LABELS.get(key, key)] = cell

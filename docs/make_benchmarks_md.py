@@ -53,12 +53,15 @@ SECTIONS = (
 settings may be chosen), then runs once on each evaluation seed: a fresh synthetic cohort (new
 people, new folds) per seed. Every MAE has a subject-level bootstrap 95 % CI (people resampled with
 all their sessions and scans, `brainage.bootstrap`), and the network's difference from the best
-baseline a paired one (the same resampled people for both); "ahead" means that CI lies below zero.
-Columns: MAE against age; MAE true, against the cohort's true brain age; gap fidelity, the partial
-correlation of predicted with true brain age given age; Δ MAE, the network's MAE minus the best
-baseline's (the lowest MAE at that level); each with its 95 % CI in brackets. MAE against age after
-the bias correction is pulled towards age by construction; how well brain age is read is the MAE
-against the true brain age and the gap fidelity.
+baseline a paired one (the same resampled people for both); "ahead" means that CI lies below zero
+(above zero for gap fidelity). Columns: MAE against age; MAE true, against the cohort's true brain
+age; gap fidelity, the partial correlation of predicted with true brain age given age; MAE
+controls, against age on the Nondemented; Δ MAE, the network's MAE minus the best baseline's (the
+lowest MAE at that level), and likewise Δ MAE true and Δ gap fidelity against the best baseline on
+each; each with its 95 % CI in brackets. MAE against age after the bias correction is pulled towards
+age by construction; how well brain age is read is the MAE against the true brain age and the gap
+fidelity. Per seed, a table per person gives the Demented − Nondemented gap, Cohen's d and Welch's
+p of every predictor (the bias-corrected row corrected on the controls of the other folds).
 
 ```bash
 .venv/bin/python bench/accuracy.py --out bench-out/eval-demo --preset demo --eval-seeds 1 2 3
@@ -74,6 +77,20 @@ trained on one random repeat of each session per epoch:
 .venv/bin/python bench/accuracy.py --out bench-out/eval-oasis2 --preset oasis2 --eval-seeds 1 2 --repeats-per-session 1
 ```""",
         "accuracy-oasis2-*.json",
+    ),
+    Section(
+        "Training on controls only",
+        """The default model trained on the Nondemented only (`--set 'train_groups=[Nondemented]'`) against
+the same model trained on every group, on the same evaluation seeds, folds and test people (other
+groups are left out of training only): gap fidelity, the controls' MAE and the MAE against the true
+brain age, uncorrected and bias-corrected, each with its subject-level CI; the paired differences
+(controls only minus every group, Δ); per person the bias-corrected Demented − Nondemented gap.
+
+```bash
+.venv/bin/python bench/accuracy.py --out bench-out/eval-demo --preset demo --eval-seeds 1 2 3 --set 'train_groups=[Nondemented]' --label eval-seeds-1-2-3-controls-only
+.venv/bin/python bench/train_groups.py --out bench-out/eval-demo --preset demo --seeds 1 2 3
+```""",
+        "train_groups-*.json",
     ),
     Section(
         "Accuracy: development runs",
@@ -220,9 +237,10 @@ def render_benchmarks(results: Path = RESULTS) -> str:
 
 
 def render_readme_block(results: Path = RESULTS) -> str:
-    """The README's demo block: the summary table of the latest demo evaluation-seed results file,
-    or a line saying none is there yet."""
-    files = [path for path in _files(results, "accuracy-demo-*.json") if "eval" in path.name]
+    """The README's demo block: the summary table of the latest results file of the default recipe
+    on the demo's evaluation seeds (``accuracy-demo-eval-seeds-S-S-S.json``, no other label), or a
+    line saying none is there yet."""
+    files = [path for path in _files(results, "accuracy-demo-eval-seeds-*.json") if re.fullmatch(r"accuracy-demo-eval-seeds-[0-9-]+\.json", path.name)]
     if not files:
         return f"The demo's accuracy on evaluation seeds is {NOT_MEASURED.lower()} See [docs/benchmarks.md](docs/benchmarks.md)."
     latest = max(files, key=lambda path: (json.loads(path.read_text(encoding="utf-8")).get("date") or "", path.name))
