@@ -50,7 +50,7 @@ from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.io.images import pair_partner
 from brainage.io.manifest import sort_manifest, validate_manifest, write_manifest
 from brainage.preprocess.adequacy import MEASURES, AdequacyConfig, header_reasons, row_reasons
-from brainage.preprocess.external_mask import external_mask_path, external_spatial
+from brainage.preprocess.external_mask import external_mask_path
 from brainage.preprocess.pipelines import (
     STAGES,
     PipelineConfig,
@@ -59,6 +59,7 @@ from brainage.preprocess.pipelines import (
     StageTimer,
     StandardConfig,
     config_from_dict,
+    external_spatial,
     make_config,
     preprocess_scan,
 )

@@ -1,9 +1,10 @@
 """A brain mask made elsewhere (fMRIPrep's ``*_desc-brain_mask.nii.gz``) used instead of our skull stripping.
 
 The standard pipeline's expensive part is the :class:`~brainage.preprocess.pipelines.Spatial`: the
-native-space brain mask and the registration to MNI. With an external mask, the mask is read
-(reoriented to RAS like the scan, ``> 0.5``) and only the registration of the masked brain is run;
-the rest of the pipeline is unchanged, so the volume lands in the same cache, on the same grid.
+native-space brain mask and the registration to MNI. With an external mask, the mask is read here
+(reoriented to RAS like the scan, ``> 0.5``) and :func:`brainage.preprocess.pipelines.external_spatial`
+runs only the registration of the masked brain; the rest of the pipeline is unchanged, so the
+volume lands in the same cache, on the same grid. This module does not import the pipelines.
 
 The mask is the one given (a manifest's ``mask_path``) or else, for an fMRIPrep image
 ``<prefix>_desc-preproc_T1w.nii.gz``, the ``<prefix>_desc-brain_mask.nii.gz`` beside it. The seed
@@ -18,6 +19,7 @@ import numpy as np
 
 from brainage.errors import InputError
 from brainage.io.images import load_scan
+from brainage.preprocess import stages
 
 PREPROC_SUFFIX = "_desc-preproc_T1w"
 MASK_SUFFIX = "_desc-brain_mask"
@@ -44,23 +46,15 @@ def external_mask_path(path: str | Path, mask_path: str | Path | None = None) ->
     return mask_beside(path)
 
 
-def external_spatial(path: str | Path, config: object, mask_path: str | Path | None = None):  # -> Spatial | None
-    """The :class:`Spatial` of ``path`` from its external brain mask, or None when it has none
-    (or ``config`` is not the standard pipeline). Raises :class:`InputError` naming the mask when
-    it cannot be used (unreadable, another grid than the scan, empty)."""
-    from brainage.preprocess import stages
-    from brainage.preprocess.pipelines import Spatial, StandardConfig, register_brain
-
-    mask_file = external_mask_path(path, mask_path)
-    if mask_file is None or not isinstance(config, StandardConfig):
-        return None
-    scan = load_scan(path)
-    data, affine = stages.reorient_ras(scan.data, scan.affine)
+def read_external_mask(mask_file: str | Path, scan: str | Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The brain mask in ``mask_file``, reoriented to RAS and thresholded at 0.5, for the ``scan``
+    whose RAS-reoriented grid is ``shape`` and ``affine``. Raises :class:`InputError` naming the mask
+    when it cannot be used (unreadable, another grid than the scan, empty)."""
     mask_scan = load_scan(mask_file)
     mask_data, mask_affine = stages.reorient_ras(mask_scan.data, mask_scan.affine)
-    if mask_data.shape != data.shape or not np.allclose(mask_affine, affine, atol=1e-3):
-        raise InputError(mask_file, f"the brain mask's grid {mask_data.shape} differs from that of {Path(path).name} {data.shape}")
+    if mask_data.shape != tuple(shape) or not np.allclose(mask_affine, affine, atol=1e-3):
+        raise InputError(mask_file, f"the brain mask's grid {mask_data.shape} differs from that of {Path(scan).name} {tuple(shape)}")
     mask = mask_data > 0.5
     if not mask.any():
         raise InputError(mask_file, "empty brain mask")
-    return Spatial(mask, register_brain(np.where(mask, data, 0.0).astype(np.float32), affine, config))
+    return mask

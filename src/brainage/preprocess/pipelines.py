@@ -24,7 +24,7 @@ from brainage.errors import InputError
 from brainage.io.images import load_scan
 from brainage.preprocess import stages
 from brainage.preprocess.adequacy import measure
-from brainage.preprocess.external_mask import external_spatial as _external_spatial
+from brainage.preprocess.external_mask import external_mask_path, read_external_mask
 from brainage.preprocess.qc import registration_score
 from brainage.preprocess.template import MNI_BRAIN_CENTER, template_grid, template_on_grid
 
@@ -323,7 +323,7 @@ def preprocess_scan(
     timer = StageTimer()
     measures: dict[str, float] = {}
     try:
-        spatial = spatial or _external_spatial(path, config)  # an fMRIPrep brain mask beside the scan: preprocess/external_mask.py
+        spatial = spatial or external_spatial(path, config)  # an fMRIPrep brain mask beside the scan: preprocess/external_mask.py
         if isinstance(config, TutorialConfig):
             volume = _run_tutorial(Path(path), config, timer)
         elif isinstance(config, StandardConfig):
@@ -420,6 +420,20 @@ def align_to_reference(data: np.ndarray, affine: np.ndarray, reference: SessionR
     if not mask.any():
         raise ValueError("the session reference's brain mask falls outside this scan")
     return Spatial(mask, motion @ reference.spatial.world_to_source)
+
+
+def external_spatial(path: str | Path, config: PipelineConfig, mask_path: str | Path | None = None) -> Spatial | None:
+    """The :class:`Spatial` of ``path`` from its external brain mask (``mask_path``, else fMRIPrep's
+    beside it: :func:`~brainage.preprocess.external_mask.external_mask_path`), or None when it has
+    none or ``config`` is not the standard pipeline. Raises :class:`InputError` naming the mask when
+    it cannot be used."""
+    mask_file = external_mask_path(path, mask_path)
+    if mask_file is None or not isinstance(config, StandardConfig):
+        return None
+    scan = load_scan(path)
+    data, affine = stages.reorient_ras(scan.data, scan.affine)
+    mask = read_external_mask(mask_file, path, data.shape, affine)
+    return Spatial(mask, register_brain(np.where(mask, data, 0.0).astype(np.float32), affine, config))
 
 
 def register_brain(brain: np.ndarray, affine: np.ndarray, config: StandardConfig, seed: int = 1) -> np.ndarray:
