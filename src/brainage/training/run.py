@@ -64,6 +64,7 @@ from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_a
 from brainage.training.evaluate import POST_HOC, REFERENCES, EvaluationSettings, TrainResult, evaluate_run, write_yaml
 from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
 from brainage.utils import write_csv
+from brainage.zoo import resolve_model
 
 PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
 #: Hold-out mode: fewer control people than this to calibrate on, and the command says so.
@@ -280,7 +281,7 @@ def initial_checkpoint(init: str | Path, fold: int) -> BrainAgeCheckpoint:
     """The checkpoint a fold is fine-tuned from: ``init`` itself, or fold ``fold``'s (else the
     first) of a run folder."""
     members = resolve_checkpoints(init)
-    chosen = fold_folder(Path(init), fold) / "model.ckpt"
+    chosen = fold_folder(resolve_model(init), fold) / "model.ckpt"  # a named model keeps its run's fold folders
     return load_checkpoint(chosen if chosen in members else members[0])
 
 
@@ -413,7 +414,7 @@ def _fold_checkpoint(
         tta_flip=config.tta_flip,
         **fitted_scans(manifest, fitted_on),
         extra={
-            "fold": fold.index, **extra, "fine_tuned_from": str(Path(config.init).resolve()) if config.init else None, "train_config": config.to_dict(),
+            "fold": fold.index, **extra, "fine_tuned_from": str(resolve_model(config.init).resolve()) if config.init else None, "train_config": config.to_dict(),
         },
     )  # fmt: skip  # arguments grouped by meaning
 
