@@ -4,11 +4,13 @@ Example::
 
     model = BrainAgeModel.load("runs/oasis2")          # a run folder: its K fold models, averaged
     table = model.predict(["scan.nii.gz", "folder/"])  # one row per scan
+    table = model.predict("scans.xlsx", work="out.parts")  # keeps each preprocessed scan: a rerun resumes
     model.problems_                                    # the inputs that were skipped, and why
 
 A model is one checkpoint or an ensemble of several (the mean of their predictions). Each scan is
 preprocessed with the configuration stored in the checkpoints, or taken from a prepared cache
-that already holds it (matched by the content hash of the file), and predicted with left–right
+that already holds it (matched by the content hash of the file), into a work folder that a rerun
+or a resumed batch takes finished scans from (:mod:`brainage.predict_store`), and predicted with left–right
 flip test-time averaging where the model was trained so: the very function (:mod:`brainage.inference`)
 that made the run's out-of-fold predictions. The age-bias correction applies only where a row has
 an age, and the ``bias_correction`` column says which correction was applied, or why none was.
@@ -21,36 +23,29 @@ This module does not import Lightning, torchmetrics or matplotlib.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, seen_by_id
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.evaluation import aggregate_sessions, regression_metrics
 from brainage.inference import BrainAgeEnsemble, predict_batches, resolve_accelerator
-from brainage.io import IMAGE_SUFFIXES, discover, scan_stem
-from brainage.io.bids import looks_like_bids
-from brainage.io.dicom import dicom_rows, looks_like_dicom
-from brainage.io.images import header_of, image_suffix
-from brainage.io.manifest import is_missing, natural_key
-from brainage.io.oasis import find_demographics, layout_identity, looks_like_oasis
-from brainage.io.oasis1 import find_cross_sectional, looks_like_oasis1
-from brainage.io.table import TABLE_SUFFIXES, read_scan_list
-from brainage.preprocess import PipelineConfig, PreparedCache, config_from_dict, content_hash, load_cache, preprocess_scan
+from brainage.io.manifest import natural_key
+from brainage.predict_inputs import find_inputs, training_caches
+from brainage.predict_store import OUTCOMES, scan_hash, stored_scans, unreadable, work_folder
+from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.preprocess.adequacy import MEASURES, AdequacyConfig, age_reason, header_reasons, reasons
-from brainage.utils import parallel_map
 from brainage.zoo import resolve_model
 
+__all__ = ["BrainAgeEnsemble", "BrainAgeModel", "accuracy_table", "find_inputs", "resolve_checkpoints", "summarise_sessions", "training_caches"]
+
 CHECKPOINT_NAME = "model.ckpt"
-#: Input columns carried into the predictions when the source has them.
-CARRIED_COLUMNS = ("scan_id", "subject_id", "session_id", "path", "age", "sex", "group", "cdr")
 PREDICTION_COLUMNS = (
     "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected",
     "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings", "inadequate",
@@ -79,140 +74,6 @@ def resolve_checkpoints(path_or_paths: str | Path | Iterable[str | Path]) -> lis
     return list(dict.fromkeys(found))
 
 
-# --- inputs --------------------------------------------------------------------------------------
-
-
-def find_inputs(inputs: str | Path | Iterable[str | Path] | pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
-    """The scans to predict, one row per scan (columns of ``CARRIED_COLUMNS``), and what was left out.
-
-    An input is an image file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``, ``.mgz``), a folder of
-    them (searched recursively), a table of scans (``prepare``'s formats: :func:`~brainage.io.table.read_scan_list`),
-    a BIDS, OASIS-1 or OASIS-2 folder (ages from their spreadsheets; without its spreadsheet, a
-    plain folder), or a manifest DataFrame with a ``path`` column. A file in an OASIS layout keeps
-    the ids it gives (:func:`~brainage.io.oasis.layout_identity`); a scan given twice is predicted
-    once; scans without a known subject or session form their own.
-    """
-    if isinstance(inputs, pd.DataFrame):
-        if "path" not in inputs.columns:
-            raise BrainAgeError("the table of scans to predict needs a 'path' column")
-        return _complete(inputs.copy()), []
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    frames: list[pd.DataFrame] = []
-    problems: list[Problem] = []
-    for item in (Path(os.path.abspath(Path(value).expanduser())) for value in items):
-        try:
-            rows, found = _rows_of(item)
-        except InputError as error:
-            problems.append(Problem.from_error(error))
-            continue
-        frames.append(rows)
-        problems.extend(found)
-    frames = [frame for frame in frames if not frame.empty]
-    if not frames:
-        return _complete(pd.DataFrame(columns=["path"])), problems
-    rows = pd.concat(frames, ignore_index=True).drop_duplicates("path").reset_index(drop=True)
-    return _complete(rows), problems
-
-
-def _rows_of(item: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    """The rows one input stands for, and its problems."""
-    if item.is_dir():
-        if (
-            looks_like_bids(item)
-            or (looks_like_oasis(item) and _finds(find_demographics, item))
-            or (looks_like_oasis1(item) and _finds(find_cross_sectional, item))
-        ):
-            found = discover(item)
-            return found.manifest, list(found.problems)
-        files = _image_files(item)
-        if not files and looks_like_dicom(item):
-            return dicom_rows(item)  # its T1 series, converted by dcm2niix; without PatientAge, no age
-        if not files:
-            raise InputError(item, f"no scans in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
-        return pd.DataFrame({"path": [str(path) for path in files]}), []
-    if not item.exists():
-        raise InputError(item, "no such file or folder")
-    if item.suffix.lower() in TABLE_SUFFIXES:
-        return read_scan_list(item, CARRIED_COLUMNS)
-    if image_suffix(item) is not None:
-        return pd.DataFrame({"path": [str(header_of(item))]}), []
-    raise InputError(item, f"not a scan ({', '.join(IMAGE_SUFFIXES)}), a folder, nor a table of scans ({', '.join(TABLE_SUFFIXES)})")
-
-
-def _finds(finder: Callable[[Path], Path], folder: Path) -> bool:
-    """Whether ``finder`` finds an OASIS spreadsheet for ``folder`` (without one, a plain folder of scans)."""
-    try:
-        return bool(finder(folder))
-    except InputError:
-        return False
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Every scan below ``folder``, an Analyze/NIfTI pair once (by its header, or its image if alone)."""
-    files = {header_of(path) for path in folder.rglob("*") if image_suffix(path) and path.is_file()}
-    return sorted(files, key=lambda path: natural_key(str(path)))
-
-
-def _complete(rows: pd.DataFrame) -> pd.DataFrame:
-    """Every ``CARRIED_COLUMNS`` column present; missing ids filled (a scan alone is its own session)."""
-    rows = rows.reset_index(drop=True)
-    for column in CARRIED_COLUMNS:
-        if column not in rows.columns:
-            rows[column] = np.nan
-    rows["path"] = rows["path"].astype(str)
-    for column in ("scan_id", "session_id", "subject_id"):  # the ids a file's OASIS layout gives, where none are given
-        rows[column] = [
-            layout_identity(path).get(column, value) if is_missing(value) else value for path, value in zip(rows["path"], rows[column], strict=False)
-        ]
-    stems = [scan_stem(path) for path in rows["path"]]
-    duplicated = pd.Series(stems).duplicated(keep=False).to_numpy()
-    default_ids = [str(Path(path).with_name(stem)) if twice else stem for path, stem, twice in zip(rows["path"], stems, duplicated, strict=False)]
-    rows["scan_id"] = [default if is_missing(value) else str(value) for value, default in zip(rows["scan_id"], default_ids, strict=False)]
-    rows["session_id"] = [
-        (subject if not is_missing(subject) else scan) if is_missing(session) else str(session)
-        for session, subject, scan in zip(rows["session_id"], rows["subject_id"], rows["scan_id"], strict=False)
-    ]
-    rows["subject_id"] = [session if is_missing(value) else str(value) for value, session in zip(rows["subject_id"], rows["session_id"], strict=False)]
-    rows["age"] = pd.to_numeric(rows["age"], errors="coerce").astype(float)
-    return rows[list(CARRIED_COLUMNS)]
-
-
-# --- preprocessing -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Job:
-    path: str
-    config: PipelineConfig
-
-
-def _preprocess(job: _Job) -> tuple[np.ndarray, float, dict[str, float]] | Problem:
-    """Worker: the preprocessed volume, its QC score and adequacy measures, or the problem (returned,
-    so it crosses processes)."""
-    try:
-        prepared = preprocess_scan(job.path, job.config)
-    except InputError as error:
-        return Problem.from_error(error)
-    if not np.isfinite(prepared.volume).all():
-        return Problem(job.path, "preprocessing gave non-finite values (is the image empty or all NaN?)")
-    return prepared.volume, prepared.qc_score, prepared.measures
-
-
-def training_caches(checkpoints: Iterable[str | Path]) -> list[Path]:
-    """The caches the checkpoints were trained on, as recorded in their run's ``config.yaml``
-    (``run/fold_K/model.ckpt`` → ``run/config.yaml``), where that cache still exists."""
-    found = []
-    for checkpoint in map(Path, checkpoints):
-        config = checkpoint.resolve().parent.parent / "config.yaml"
-        try:
-            cache = (yaml.safe_load(config.read_text()) or {}).get("cache")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        if cache and (Path(cache) / "cache.json").is_file():
-            found.append(Path(cache))
-    return list(dict.fromkeys(found))
-
-
 # --- the model -----------------------------------------------------------------------------------
 
 
@@ -237,6 +98,7 @@ class BrainAgeModel:
         self.device = torch.device(resolve_accelerator(device))
         self.network = BrainAgeEnsemble(checkpoints).to(self.device).eval()
         self.problems_: list[Problem] = []
+        self.preprocessing_: dict[str, int] = {}
 
     @classmethod
     def load(cls, path_or_paths: str | Path | Iterable[str | Path], device: str = "auto") -> BrainAgeModel:
@@ -294,6 +156,7 @@ class BrainAgeModel:
         interval: float | None = None,
         force: bool = False,
         adequacy: AdequacyConfig | None = None,
+        work: str | Path | None = None,
     ) -> pd.DataFrame:
         """Brain age of every scan of ``inputs`` (see :func:`find_inputs`), one row per scan.
 
@@ -305,10 +168,14 @@ class BrainAgeModel:
         Columns: ``PREDICTION_COLUMNS`` then ``sex``, ``group``, ``cdr`` where the inputs give
         them. Gaps are brain age − age, NaN where the age is unknown. ``warnings`` names an age
         outside the training range and a registration below the QC threshold. ``sessions=True``
-        averages the repeat scans of each session (one row per session, ``n_scans``).
+        averages the repeat scans of each session (one row per session, ``n_scans``), and prepares
+        them as ``prepare`` does with session reuse.
         ``cache``: a prepared cache to take preprocessed scans from (matched by content hash),
-        ``"auto"`` for the caches the checkpoints were trained on, None for none. Scans are
-        preprocessed in ``workers`` processes and predicted ``batch_size`` at a time. Inputs
+        ``"auto"`` for the caches the checkpoints were trained on, None for none. The other scans
+        are preprocessed in ``workers`` processes into the folder ``work``
+        (:mod:`brainage.predict_store`: a rerun, or the rerun of a killed batch, prepares only what
+        is not there yet; None: a temporary folder) and predicted ``batch_size`` at a time as they
+        finish. ``preprocessing_`` counts what became of the scans (``OUTCOMES``). Inputs
         that cannot be used are skipped and listed in ``problems_``. A scan that fails the
         ``adequacy`` checks (default :class:`AdequacyConfig`) keeps its row with the reasons in
         ``inadequate`` and no brain age, unless ``force`` (a scan whose header fails them is then
@@ -317,16 +184,21 @@ class BrainAgeModel:
         adequacy = adequacy or AdequacyConfig()
         rows, problems = find_inputs(inputs)
         caches = self._caches(cache)
-        hashes = [_content_hash(path) for path in rows["path"]]
         known_ages = rows["age"].to_numpy(dtype=float)
         refused = [header_reasons(path, adequacy) for path in rows["path"]]
         skip = set() if force else {index for index, found in enumerate(refused) if found}
         measured: dict[int, dict[str, float]] = {}
         predicted: dict[int, tuple[float, float, float, float]] = {}
-        for indices, volumes, scores in _batches(self._volumes(rows, hashes, caches, workers, problems, skip, measured), batch_size):
-            for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores, strict=False):
-                predicted[index] = (float(ages[0]), float(ages[1]), float(ages[2]), score)
+        counts: Counter[str] = Counter()
+        with work_folder(work) as root:
+            hashes = [scan_hash(path, root) for path in rows["path"]]
+            options = {"workers": workers, "sessions": sessions, "adequacy": adequacy, "force": force}
+            scans = self._volumes(rows, hashes, caches, root, options, problems, counts, skip, measured)
+            for indices, volumes, scores in _batches(scans, batch_size):
+                for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores, strict=False):
+                    predicted[index] = (float(ages[0]), float(ages[1]), float(ages[2]), score)
         self.problems_ = sorted(problems, key=lambda problem: natural_key(problem.path))
+        self.preprocessing_ = {outcome: counts[outcome] for outcome in OUTCOMES}
         low, high = self.train_age_range
         for index, found in enumerate(refused):
             found.extend(reasons(measured.get(index, {}), adequacy))
@@ -348,40 +220,40 @@ class BrainAgeModel:
         rows: pd.DataFrame,
         hashes: Sequence[str | None],
         caches: Sequence[PreparedCache],
-        workers: int,
+        root: Path,
+        options: dict[str, Any],
         problems: list[Problem],
+        counts: Counter[str],
         skip: set[int],
         measured: dict[int, dict[str, float]],
     ) -> Iterator[tuple[int, np.ndarray, float]]:
-        """``(row index, volume, QC score)`` for every usable row but those in ``skip``: cached ones
-        first, then the others as their preprocessing finishes. Failures are appended to
-        ``problems``, each row's adequacy measures put in ``measured``."""
+        """``(row index, volume, QC score)`` for every usable row but those in ``skip``: those in a
+        cache first, then the others as their preprocessing into ``root`` finishes (``options``:
+        :func:`~brainage.predict_store.stored_scans`'). Failures are appended to ``problems``, each
+        row's adequacy measures put in ``measured``, the outcomes counted in ``counts``."""
         lookup = {
             content: (found, i) for found in caches if "content_hash" in found.manifest for i, content in enumerate(found.manifest["content_hash"].astype(str))
         }
-        to_prepare: dict[str, list[int]] = {}
-        for index, (path, digest) in enumerate(zip(rows["path"], hashes, strict=False)):
+        to_prepare: list[int] = []
+        for index, (path, digest) in enumerate(zip(rows["path"], hashes, strict=True)):
             if index in skip:
                 continue
+            if digest is None:
+                problems.append(unreadable(path))
+                counts[OUTCOMES[-1]] += 1
+                continue
             hit = lookup.get(digest) if lookup and digest else None
-            if hit is not None:
-                found, i = hit
-                measured[index] = {key: found.manifest[key].iloc[i] for key in MEASURES if key in found.manifest}
-                yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iloc[i])
-            else:
-                to_prepare.setdefault(path, []).append(index)
-        if not to_prepare:
-            return
-        jobs = [_Job(path, self.config) for path in to_prepare]
-        for job, result in parallel_map(_preprocess, jobs, workers, description=f"preprocess ({self.config.name})"):
-            if isinstance(result, Problem):
-                problems.append(result)
-            elif isinstance(result, BaseException):
-                problems.append(Problem(job.path, f"{type(result).__name__}: {result}"))
-            else:
-                for index in to_prepare[job.path]:
-                    measured[index] = result[2]
-                    yield index, result[0], result[1]
+            if hit is None:
+                to_prepare.append(index)
+                continue
+            found, i = hit
+            measured[index] = {key: found.manifest[key].iloc[i] for key in MEASURES if key in found.manifest}
+            counts[OUTCOMES[0]] += 1
+            yield index, np.asarray(found.volume(i)), float(found.manifest["qc_score"].iloc[i])
+        for scan in stored_scans(rows, to_prepare, self.config, root, problems, counts, **options):
+            for index in scan.indices:
+                measured[index] = scan.measures
+                yield index, scan.volume, scan.qc_score
 
     def _table(
         self,
@@ -425,13 +297,6 @@ class BrainAgeModel:
             table.loc[table["inadequate"] != "", list(BRAIN_AGE_COLUMNS)] = np.nan
         extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
         return table[[*PREDICTION_COLUMNS, *extra]]
-
-
-def _content_hash(path: str) -> str | None:
-    try:
-        return content_hash(path)
-    except OSError:
-        return None  # unreadable: preprocessing reports why
 
 
 def _batches(items: Iterable[tuple[int, np.ndarray, float]], size: int) -> Iterator[tuple[list[int], np.ndarray, list[float]]]:
