@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import typer
 
 from brainage import __version__
+from brainage.cli_checks import DEVICE_HELP, WORKERS_HELP, check_device, check_exists, workers_or_all
 from brainage.console import err_console
 from brainage.errors import BrainAgeError
 
@@ -66,14 +67,15 @@ def inspect_source(
         None, "--demographics", help="OASIS-2 demographics spreadsheet (.xlsx or .csv); found beside the scans if omitted."
     ),
     check_data: bool = typer.Option(False, "--check-data", help="Also load every scan (catches NaN-only and constant images)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes for --check-data."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=f"{WORKERS_HELP} Used by --check-data."),
 ) -> None:
     """Show what a data source holds: subjects, sessions, scans, ages, groups, and what is wrong."""
     from brainage.console import print_problems, print_table
     from brainage.io import check_scans, discover, summarize
 
+    check_exists(demographics, "--demographics")
     found = discover(source, demographics)
-    load_problems = check_scans(found.manifest["path"], workers=workers) if check_data else None
+    load_problems = check_scans(found.manifest["path"], workers=workers_or_all(workers)) if check_data else None
     print_table(summarize(found, load_problems), title=f"brainage inspect: {found.kind}")
     print_problems([*found.problems, *(load_problems or [])], title="Problems")
 
@@ -121,8 +123,10 @@ def train_command(
     """
     import dataclasses
 
+    from brainage.cli_checks import check_models, check_train_options
     from brainage.training import TrainConfig, load_config, train
 
+    check_train_options(model, accelerator, precision)
     if val_fraction is not None:
         if test_fraction is not None:
             raise BrainAgeError("--val-fraction is the old name of --test-fraction: give one of them")
@@ -156,6 +160,7 @@ def train_command(
     if test_fraction is not None:
         base = dataclasses.replace(base, folds=None)
     config = dataclasses.replace(base, **{key: value for key, value in given.items() if value is not None})
+    check_models([config.init] if config.init else None, "--init")  # the data's own checks (groups, folds) come first in train()
     result = train(cache, out, config)
     if result is not None:  # None on a non-zero rank of multi-process training
         _print_run(result, config.model)
@@ -237,9 +242,9 @@ def predict_command(
     out: Path = typer.Option(..., "--out", "-o", help="CSV file to write (atomically)."),
     sessions: bool = typer.Option(False, "--sessions", help="Average the repeat scans of each session: one row per session."),
     cache: Path | None = typer.Option(None, "--cache", help="A prepared cache to take preprocessed scans from; default: the cache the model was trained on."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes for preprocessing."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=f"{WORKERS_HELP} Used for preprocessing."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Scans per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     interval: float | None = typer.Option(
         None, "--interval", min=0.01, max=0.99, help="Coverage of brain_age_lower/upper (default: the model's, 0.9); split-conformal on out-of-fold residuals."
     ),
@@ -256,10 +261,11 @@ def predict_command(
     from brainage.preprocess.adequacy import AdequacyConfig
     from brainage.utils import write_csv
 
+    device, processes = check_device(device), workers_or_all(workers)
     brain_age_model = BrainAgeModel.load([model, *with_models], device=device)
     adequacy = AdequacyConfig.with_overrides(max_voxel_mm=max_voxel_mm)
     predictions = brain_age_model.predict(
-        inputs, sessions=sessions, cache=cache or "auto", workers=workers, batch_size=batch_size, interval=interval, force=force, adequacy=adequacy
+        inputs, sessions=sessions, cache=cache or "auto", workers=processes, batch_size=batch_size, interval=interval, force=force, adequacy=adequacy
     )
     print_problems(brain_age_model.problems_)
     if predictions.empty:
@@ -286,14 +292,16 @@ def predict_command(
 def bids_command(
     ctx: typer.Context,
     bids_dir: Path = typer.Argument(..., help="The input BIDS dataset (raw, or fMRIPrep derivatives)."),
-    output_dir: Path = typer.Argument(..., help="The BIDS derivatives dataset to write (created)."),
+    output_dir: Path = typer.Argument(
+        ..., help="The BIDS derivatives dataset to write (created); positional, as the BIDS App specification requires (other commands: -o/--out)."
+    ),
     analysis_level: str = typer.Argument(..., help="participant (predict, one TSV per session) or group (gather them)."),
     model: list[Path] = typer.Option([], "--model", help="A run folder or model.ckpt (repeatable: averaged); needed at participant level."),
     participant_label: list[str] = typer.Option(
         [], "--participant-label", help="Only these participants, without or with 'sub-' (e.g. --participant-label 01 02)."
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes for preprocessing."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=f"{WORKERS_HELP} Used for preprocessing."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """A BIDS App: brain age of a BIDS dataset as a BIDS derivatives dataset (BIDS-Apps arguments)."""
     from brainage.bids_app import run_bids_app
@@ -302,7 +310,7 @@ def bids_command(
     if ctx.args and not participant_label:
         raise BrainAgeError(f"unexpected argument(s): {' '.join(ctx.args)}")
     labels = [*participant_label, *ctx.args]  # --participant-label 01 02: the labels after the first come as extra arguments
-    result = run_bids_app(bids_dir, output_dir, analysis_level, model or None, labels, workers=workers, device=device)
+    result = run_bids_app(bids_dir, output_dir, analysis_level, model or None, labels, workers=workers_or_all(workers), device=check_device(device))
     print_problems(result.problems)
     console.print(f"{analysis_level}: {result.scans} scan(s), {result.sessions} session(s) → {output_dir} ({len(result.files)} files)", soft_wrap=True)
 
@@ -319,8 +327,8 @@ def prepare_command(
     ),
     shape: tuple[int, int, int] | None = typer.Option(None, "--shape", help="Output grid shape, e.g. --shape 64 64 64."),
     voxel_size: float | None = typer.Option(None, "--voxel-size", help="Output voxel size in mm."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes."),
-    device: str = typer.Option("cpu", "--device", help="Where skull stripping runs: cpu, cuda, mps or auto (CPU where the device is missing)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    device: str = typer.Option("auto", "--device", help=f"Where skull stripping runs: {DEVICE_HELP} A missing device falls back to the CPU."),
     demographics: Path | None = typer.Option(None, "--demographics", help="OASIS-2 demographics spreadsheet, if not beside the scans."),
     shard: str | None = typer.Option(None, "--shard", help="I/N: prepare only the I-th of N shares (1 ≤ I ≤ N), e.g. one per SLURM array task."),
     no_session_reuse: bool = typer.Option(
@@ -337,6 +345,8 @@ def prepare_command(
     from brainage.preprocess import make_config, prepare
     from brainage.preprocess.adequacy import AdequacyConfig
 
+    check_device(device)
+    check_exists(demographics, "--demographics")
     try:
         config = make_config(pipeline, shape=shape, voxel_size=voxel_size, session_reuse=False if no_session_reuse else None)
     except ValueError as error:
@@ -346,7 +356,7 @@ def prepare_command(
         raise BrainAgeError(f"--shard {shard}: expected I/N with 1 ≤ I ≤ N, e.g. 3/8")
     pair = (parts[0], parts[1]) if parts else None
     adequacy = AdequacyConfig.with_overrides(max_voxel_mm=max_voxel_mm)
-    report = prepare(source, out, config, workers=workers, shard=pair, demographics=demographics, device=device, adequacy=adequacy)
+    report = prepare(source, out, config, workers=workers_or_all(workers), shard=pair, demographics=demographics, device=device, adequacy=adequacy)
     print_table(report.summary(), title=f"brainage prepare ({config.name}) → {out}")
     flagged = report.flagged
     if len(flagged):
@@ -361,35 +371,36 @@ def prepare_command(
 @app.command("synth")
 @reports_errors
 def synth_command(
-    out: Path = typer.Argument(..., help="New or empty folder to write the cohort into."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="New or empty folder to write the cohort into."),
     preset: str = typer.Option(
         "demo",
         "--preset",
         help="tiny (tests), demo, oasis2 (full size: 150 subjects, 1368 scans), oasis1 (416 people aged 18–96) or pretrain (1000 people, one scan each), all from the MNI152 template (v1); or population_tiny, population or population_pretrain (v2: several real heads, varied anatomy, ageing and scanners).",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bytes."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes (default: all cores)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     layout: str = typer.Option("oasis2", "--layout", help="oasis2 (OAS2_RAW_PART*/ + demographics .xlsx) or oasis1 (disc*/ + oasis_cross-sectional.csv)."),
+    old_out: Path | None = typer.Argument(None, hidden=True, help="Deprecated: the folder to write as a positional argument; use -o/--out."),
 ) -> None:
     """Generate a synthetic OASIS-2-shaped cohort from the MNI152 template, with known brain age."""
-    import os
     import time
 
-    from brainage.cohort import Preset, get_preset, summary_table, synthesize
+    from brainage.cli_checks import check_choice, check_preset, output_path
+    from brainage.cohort import Preset, summary_table, synthesize
     from brainage.console import console, print_problems, print_table
 
-    chosen = get_preset(preset)
-    if layout not in ("oasis2", "oasis1"):
-        raise BrainAgeError(f"--layout {layout}: choose oasis2 or oasis1")
+    out = output_path(out, old_out, "synth")
+    chosen = check_preset(preset)
+    check_choice(layout, "--layout", ("oasis2", "oasis1"))
     start = time.perf_counter()
     if layout == "oasis1":
         from brainage.cohort.oasis1 import synthesize_oasis1  # the same cohort, OASIS-1's files
 
         if not isinstance(chosen, Preset):
             raise BrainAgeError(f"--layout oasis1: {preset} is a v2 population preset; OASIS-1's files are written from the v1 presets")
-        result = synthesize_oasis1(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
+        result = synthesize_oasis1(out, chosen, seed=seed, workers=workers_or_all(workers))
     else:
-        result = synthesize(out, chosen, seed=seed, workers=workers or len(os.sched_getaffinity(0)))
+        result = synthesize(out, chosen, seed=seed, workers=workers_or_all(workers))
     elapsed = time.perf_counter() - start
     print_table(summary_table(result), title=f"brainage synth ({chosen.name}, seed {seed}) → {out}", floatfmt="{:.3g}")
     mae = result.summary["true_brain_age_mae"]
@@ -420,6 +431,7 @@ def report_command(
     from brainage.console import console
     from brainage.report import build_report
 
+    check_exists(heldout, "--heldout")
     console.print(f"Report: {build_report(run, out, saliency=saliency, saliency_scans=saliency_scans, heldout=heldout)}", soft_wrap=True)
 
 
@@ -435,6 +447,7 @@ def export_command(
     from brainage.console import console
     from brainage.export import export_onnx
 
+    check_exists(scan, "--scan")
     result = export_onnx(model, out, scan=scan, tolerance=tolerance)
     console.print(
         f"ONNX Runtime vs PyTorch on {result.check_input}: max abs difference {result.max_abs_difference:.2e} years (tolerance {result.tolerance:g})",
@@ -454,19 +467,15 @@ def demo_command(
     pipeline: str | None = typer.Option(None, "--pipeline", help="Preprocessing: standard (default) or tutorial."),
     model: str | None = typer.Option(None, "--model", help="Network by name."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum training epochs."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Processes for synthesis, preprocessing and prediction; default all cores."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=f"{WORKERS_HELP} Used for synthesis, preprocessing and prediction."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the cohort, the splits and the training."),
 ) -> None:
     """Synthetic cohort → prepare → train → evaluate → predict held-out people → HTML report."""
-    import dataclasses
-
+    from brainage.cli_checks import demo_config
     from brainage.console import console, print_table
-    from brainage.demo import DemoConfig, run_demo, training_for
+    from brainage.demo import run_demo
 
-    given: dict[str, Any] = {"preset": preset, "pipeline": pipeline, "workers": workers, "seed": seed}
-    config = dataclasses.replace(DemoConfig(), **{key: value for key, value in given.items() if value is not None})
-    if model is not None or epochs is not None:
-        config = dataclasses.replace(config, train=training_for(config.preset, model, epochs))
+    config = demo_config(preset=preset, pipeline=pipeline, workers=workers, seed=seed, model=model, epochs=epochs)
     result = run_demo(out, config)
     print_table(result.timings(), title="Demo steps, seconds: wall, and CPU (over the cores used: the wall time of a quiet machine)", floatfmt="{:.0f}")
     print_table(result.table, title="Per session (repeats averaged), years: network, baselines and the true brain age on the same sessions")
