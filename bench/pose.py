@@ -6,7 +6,7 @@ Each scan is written again in ``--poses`` poses (the first the identity, the oth
 rotation uniform in ±``--max-rotation`` degrees and every shift in ±``--max-shift`` mm, the same
 poses for every scan), two ways: ``header`` (only the NIfTI affine changed, voxels identical: the
 scanner followed the head) and ``voxels`` (the head resampled inside the original grid:
-``brainage.pose.repose_voxels``). Every file is predicted through the public API,
+``repose_voxels`` of ``bench/pose_resample.py``). Every file is predicted through the public API,
 ``BrainAgeModel.load(run).predict(paths)``, from the raw file (no cache), and the table gives per
 scan and way the SD of the predicted brain age across the poses (target ≤ 0.5 y), its range, and
 the QC score (registration correlation with the template) beside it: its lowest over the poses and
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pose_resample import grid_centre, random_poses, write_poses  # bench/, the script's own folder
 from scipy import ndimage
 
 from brainage.console import console, print_problems, print_table
 from brainage.io import load_scan
-from brainage.pose import grid_centre, random_poses, write_poses
 from brainage.predict import BrainAgeModel, resolve_checkpoints, training_caches
 from brainage.preprocess import load_cache, preprocess_scan, stages
 from brainage.preprocess.pipelines import Spatial, find_spatial

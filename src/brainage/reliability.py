@@ -1,8 +1,8 @@
 """How far a brain age can be trusted, in one import: :mod:`brainage.retest` (test–retest of brain age
 and of its gap, longitudinal consistency) and :mod:`brainage.conformal` (per-scan intervals).
 
-Pose re-sampling for checking pose invariance is :mod:`brainage.pose` (used by ``bench/pose.py``);
-nothing that loads a model imports it.
+Pose re-sampling for checking pose invariance is the benchmark's own (``bench/pose_resample.py``,
+used by ``bench/pose.py``), not part of the package.
 """
 
 from __future__ import annotations

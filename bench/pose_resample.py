@@ -1,7 +1,8 @@
 """Re-posed copies of a scan for checking pose invariance (``bench/pose.py``): rigid head movements
 applied through the affine (:func:`repose_header`) or by resampling the voxels (:func:`repose_voxels`).
 
-Nothing that loads or serves a model imports this module.
+A benchmark's helper, not part of the package: ``bench/pose.py`` imports it as ``pose_resample``
+(``bench/`` is a folder of scripts), as do its tests.
 """
 
 from __future__ import annotations
