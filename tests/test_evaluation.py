@@ -15,6 +15,7 @@ from brainage.evaluation import (
     control_labels,
     control_mask,
     fit_bias_correction,
+    fit_line,
     gap_by_group,
     gap_fidelity,
     regression_metrics,
@@ -65,6 +66,46 @@ def test_gap_fidelity_is_the_partial_correlation_given_age_not_the_raw_gap_corre
     assert 0.7 < gap_fidelity(age, reader, truth) < 0.85  # 2.4 / sqrt(2.4² + 2²) ≈ 0.77
     metrics = regression_metrics(age, truth, truth)
     assert metrics["mae_true"] == 0 and metrics["gap_fidelity"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gap_fidelity_is_pingouins_partial_correlation(seed: int) -> None:
+    """Ours is kept (the bootstrap calls it thousands of times; pingouin builds a DataFrame each time), pinned to pingouin."""
+    import pingouin
+
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(55, 95, 60)
+    truth = age + rng.normal(0, 4, 60)
+    predicted = 0.6 * age + 30 + 0.5 * (truth - age) + rng.normal(0, 3, 60)
+    frame = pd.DataFrame({"age": age, "predicted": predicted, "truth": truth})
+    expected = pingouin.partial_corr(frame, x="predicted", y="truth", covar="age")["r"].iloc[0]
+    assert gap_fidelity(age, predicted, truth) == pytest.approx(expected, rel=1e-9)
+
+
+def test_regression_metrics_are_scikit_learns_and_r2_is_undefined_without_age_spread() -> None:
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+    rng = np.random.default_rng(4)
+    age = rng.uniform(60, 90, 50)
+    predicted = age + rng.normal(1, 5, 50)
+    metrics = regression_metrics(age, predicted)
+    assert metrics["mae"] == pytest.approx(mean_absolute_error(age, predicted))
+    assert metrics["rmse"] == pytest.approx(root_mean_squared_error(age, predicted))
+    assert metrics["r2"] == pytest.approx(r2_score(age, predicted))
+    assert math.isnan(regression_metrics([70.0, 70.0], [71.0, 69.0])["r2"])  # scikit-learn would say 0.0
+    assert math.isnan(regression_metrics([70.0], [70.0])["r2"])
+
+
+def test_fit_line_is_the_least_squares_line_with_the_slopes_standard_error() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0, 10, 40)
+    y = 2.0 * x - 3.0 + rng.normal(0, 1, 40)
+    line = fit_line(x, y)
+    slope, intercept = np.polyfit(x, y, deg=1)
+    assert (line.slope, line.intercept) == pytest.approx((slope, intercept))
+    residual = y - (slope * x + intercept)
+    assert line.stderr == pytest.approx(math.sqrt(residual @ residual / (40 - 2) / np.sum((x - x.mean()) ** 2)))
+    np.testing.assert_allclose(line([0.0, 1.0]), [intercept, intercept + slope])
 
 
 def simulated_controls(n_subjects: int, seed: int, slope: float = 0.5, noise: float = 4.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -44,7 +44,6 @@ import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from sklearn.linear_model import LinearRegression
 
 from brainage import __version__
 from brainage.baselines import BASELINES as BASELINES  # where demo.py and bench/accuracy.py import it from
@@ -54,7 +53,7 @@ from brainage.cohort.truth import true_brain_ages
 from brainage.console import console
 from brainage.data import BrainAgeDataModule, Fold, make_folds, subject_holdout
 from brainage.errors import BrainAgeError, InputError
-from brainage.evaluation import check_control_group, control_mask
+from brainage.evaluation import check_control_group, control_mask, fit_line
 from brainage.figures import plot_training_curves
 from brainage.inference import BrainAgeEnsemble, predict_batches
 from brainage.models import AgeRegressor, build_model
@@ -431,8 +430,8 @@ def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, co
     fitted_on = np.concatenate([fold.train, fold.val])
     predicted = predict_batches(BrainAgeEnsemble([source]), data.loader(fitted_on), device=device)[:, 0]
     ages = cache.manifest["age"].to_numpy(dtype=float)[fitted_on]
-    line = LinearRegression().fit(predicted[:, None], ages)
-    slope, intercept = float(line.coef_[0]), float(line.intercept_)
+    line = fit_line(predicted, ages)
+    slope, intercept = line.slope, line.intercept
     if slope <= 0:
         raise BrainAgeError(
             f"--init {config.init}: on fold {fold.index}'s training scans its predictions do not rise with age "
@@ -440,7 +439,7 @@ def _recalibrated(cache: PreparedCache, fold: Fold, data: BrainAgeDataModule, co
         )
     return _fold_checkpoint(
         source.model, intercept + slope * source.age_mean, slope * source.age_std, cache, fold, config, member=0,
-        recalibration=f"output re-calibrated on {len(fitted_on)} training scans: age = {intercept:.2f} + {slope:.3f} × prediction (MAE {np.mean(np.abs(line.predict(predicted[:, None]) - ages)):.2f} y there, {np.mean(np.abs(predicted - ages)):.2f} y before)",
+        recalibration=f"output re-calibrated on {len(fitted_on)} training scans: age = {intercept:.2f} + {slope:.3f} × prediction (MAE {np.mean(np.abs(line(predicted) - ages)):.2f} y there, {np.mean(np.abs(predicted - ages)):.2f} y before)",
     )  # fmt: skip  # arguments grouped by meaning
 
 
