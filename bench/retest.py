@@ -44,17 +44,10 @@ def _figures(predictions: pd.DataFrame, preparation: str) -> list[dict[str, obje
         results.append(("bias-corrected gap", gap_retest(predictions, "brain_age_corrected")))
     records = []
     for quantity, result in results:
-        if not result.available:
-            records.append({"preparation": preparation, "quantity": quantity, "note": result.reason})
-            continue
-        table = result.table.set_index("measure")
         record: dict[str, object] = {"preparation": preparation, "quantity": quantity}
-        for measure, row in table.iterrows():
-            key = str(measure).replace("(", "").replace(")", "").replace(",", "_").replace(" ", "_").lower()
-            record[key] = float(row["value"])
-            if pd.notna(row.get("ci_low")):
-                record[f"{key}_low"], record[f"{key}_high"] = float(row["ci_low"]), float(row["ci_high"])
-        record.update(sessions=int(table["n_sessions"].iloc[0]), scans=int(table["n_scans"].iloc[0]))
+        record.update(result.values if result.available else {"note": result.reason})
+        if result.available and result.reason:
+            record["note"] = result.reason
         records.append(record)
     return records
 

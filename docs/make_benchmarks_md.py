@@ -30,8 +30,8 @@ from results import display  # noqa: E402  (bench/ is a folder of scripts, not a
 RESULTS = ROOT / "docs" / "results"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
-#: README.md's block between these markers is rendered (the demo's headline table).
-README_BLOCK = ("<!-- results:demo -->", "<!-- /results:demo -->")
+#: README.md's blocks between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` are rendered
+#: (``demo``: the demo's headline table; ``retest``: the test–retest table).
 NOT_MEASURED = "Not measured yet at this commit."
 REGENERATE = ".venv/bin/python docs/make_benchmarks_md.py"
 
@@ -91,6 +91,20 @@ brain age, uncorrected and bias-corrected, each with its subject-level CI; the p
 .venv/bin/python bench/train_groups.py --out bench-out/eval-demo --preset demo --seeds 1 2 3
 ```""",
         "train_groups-*.json",
+    ),
+    Section(
+        "Test–retest",
+        """A trained run predicts people it never saw (a fresh seed's cohort) from two caches of the same
+scans: prepared with session reuse (repeats aligned to the session's first scan) and without
+(`--no-session-reuse`: every repeat skull-stripped and registered on its own, so the spread of the
+repeats holds the preprocessing's variability). Within-session SD and ICC(2,1)/ICC(3,1) with 95 %
+intervals, of brain age, of the gap (brain age − age) and of the bias-corrected gap: a brain age
+whose gap is not repeatable is of no use however repeatable the brain age is.
+
+```bash
+.venv/bin/python bench/retest.py --run bench-out/eval-demo/seed-1/run-standard-64-resnet-demo-settings --cohort bench-out/eval-demo/seed-2/cohort --reuse-cache bench-out/eval-demo/seed-2/cache-standard-64 --out bench-out/retest-demo --label demo-run-seed-1-cohort-seed-2
+```""",
+        "retest-*.json",
     ),
     Section(
         "Accuracy: development runs",
@@ -253,9 +267,25 @@ def render_readme_block(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def with_readme_block(readme: str, block: str) -> str:
-    """``readme`` with the text between the :data:`README_BLOCK` markers replaced by ``block``."""
-    start, end = README_BLOCK
+def render_retest_block(results: Path = RESULTS) -> str:
+    """The README's test–retest block: the table of the latest ``retest-*.json`` file, or a line
+    saying none is there yet."""
+    files = _files(results, "retest-*.json")
+    if not files:
+        return f"Test–retest on a cache prepared without session reuse is {NOT_MEASURED.lower()}"
+    latest = max(files, key=lambda path: (json.loads(path.read_text(encoding="utf-8")).get("date") or "", path.name))
+    document = json.loads(latest.read_text(encoding="utf-8"))
+    table = document["tables"][0]
+    sha = ((document.get("commit") or {}).get("sha") or "unknown")[:10]
+    keys = ("preparation", "quantity", "within_sd", "icc2", "icc2_low", "icc2_high", "n_sessions", "n_scans")
+    records = [{key: record.get(key) for key in keys} for record in table["records"]]
+    lines = [f"**{table['title']}** (commit {sha}, `{' '.join(document.get('command') or [])}`)", "", markdown_table(records)]
+    return "\n".join([*lines, "", f"Every measure with its interval: [docs/benchmarks.md](docs/benchmarks.md) (`{latest.name}`)."])
+
+
+def with_readme_block(readme: str, block: str, name: str = "demo") -> str:
+    """``readme`` with the text between the ``<!-- results:NAME -->`` markers replaced by ``block``."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(readme):
         raise SystemExit(f"{README}: no {start} … {end} block to render into")
@@ -266,7 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md or README.md's results block is stale")
     args = parser.parse_args()
-    expected = {BENCHMARKS: render_benchmarks(), README: with_readme_block(README.read_text(encoding="utf-8"), render_readme_block())}
+    readme = with_readme_block(README.read_text(encoding="utf-8"), render_readme_block())
+    expected = {BENCHMARKS: render_benchmarks(), README: with_readme_block(readme, render_retest_block(), "retest")}
     stale = [path for path, text in expected.items() if path.read_text(encoding="utf-8") != text]
     if args.check:
         for path in stale:

@@ -29,8 +29,10 @@ def test_benchmarks_md_is_rendered_from_the_results_files() -> None:
 
 def test_the_readme_demo_table_is_rendered_from_the_results_files() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    expected = RENDERER["with_readme_block"](readme, RENDERER["render_readme_block"]())
-    assert readme == expected, f"README.md's results block is stale: run {REGENERATE}"
+    expected = RENDERER["with_readme_block"](
+        RENDERER["with_readme_block"](readme, RENDERER["render_readme_block"]()), RENDERER["render_retest_block"](), "retest"
+    )
+    assert readme == expected, f"README.md's results blocks are stale: run {REGENERATE}"
 
 
 def _records() -> list[dict[str, object]]:
@@ -90,3 +92,21 @@ def test_bench_accuracy_refuses_the_development_seed_as_an_evaluation_seed(tmp_p
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "2 is the development --seed" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_the_readme_retest_table_is_rendered_from_the_latest_retest_file(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert RENDERER["NOT_MEASURED"].lower() in RENDERER["render_retest_block"](results)
+    record = {
+        "preparation": "no session reuse",
+        "quantity": "gap (brain age − age)",
+        "within_sd": 0.81,
+        "icc2": 0.912,
+        "icc2_low": 0.88,
+        "icc2_high": 0.94,
+    }
+    write_results(results / "retest-x.json", [{"title": "Test–retest", "records": [record]}], {}, "", ["bench/retest.py", "--label", "x"])
+    block = RENDERER["render_retest_block"](results)
+    assert "| no session reuse | gap (brain age − age) | 0.81 | 0.91 [0.88, 0.94] |" in block and "bench/retest.py --label x" in block
+    readme = "a\n<!-- results:retest -->\nold\n<!-- /results:retest -->\n"
+    assert RENDERER["with_readme_block"](readme, block, "retest") == f"a\n<!-- results:retest -->\n{block}\n<!-- /results:retest -->\n"
