@@ -307,10 +307,31 @@ def test_a_run_folder_written_before_a_setting_existed_still_resumes(tiny_run: P
 def test_a_diverging_fold_stops_with_a_one_line_cause_before_its_weights_are_saved(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
     # A learning rate of 1e30 overflows the weights within the first steps, in any precision.
     diverging = dataclasses.replace(config, lr=1e30, warmup_epochs=1, epochs=3, folds=None, precision="32-true", baselines=False)
-    with pytest.raises(TrainingDiverged, match=r"fold_0: the training loss is not finite in epoch 1 \(32-true\).*--precision 32-true or a lower --lr"):
+    with pytest.raises(TrainingDiverged, match=r"fold_0: the validation MAE is not finite in epoch 1 \(32-true\).*--precision 32-true or a lower --lr"):
         train(cache, tmp_path / "diverged", diverging)
     assert not (tmp_path / "diverged" / "fold_0" / "last.ckpt").exists()
     assert not (tmp_path / "diverged" / "fold_0" / "best.ckpt").exists()
+
+
+def test_the_history_travels_in_checkpoints_because_lightnings_csv_logger_drops_it_on_resume(tmp_path: Path) -> None:
+    """Why TrainingCurves is kept beside Lightning's CSVLogger: a resumed process's logger deletes the earlier epochs."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from brainage.training import TrainingCurves
+
+    first = CSVLogger(tmp_path, name="logs", version="csv")
+    first.log_metrics({"epoch": 0, "val_mae": 3.0}, step=0)
+    first.save()
+    resumed = CSVLogger(tmp_path, name="logs", version="csv")  # the same folder, as a resumed fold opens it
+    with pytest.warns(UserWarning, match="will be deleted"):
+        resumed.log_metrics({"epoch": 1, "val_mae": 2.0}, step=1)
+    resumed.save()
+    assert pd.read_csv(tmp_path / "logs" / "csv" / "metrics.csv")["epoch"].tolist() == [1]  # epoch 0 is gone
+    curves = TrainingCurves(tmp_path)
+    curves.rows = [{"epoch": 1, "val_mae": 3.0}]
+    again = TrainingCurves(tmp_path)
+    again.load_state_dict(curves.state_dict())  # what a resumed fold's callback gets from last.ckpt
+    assert again.history["epoch"].tolist() == [1] and again.history["val_mae"].tolist() == [3.0]
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_last_epoch() -> None:

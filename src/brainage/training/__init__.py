@@ -27,7 +27,7 @@ from brainage.training.config import (
 from brainage.training.evaluate import EvaluationSettings, TrainResult, calibrate_intervals, correct_bias, evaluate
 from brainage.training.module import (
     BrainAgeModule,
-    FiniteLoss,
+    FiniteEarlyStopping,
     MaxGradientNorm,
     PreciseBatchNorm,
     TrainingCurves,
@@ -39,7 +39,7 @@ from brainage.training.summary import summarize_run
 from brainage.utils import write_csv
 
 __all__ = [
-    "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError", "EvaluationSettings", "FiniteLoss", "MaxGradientNorm", "PreciseBatchNorm",
+    "TUTORIAL_RECIPE", "BrainAgeCheckpoint", "BrainAgeModule", "ConfigError", "EvaluationSettings", "FiniteEarlyStopping", "MaxGradientNorm", "PreciseBatchNorm",
     "RunFolderError", "TrainConfig", "TrainResult", "TrainingCurves", "TrainingDiverged", "baseline_predictions", "calibrate_intervals", "combine", "correct_bias", "cpu_supports_bf16", "evaluate",
     "fold_module", "fold_trainer", "load_checkpoint", "load_config", "quiet_lightning", "recompute_batch_norm",
     "resolve_accelerator", "resolve_channels_last", "resolve_precision", "save_checkpoint", "summarize_run", "train", "write_csv",

@@ -1,6 +1,7 @@
 """The LightningModule and the callbacks for what Lightning lacks: the maximum gradient norm per
-epoch, precise batch-norm statistics before validation, and the per-epoch history (the tutorial's
-``metrics.csv`` and five-panel figure)."""
+epoch, precise batch-norm statistics before validation, a diverged fold stopped with a one-line
+error (Lightning's ``EarlyStopping`` with ``check_finite``), and the per-epoch history that survives
+a resume (the tutorial's ``metrics.csv`` and five-panel figure)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 
@@ -99,39 +101,33 @@ class TrainingDiverged(BrainAgeError):
     """The training loss of a fold became infinite or NaN."""
 
 
-class FiniteLoss(Callback):
-    """Raises :class:`TrainingDiverged` at the first validation (or epoch end) after a training
-    step whose loss was not finite, before that epoch's weights are checkpointed: a diverged fold
-    stops with a one-line cause instead of training on NaN weights to its last epoch. One flag
-    on the device, read once an epoch (no synchronisation per step; across processes, once an epoch)."""
+class FiniteEarlyStopping(EarlyStopping):
+    """Lightning's ``EarlyStopping`` on the validation MAE (``patience`` epochs without improvement;
+    ``check_finite=True``: a NaN or infinite MAE stops the fold) that turns the non-finite stop into
+    :class:`TrainingDiverged` at once. Lightning's own stop is silent, waits for ``min_epochs`` and
+    lets that epoch's weights be checkpointed (checkpoint callbacks run after this one); the error
+    names the fold and the precision instead. Lightning reduces the stop over DDP processes, and
+    the synchronised MAE is the same in all, so every process raises together."""
 
-    def __init__(self, folder: str | Path, precision: str) -> None:
+    def __init__(self, folder: str | Path, precision: str, patience: int) -> None:
+        super().__init__(monitor="val_mae", mode="min", patience=patience, check_finite=True)
         self.folder = Path(folder)
         self.precision = precision
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._bad = torch.zeros((), dtype=torch.bool, device=pl_module.device)
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._raise_if_diverged(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            self._bad |= ~torch.isfinite(loss.detach())
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._raise_if_diverged(trainer)
 
-    def _check(self, trainer: L.Trainer) -> None:
-        # Any process's non-finite loss stops every process (DDP): one raising alone would leave the
-        # others waiting at their next collective.
-        if not trainer.sanity_checking and trainer.strategy.reduce_boolean_decision(bool(self._bad), all=False):
+    def _raise_if_diverged(self, trainer: L.Trainer) -> None:
+        if self.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC:
             raise TrainingDiverged(
-                f"{self.folder}: the training loss is not finite in epoch {trainer.current_epoch + 1} ({self.precision}); "
+                f"{self.folder}: the validation MAE is not finite in epoch {trainer.current_epoch + 1} ({self.precision}); "
                 "the fold diverged: train it again with --precision 32-true or a lower --lr"
             )
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if hasattr(self, "_bad"):
-            self._check(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check(trainer)
 
 
 class MaxGradientNorm(Callback):
@@ -213,7 +209,8 @@ class TrainingCurves(Callback):
     """Writes one row per epoch to ``metrics.csv`` (as training goes) and, at the end, the
     tutorial's five-panel figure ``training.png``, both in ``folder``. Place after
     :class:`MaxGradientNorm`. Its rows travel in Lightning's checkpoints, so a resumed fold keeps
-    the epochs before the interruption."""
+    the epochs before the interruption: Lightning's ``CSVLogger`` (which the run keeps too, in
+    ``logs/``) deletes its file when a resumed process opens it again, so it cannot be the history."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from brainage import __version__
@@ -61,7 +61,7 @@ from brainage.predict import resolve_checkpoints
 from brainage.preprocess import PreparedCache, load_cache
 from brainage.training.config import ConfigError, TrainConfig, _plain, resolve_accelerator, resolve_channels_last, resolve_precision
 from brainage.training.evaluate import POST_HOC, REFERENCES, EvaluationSettings, TrainResult, evaluate_run, write_yaml
-from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, FiniteLoss, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
+from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, FiniteEarlyStopping, MaxGradientNorm, PreciseBatchNorm, ProgressBar, TrainingCurves
 from brainage.utils import write_csv
 from brainage.zoo import resolve_model
 
@@ -302,14 +302,14 @@ def fold_trainer(
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_mae", mode="min", save_last=True, enable_version_counter=False)
     curves = TrainingCurves(folder)
     callbacks: list[Callback] = [
-        FiniteLoss(folder, precision),  # first: a diverged epoch stops before anything uses or saves its weights
         # Order matters: the averaged weights are swapped in before their batch-norm statistics are recomputed.
         *([EMAWeightAveraging(decay=config.ema_decay)] if config.ema_decay else []),
         *([PreciseBatchNorm(data.loader(data.fold.train), config.precise_bn_batches)] if config.precise_bn else []),
         MaxGradientNorm(),
         curves,
         LearningRateMonitor(logging_interval="epoch"),
-        EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience),
+        # A non-finite validation MAE raises TrainingDiverged here, before the checkpoint callbacks (Lightning runs those last) save it.
+        FiniteEarlyStopping(folder, precision, config.early_stopping_patience),
         best,
         *extra_callbacks,
     ]
