@@ -148,7 +148,7 @@ def _rows(result: TrainResult, label: str, pipeline: str, baselines: list[str], 
             "predictor": name, "pipeline": pipeline, "sessions": int(row["n"]), "MAE": row["mae"], "MAE true": row["mae_true"],
             "gap fidelity": row["gap_fidelity"], "MAE corrected": gap["mae"] if fitted else None,
             "MAE true corrected": gap["mae_true"] if fitted else None, "D−ND gap": gap["dementia_gap"], "p": _p(gap["dementia_p"]),
-        })  # fmt: skip
+        })  # fmt: skip  # a table row: keys grouped in rows
     return rows
 
 
@@ -157,7 +157,7 @@ def _truth_row(result: TrainResult) -> dict[str, object]:
     sessions = result.summary[result.summary["level"] == "session"]
     row = sessions[sessions["model"].str.startswith("true brain age")].iloc[0]
     return {"predictor": row["model"], "pipeline": "–", "sessions": int(row["n"]), "MAE": row["mae"], "MAE true": 0.0,
-            "gap fidelity": 1.0, "MAE corrected": None, "MAE true corrected": None, "D−ND gap": row["dementia_gap"], "p": _p(row["dementia_p"])}  # fmt: skip
+            "gap fidelity": 1.0, "MAE corrected": None, "MAE true corrected": None, "D−ND gap": row["dementia_gap"], "p": _p(row["dementia_p"])}  # fmt: skip  # a table row: keys grouped in rows
 
 
 def _ceiling_row(result: TrainResult) -> dict[str, object] | None:
@@ -171,7 +171,7 @@ def _ceiling_row(result: TrainResult) -> dict[str, object] | None:
     predicted = cross_val_predict(LinearRegression(), sessions[["true_brain_age"]], sessions["age"], groups=sessions["fold"], cv=LeaveOneGroupOut())
     return {"predictor": "ceiling: age from the true brain age (line fitted out of fold)", "pipeline": "–", "sessions": len(sessions),
             "MAE": float(np.abs(predicted - sessions["age"]).mean()), "MAE true": float(np.abs(predicted - sessions["true_brain_age"]).mean()),
-            "gap fidelity": 1.0, "MAE corrected": None, "MAE true corrected": None, "D−ND gap": None, "p": None}  # fmt: skip
+            "gap fidelity": 1.0, "MAE corrected": None, "MAE true corrected": None, "D−ND gap": None, "p": None}  # fmt: skip  # a table row: keys grouped in rows
 
 
 def _training(preset: str, model: str | None, epochs: int | None) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def _network_config(args: argparse.Namespace, seed: int) -> TrainConfig:
     own = {"repeats_per_session": args.repeats_per_session, "schedule": args.schedule,
            "init": str(args.init.resolve()) if args.init else None,
            **({"min_epochs": settings["epochs"]} if args.schedule == "cosine" else {}),
-           **_settings(args.set)}  # fmt: skip
+           **_settings(args.set)}  # fmt: skip  # settings grouped in rows
     return TrainConfig(**{**settings, **own, "folds": folds or None, "seed": seed, "progress": True})
 
 

@@ -56,7 +56,7 @@ def _carried(scan: str, files: list[Path], poses: list, model: BrainAgeModel) ->
         world = pose.matrix(centre)
         to_original = np.linalg.inv(affine) @ np.linalg.inv(world) @ moved_affine  # moved voxel → original voxel
         mask = ndimage.affine_transform(spatial.mask.astype(np.float32), to_original[:3, :3], offset=to_original[:3, 3],
-                                        output_shape=moved_data.shape, order=1) > 0.5  # fmt: skip
+                                        output_shape=moved_data.shape, order=1) > 0.5  # fmt: skip  # arguments grouped by meaning
         carried = Spatial(mask=mask, world_to_source=world @ spatial.world_to_source)
         volumes.append(preprocess_scan(path, model.config, spatial=carried).volume)
     return [float(age) for age in model.predict_volumes(np.stack(volumes))[:, 0]]
@@ -122,7 +122,7 @@ def main() -> None:
         for scan, written_files in carried:
             ages = _carried(scan, written_files, poses, model)
             extra = pd.DataFrame({"scan": scan, "mode": "carried", "pose": range(len(poses)), "label": [pose.label for pose in poses],
-                                  "path": [str(path) for path in written_files], "brain_age": ages, "qc_score": np.nan})  # fmt: skip
+                                  "path": [str(path) for path in written_files], "brain_age": ages, "qc_score": np.nan})  # fmt: skip  # columns grouped in rows
             table = pd.concat([table, extra], ignore_index=True)
         seconds = time.perf_counter() - clock - written
     print_problems(model.problems_)
@@ -141,7 +141,7 @@ def main() -> None:
             "range": float(np.ptp(ages)) if len(ages) else np.nan,
             "QC min": float(rows["qc_score"].min()),
             "QC identity": float(rows.loc[rows["pose"] == 0, "qc_score"].iloc[0]),
-        })  # fmt: skip
+        })  # fmt: skip  # one key per line, brackets hugged
     summary = pd.DataFrame(summary)
     summary[f"SD ≤ {TARGET_SD}"] = np.where(summary["SD"] <= TARGET_SD, "yes", "no")
     print_table(

@@ -96,7 +96,7 @@ def stage_table(caches: dict[str, Path], totals: dict[str, float]) -> pd.DataFra
     return pd.DataFrame(rows).rename_axis("CPU s per scan").reset_index()
 
 
-def _corners(config) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _corners(config) -> np.ndarray:
     shape = np.asarray(config.shape) - 1
     return np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])]) @ config.affine.T
 
@@ -106,7 +106,7 @@ def agreement(reference: Path, other: Path, seed_floor: bool) -> dict:
     from brainage.preprocess import load_cache
     from brainage.preprocess.cache import _read_spatial
 
-    def spatial(cache, row):  # type: ignore[no-untyped-def]
+    def spatial(cache, row):
         return _read_spatial(cache.root / row["spatial_file"])
 
     a, b = load_cache(reference), load_cache(other)
@@ -140,7 +140,7 @@ def agreement(reference: Path, other: Path, seed_floor: bool) -> dict:
     return result
 
 
-def _register_with_seed(path: str, mask: np.ndarray, config, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _register_with_seed(path: str, mask: np.ndarray, config, seed: int) -> np.ndarray:
     """``config``'s registration of the masked brain with another sampling seed (one ITK thread)."""
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     from brainage.io import load_scan

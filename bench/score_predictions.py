@@ -64,7 +64,7 @@ def main() -> None:
             mae = bootstrap_mae(sessions, column, "scan")  # one row per session already: resampled by subject
             rows.append({"predictions": name, "how": how, "sessions": metrics["n"], "mae": mae.value, "mae_low": mae.low, "mae_high": mae.high,
                          "mae_true": metrics["mae_true"], "gap_fidelity": metrics["gap_fidelity"], "gap–age r": metrics["gap_age_r"],
-                         "D−ND gap": dementia["difference"], "p": f"{dementia['p_value']:.2g}"})  # fmt: skip
+                         "D−ND gap": dementia["difference"], "p": f"{dementia['p_value']:.2g}"})  # fmt: skip  # a table row: keys grouped in rows
     title = "Per session, years (MAE with a subject-level bootstrap 95 % CI)"
     print_table(display(rows), title=title)
     path = args.results or args.predictions.with_name(f"{args.predictions.stem}.results.json")

@@ -54,7 +54,7 @@ FACTORS = ("head", "variant")
 CONTROLS = "Nondemented"
 
 
-def _grid(side: int, qc_threshold: float | None):  # type: ignore[no-untyped-def]
+def _grid(side: int, qc_threshold: float | None):
     grid = make_config("standard")
     extra = {} if qc_threshold is None else {"qc_threshold": qc_threshold}
     return make_config("standard", shape=(side,) * 3, voxel_size=grid.voxel_size * grid.shape[0] / side, **extra)

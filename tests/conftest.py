@@ -39,7 +39,7 @@ def tiny_run(tiny_cache_seed: Path, tmp_path_factory: pytest.TempPathFactory) ->
     config = TrainConfig(
         model="sfcn", model_hparams={"width": 0.125}, epochs=1, folds=2, batch_size=8, seed=0,
         progress=False, voxel_components=5, num_workers=0,
-    )  # fmt: skip
+    )  # fmt: skip  # settings grouped in rows
     return train(tiny_cache_seed, tmp_path_factory.mktemp("run") / "tiny", config).run_dir
 
 

@@ -217,7 +217,7 @@ def oasis_row(session: str = "OAS2_0001_MR1", **changes: object) -> dict[str, ob
         "Subject ID": subject, "MRI ID": session, "Group": "Nondemented", "Visit": 1, "MR Delay": 0,
         "M/F": "F", "Hand": "R", "Age": 75, "EDUC": 14, "SES": 2.0, "MMSE": 29.0, "CDR": 0.0,
         "eTIV": 1500, "nWBV": 0.75, "ASF": 1.2,
-    }  # fmt: skip
+    }  # fmt: skip  # keys grouped in rows
     return row | changes
 
 
@@ -268,7 +268,7 @@ def _manifest(changes: dict[str, list[object]]) -> Callable[[Path], Action]:
         frame = pd.DataFrame(
             {"scan_id": ["a", "b"], "subject_id": ["s1", "s2"], "session_id": ["s1", "s2"], "path": ["/a", "/b"],
              "age": [70, 65], "sex": ["F", "M"], "group": [None, None], "cdr": [None, None]} | changes
-        )  # fmt: skip
+        )  # fmt: skip  # columns grouped in rows
         frame.to_csv(tmp / "manifest.csv", index=False)
 
         def act() -> list[Problem]:
@@ -418,7 +418,7 @@ CASES = [
     Case("unreadable table", "chmod 000 a scan CSV", "scans.csv", "cannot read the table (Permission denied)", _unreadable_sheet),
     Case("read-only folder", "write a manifest into a chmod 555 folder", "out/manifest.csv", "cannot write the manifest (Permission denied)", _read_only_folder),
     Case("disk full", f"write a 200-row manifest under RLIMIT_FSIZE = {FSIZE_LIMIT} bytes", "manifest.csv", "cannot write the manifest (File too large)", _disk_full),
-]  # fmt: skip
+]  # fmt: skip  # a table: one case per line
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

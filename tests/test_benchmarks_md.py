@@ -39,7 +39,7 @@ def _records() -> list[dict[str, object]]:
     return [
         {"predictor": "resnet (network)", "n": 40, "mae": 3.456, "mae_low": 3.1, "mae_high": 3.81, "diff": -0.5, "diff_low": -0.9, "diff_high": -0.1, "ahead": True},
         {"predictor": "baseline: mean age", "n": 40, "mae": 6.0, "mae_low": 5.5, "mae_high": 6.6, "gap_fidelity": None},
-    ]  # fmt: skip
+    ]  # fmt: skip  # a table: one record per line
 
 
 def test_display_joins_each_value_with_its_interval() -> None:

@@ -63,7 +63,7 @@ def test_participant_jobs_then_group_make_a_valid_derivatives_dataset(tmp_path: 
         "dataset_description.json",
         "sub-01/ses-1/sub-01_ses-1_scans.json", "sub-01/ses-1/sub-01_ses-1_scans.tsv",
         "sub-01/ses-2/sub-01_ses-2_scans.json", "sub-01/ses-2/sub-01_ses-2_scans.tsv",
-    ]  # fmt: skip
+    ]  # fmt: skip  # a session's files per row
     second = runner.invoke(app, ["bids", str(root), str(out), "participant", "--model", model, "--participant-label", "sub-02", "03", "04"])
     assert second.exit_code == 0, second.output
     assert "sub-04_T1w.nii.gz" in second.output  # the broken scan: one line, the others go on
@@ -121,7 +121,7 @@ def test_columns_a_model_adds_are_written_and_averaged(tmp_path: Path, untrained
 
     original = BrainAgeModel.predict
 
-    def with_interval(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def with_interval(self, *args, **kwargs):
         table = original(self, *args, **kwargs)
         return table.assign(brain_age_lower=table["brain_age"] - 5, brain_age_upper=table["brain_age"] + 5, brain_age_q90=1.0)
 

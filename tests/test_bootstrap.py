@@ -33,7 +33,7 @@ def _frame(people: int = 40, scans: int = 2, seed: int = 0) -> pd.DataFrame:
             rows.append({
                 "scan_id": f"s{person}-{scan}", "subject_id": f"p{person}", "session_id": f"p{person}-v{scan // 2}",
                 "age": age, "true_brain_age": truth, "brain_age": truth + rng.normal(0, 2),
-            })  # fmt: skip
+            })  # fmt: skip  # keys grouped in rows, brackets hugged
     return pd.DataFrame(rows)
 
 

@@ -15,7 +15,7 @@ def test_a_table_written_to_a_non_terminal_is_not_cut(capsys: pytest.CaptureFixt
         "mae_true_brain_age_of_the_cohort": [3.14159, 4.5],
         "gap_fidelity_partial_r_given_age": [0.7, float("nan")],
         "dementia_gap_demented_minus_nondemented": [2.65, -0.25],
-    })  # fmt: skip
+    })  # fmt: skip  # one column per line, brackets hugged
     assert not console.is_terminal  # pytest captures stdout into a plain stream
     print_table(frame, title="A table far wider than 80 columns")
     printed = capsys.readouterr().out

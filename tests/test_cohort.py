@@ -42,7 +42,7 @@ from brainage.errors import InputError
 COLUMNS = [
     "Subject ID", "MRI ID", "Group", "Visit", "MR Delay", "M/F", "Hand",
     "Age", "EDUC", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF",
-]  # fmt: skip
+]  # fmt: skip  # the spreadsheet's columns in two rows
 
 
 def seed_of(root: Path) -> int:
@@ -67,7 +67,7 @@ def test_layout_is_oasis2_raw(tiny_cohort: Path, sheet: pd.DataFrame) -> None:
     # no progress folder or temporary file is left once the synthesis has finished
     assert sorted(p.name for p in tiny_cohort.iterdir()) == [
         "OAS2_RAW_PART1", "OAS2_RAW_PART2", SUMMARY, GROUND_TRUTH, SPREADSHEET,
-    ]  # fmt: skip
+    ]  # fmt: skip  # values grouped in a row
     sessions = {p.name: p for part in ("OAS2_RAW_PART1", "OAS2_RAW_PART2") for p in (tiny_cohort / part).iterdir()}
     assert sorted(sessions) == sorted(sheet["MRI ID"])
     assert all(re.fullmatch(r"OAS2_\d{4}_MR\d", name) for name in sessions)
@@ -75,7 +75,7 @@ def test_layout_is_oasis2_raw(tiny_cohort: Path, sheet: pd.DataFrame) -> None:
         assert [p.name for p in folder.iterdir()] == ["RAW"]
         assert sorted(p.name for p in (folder / "RAW").iterdir()) == [
             "mpr-1.nifti.hdr", "mpr-1.nifti.img", "mpr-2.nifti.hdr", "mpr-2.nifti.img",
-        ]  # fmt: skip
+        ]  # fmt: skip  # values grouped in a row
     # a subject's sessions stay in one part; both parts are used
     parts = {name[:9]: folder.parent.name for name, folder in sessions.items()}
     assert all(sessions[name].parent.name == parts[name[:9]] for name in sessions)

@@ -46,7 +46,7 @@ def oasis_row(session: str, age: object = 75, sex: str = "F", group: str = "Nond
         "Subject ID": subject, "MRI ID": session, "Group": group, "Visit": int(visit), "MR Delay": 0,
         "M/F": sex, "Hand": "R", "Age": age, "EDUC": 14, "SES": 2.0, "MMSE": 29.0, "CDR": cdr,
         "eTIV": 1500, "nWBV": 0.75, "ASF": 1.2,
-    }  # fmt: skip
+    }  # fmt: skip  # keys grouped in rows
 
 
 def make_oasis(
@@ -100,7 +100,7 @@ def test_oasis_both_parts_xlsx(tmp_path: Path) -> None:
         "OAS2_0001_MR1_mpr-1", "OAS2_0001_MR1_mpr-2", "OAS2_0001_MR1_mpr-3",
         "OAS2_0001_MR2_mpr-1", "OAS2_0001_MR2_mpr-2",
         "OAS2_0002_MR1_mpr-1", "OAS2_0002_MR1_mpr-2", "OAS2_0002_MR1_mpr-3", "OAS2_0002_MR1_mpr-4",
-    ]  # fmt: skip
+    ]  # fmt: skip  # a session's scans per row
     assert manifest["subject_id"].tolist() == ["OAS2_0001"] * 5 + ["OAS2_0002"] * 4
     assert manifest["age"].tolist() == [70.0] * 3 + [72.0] * 2 + [88.0] * 4
     assert manifest["age"].dtype == np.float64 and manifest["cdr"].dtype == np.float64
@@ -312,7 +312,7 @@ def test_table_with_relative_paths(tmp_path: Path) -> None:
     assert manifest["scan_id"].tolist() == ["v1_t1", "v2_t1", "s2_a"]  # stems repeat: session prefix
     assert manifest["path"].tolist() == [
         str(tmp_path / "scans/b/t1.nii"), str(tmp_path / "scans/c/t1.nii"), str(tmp_path / "scans/a.nii.gz"),
-    ]  # fmt: skip
+    ]  # fmt: skip  # values grouped in a row
     assert manifest["session_id"].tolist() == ["v1", "v2", "s2"]
     assert manifest["diagnosis"].tolist() == ["y", "z", "x"]
     assert manifest["sex"].isna().all() and manifest["cdr"].isna().all()
@@ -358,7 +358,7 @@ def test_manifest_validation_and_round_trip(tmp_path: Path) -> None:
             "scan_id": ["b", "a"], "subject_id": ["s10", "s2"], "session_id": ["s10", "s2"], "path": ["/x", "/y"],
             "age": ["70", 65], "sex": ["female", None], "group": [None, "g"], "cdr": [None, "0.5"],
         }
-    )  # fmt: skip
+    )  # fmt: skip  # columns grouped in rows
     manifest = validate_manifest(frame, "test")
     assert manifest["subject_id"].tolist() == ["s2", "s10"]  # natural order
     assert manifest["age"].tolist() == [65.0, 70.0] and manifest["sex"].tolist()[1] == "F"

@@ -41,7 +41,7 @@ PUBLIC_MODULES = (
     "brainage.evaluation", "brainage.baselines", "brainage.predict", "brainage.saliency", "brainage.report",
     "brainage.export", "brainage.demo", "brainage.errors", "brainage.console", "brainage.utils", "brainage.checkpoint",
     "brainage.inference", "brainage.figures", "brainage.reliability",
-)  # fmt: skip
+)  # fmt: skip  # names grouped in rows
 
 
 def _code_lines(text: str) -> list[tuple[str, bool]]:

@@ -61,7 +61,7 @@ def _synthetic_run(tiny_run: Path, folder: Path, subjects: int = 100) -> Path:
          "group": "Demented" if demented[i] else "Nondemented", "fold": int(i >= subjects // 2),
          "brain_age": age[i] + gap[i] + rng.normal(0, 0.5)}
         for i in range(subjects) for r in (1, 2)
-    ]  # fmt: skip
+    ]  # fmt: skip  # keys grouped in rows
     frame = pd.DataFrame(rows)
     for fold in (0, 1):
         frame[frame["fold"] == fold].to_csv(folder / f"fold_{fold}" / "predictions.csv", index=False)

@@ -153,7 +153,7 @@ def test_a_training_killed_mid_fold_resumes_from_its_last_epoch(tiny_cache_seed:
     config = TrainConfig(
         model="sfcn", model_hparams={"width": 0.125}, epochs=4, min_epochs=4, folds=2, batch_size=8, seed=0,
         progress=False, baselines=False, num_workers=0, precision="32-true",
-    )  # fmt: skip
+    )  # fmt: skip  # settings grouped in rows
     settings = tmp_path / "train.yaml"
     settings.write_text(yaml.safe_dump(config.to_dict()))
     whole, killed = tmp_path / "whole", tmp_path / "killed"

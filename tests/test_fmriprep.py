@@ -50,7 +50,7 @@ def make_fmriprep(bids: Path) -> Path:
     root = bids / "derivatives" / "fmriprep"
     root.mkdir(parents=True)
     description = {"Name": "fMRIPrep - fMRI PREProcessing workflow", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-                   "GeneratedBy": [{"Name": "fMRIPrep", "Version": "24.1.0"}]}  # fmt: skip
+                   "GeneratedBy": [{"Name": "fMRIPrep", "Version": "24.1.0"}]}  # fmt: skip  # keys grouped in rows
     (root / "dataset_description.json").write_text(json.dumps(description))
     write_pair(root / "sub-01/ses-1/anat", "sub-01_ses-1", 1)
     write_pair(root / "sub-01/ses-2/anat", "sub-01_ses-2", 2, xfm=False)

@@ -53,7 +53,7 @@ def make_oasis1(root: Path) -> Path:
 def test_group_from_cdr() -> None:
     assert [group_from_cdr(value) for value in (0, "0", 0.5, 2, None, "", "N/A")] == [
         "Nondemented", "Nondemented", "Demented", "Demented", None, None, None,
-    ]  # fmt: skip
+    ]  # fmt: skip  # values grouped in a row
 
 
 def test_discs_and_csv_are_discovered(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_discs_and_csv_are_discovered(tmp_path: Path) -> None:
     assert manifest.index.tolist() == [
         "OAS1_0001_MR1_mpr-1", "OAS1_0001_MR1_mpr-2", "OAS1_0002_MR1_mpr-1", "OAS1_0003_MR1_mpr-1",
         "OAS1_0003_MR1_mpr-2", "OAS1_0003_MR1_mpr-3", "OAS1_0003_MR2_mpr-1", "OAS1_0003_MR2_mpr-2",
-    ]  # fmt: skip
+    ]  # fmt: skip  # ids grouped in rows
     assert manifest["path"].str.endswith("_anon.hdr").all()
     assert manifest.loc["OAS1_0001_MR1_mpr-1", "group"] != manifest.loc["OAS1_0001_MR1_mpr-1", "group"]  # no CDR: unknown
     assert manifest.loc["OAS1_0002_MR1_mpr-1", ["group", "cdr", "mmse"]].tolist() == ["Demented", 0.5, 24.0]

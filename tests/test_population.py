@@ -42,7 +42,7 @@ SMALL = PopulationPreset(
     ),
     anatomy=AnatomyVariation(heads=("mni152_2009",)),
     scanner=POPULATION_PRESETS["population_tiny"].scanner,
-)  # fmt: skip
+)  # fmt: skip  # settings grouped in rows
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -90,7 +90,7 @@ def test_two_people_of_one_brain_age_differ_more_than_one_person_a_decade_apart(
     family = SMALL.ageing
     space_a, space_b = person_space(subject_a, person_a, SMALL), person_space(subject_b, person_b, SMALL)
 
-    def gm(space, person, age: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def gm(space, person, age: float) -> np.ndarray:
         return aged_tissues(space, family, component_decades(family, person.weights, age)).gm
 
     between_people = np.abs(gm(space_a, person_a, 65.0) - gm(space_b, person_b, 65.0)).mean()

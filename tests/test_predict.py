@@ -96,7 +96,7 @@ def test_the_cli_writes_exactly_what_the_api_returns(untrained_checkpoints: list
             "path": [str(path.relative_to(tiny_cohort)) for path in scans],
             "subject_id": ["s1"] * 4, "session_id": ["v1", "v1", "v2", "v2"], "age": [70.0, 70.0, 71.5, 71.5],
         }
-    ).to_csv(table, index=False)  # fmt: skip
+    ).to_csv(table, index=False)  # fmt: skip  # columns grouped in rows
     shutil.copytree(tiny_cohort / "OAS2_RAW_PART1", tmp_path / "OAS2_RAW_PART1")  # paths are relative to the table
     model = BrainAgeModel.load(untrained_checkpoints)
     first, *others = untrained_checkpoints

@@ -117,7 +117,7 @@ def test_sessions_are_prepared_with_session_reuse_as_prepare_prepares_them(tiny_
         model=build_model("resnet", widths=[4, 8], stem_width=4).eval(), model_name="resnet", age_mean=75.0, age_std=10.0,
         preprocessing=make_config("standard").to_dict(), corrector=AgeBiasCorrector.from_dict({"method": "residual", "slope": 0.0, "intercept": 0.0, "n_subjects": 40}),
         train_age_range=(60.0, 90.0),
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
     model = BrainAgeModel([checkpoint], device="cpu")
     rows = model.predict(session[::-1], sessions=True, cache=None, work=tmp_path / "work")  # the repeat first: the order prepare sorts into is kept
     assert model.preprocessing_["aligned to a session mate"] == 1 and model.preprocessing_["prepared now"] == 1

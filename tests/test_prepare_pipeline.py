@@ -29,7 +29,7 @@ V1_DICT = {
     "bias_correction": False, "n4_shrink_factor": 4, "strip_shape": 192, "strip_threshold": 0.5,
     "registration": "Affine", "registration_voxel_size": 4.0, "registration_sampling": 0.25,
     "clip_percentiles": [0.5, 99.5],
-}  # fmt: skip
+}  # fmt: skip  # keys grouped in rows
 V1_VOLUME_DIGEST = "0c357ddf9a230ca8"
 V1_SPATIAL_DIGEST = "7b40a0b5ca7a7733"
 

@@ -51,7 +51,7 @@ def moved_session(sessions, tmp_path_factory) -> tuple[pd.DataFrame, np.ndarray]
     return pd.DataFrame(rows), motion
 
 
-def _corner_shift(config, first: np.ndarray, second: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+def _corner_shift(config, first: np.ndarray, second: np.ndarray) -> float:
     """Mean distance (mm) between the output grid's 8 corners under two MNI → native maps."""
     n = np.asarray(config.shape) - 1
     corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])]) @ config.affine.T

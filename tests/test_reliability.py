@@ -46,7 +46,7 @@ def _cohort(
                     "scan_id": f"OAS_{s}_MR{v + 1}_mpr-{r + 1}", "subject_id": f"S{s:03d}", "session_id": f"S{s:03d}_MR{v + 1}",
                     "age": age, "brain_age": true + rng.normal(0, scan_sd), "true_brain_age": true,
                     "group": "Nondemented" if s % 2 == 0 else "Demented",
-                })  # fmt: skip
+                })  # fmt: skip  # keys grouped in rows
             k += 1
     return pd.DataFrame(rows)
 
@@ -85,7 +85,7 @@ def test_icc_matches_a_hand_computed_two_way_anova() -> None:
     rows = [
         {"scan_id": f"mpr-{r + 1}", "subject_id": f"S{i}", "session_id": f"S{i}_MR1", "brain_age": values[i, r], "age": 70.0}
         for i in range(4) for r in range(2)
-    ]  # fmt: skip
+    ]  # fmt: skip  # the record, then its loops
     result = test_retest(pd.DataFrame(rows))
     n, k = values.shape
     grand = values.mean()
@@ -113,7 +113,7 @@ def test_icc_uses_the_first_k_repeats_in_natural_scan_order() -> None:
     rows = [
         {"scan_id": f"mpr-{r}", "subject_id": f"S{i}", "session_id": f"S{i}", "brain_age": 60.0 + 10 * i + (5.0 if r == 10 else 0.0)}
         for i in range(4) for r in (10, 2, 9)
-    ]  # fmt: skip
+    ]  # fmt: skip  # the record, then its loops
     first_two = test_retest(pd.DataFrame(rows), repeats=2)
     assert first_two.values["icc3"] == pytest.approx(1.0) and first_two.values["within_sd"] > 0
 
@@ -202,7 +202,7 @@ def test_visit_delays_replace_whole_year_ages() -> None:
         for v, days in enumerate((0, 511, 1022)):
             exact = start + days / 365.25
             rows.append({"scan_id": "mpr-1", "subject_id": f"S{s}", "session_id": f"S{s}_{v}", "age": float(np.floor(exact)),
-                         "brain_age": exact + 3.0, "mr_delay": float(days)})  # fmt: skip
+                         "brain_age": exact + 3.0, "mr_delay": float(days)})  # fmt: skip  # keys grouped in rows
     predictions = pd.DataFrame(rows)
     rounded = longitudinal(predictions.drop(columns=["mr_delay"]))
     assert abs(rounded.values["slope_median"] - 1.0) > 0.05 or rounded.values["slope_q3"] - rounded.values["slope_q1"] > 0.05

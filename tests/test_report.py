@@ -68,7 +68,7 @@ def test_the_four_biomarker_sections_show_their_numbers(tiny_run: Path, tmp_path
         "scan": ["a/OAS2_0001_MR1/RAW/mpr-1.nifti.hdr"] * 3 + ["a/OAS2_0001_MR1/RAW/mpr-1.nifti.hdr"] * 3,
         "mode": ["header"] * 3 + ["voxels"] * 3, "pose": [0, 1, 2] * 2, "label": ["identity", "p1", "p2"] * 2,
         "brain_age": [70.0, 70.2, 69.8, 70.0, 71.0, 69.0], "qc_score": [0.71, 0.70, 0.69, 0.71, 0.65, 0.66],
-    })  # fmt: skip
+    })  # fmt: skip  # columns grouped in rows
     poses.to_csv(run / "pose.csv", index=False)
     text = build_report(run, tmp_path / "report.html", saliency_scans=1, heldout=heldout).read_text(encoding="utf-8")
     assert "nan" not in re.sub(r'src="data:[^"]+"', "", text).lower()

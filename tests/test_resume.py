@@ -72,7 +72,7 @@ def _fit(data: BrainAgeDataModule, folder: Path, stop: int | None = None, resume
     trainer = L.Trainer(
         max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=folder, save_last=True), *([StopAtEpoch(stop)] if stop is not None else [])],
-    )  # fmt: skip
+    )  # fmt: skip  # arguments grouped by meaning
     trainer.fit(module, datamodule=data, ckpt_path=resume)
     return module
 
@@ -134,7 +134,7 @@ def test_a_training_with_two_loader_workers_killed_after_its_first_epoch_resumes
     config = TrainConfig(
         model="sfcn", model_hparams={"width": 0.125}, epochs=3, min_epochs=3, folds=None, batch_size=8, seed=0,
         progress=False, baselines=False, num_workers=WORKERS, precision="32-true",
-    )  # fmt: skip
+    )  # fmt: skip  # settings grouped in rows
     settings = tmp_path / "train.yaml"
     settings.write_text(yaml.safe_dump(config.to_dict()))
     whole, killed = tmp_path / "whole", tmp_path / "killed"

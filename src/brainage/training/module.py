@@ -33,8 +33,7 @@ class BrainAgeModule(L.LightningModule):
 
     def __init__(self, model: AgeRegressor, age_mean: float, age_std: float, config: TrainConfig, channels_last: bool = False) -> None:
         super().__init__()
-        # torch's stubs of Module.to lack memory_format, which it accepts
-        self.model = model.to(memory_format=torch.channels_last_3d) if channels_last else model  # type: ignore[call-overload]
+        self.model = model.to(memory_format=torch.channels_last_3d) if channels_last else model  # type: ignore[call-overload]  # torch's stubs lack memory_format
         self.age_mean = age_mean
         self.age_std = age_std
         self.config = config

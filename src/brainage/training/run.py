@@ -380,8 +380,7 @@ def _fit_fold(
         return curves.history
     module.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     checkpoint = _fold_checkpoint(
-        # torch's stubs of Module.to lack memory_format, which it accepts
-        module.model.to(memory_format=torch.contiguous_format), data.age_mean, data.age_std, cache, fold, config,  # type: ignore[call-overload]
+        module.model.to(memory_format=torch.contiguous_format), data.age_mean, data.age_std, cache, fold, config,  # type: ignore[call-overload]  # torch's stubs lack memory_format
         member=member, best_epoch=int(np.nanargmin(curves.history["val_mae"].to_numpy(dtype=float))) + 1 if curves.rows else None,
         best_val_mae=float(best.best_model_score) if best.best_model_score is not None else None,
     )  # fmt: skip  # arguments grouped by meaning
