@@ -407,8 +407,7 @@ class BrainAgeDataModule(L.LightningDataModule):
         seeds (Lightning issue 21938)."""
         loader = self.loader(self.fold.train, train=True)
         if self.trainer is not None and isinstance(loader.sampler, EpochShuffle):
-            # Lightning types epoch_progress.current as a _ReadyCompletedTracker; what it holds is a _ProcessedTracker
-            loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
+            loader.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]  # typed _ReadyCompletedTracker, is _ProcessedTracker
         return loader
 
     def val_dataloader(self) -> DataLoader:

@@ -163,8 +163,7 @@ def _box(shape: tuple[int, ...], offset: np.ndarray, voxel: float) -> np.ndarray
 
 def _ventricles(csf: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """The two largest connected CSF components (p > 0.5) inside the ventricle box, as float32."""
-    # scipy-stubs 1.15 types label()'s result as int | tuple (the int is for output=, not used here)
-    labels, _ = ndimage.label((csf > 0.5) & _box(csf.shape, offset, 1.0))  # type: ignore[misc]
+    labels, _ = ndimage.label((csf > 0.5) & _box(csf.shape, offset, 1.0))  # type: ignore[misc]  # scipy-stubs: int | tuple (the int only with output=)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     largest = np.argsort(sizes, kind="stable")[::-1][:2]
@@ -184,8 +183,7 @@ def _signed_distance(inside: np.ndarray, voxel: float) -> np.ndarray:
     """Distance (mm) to the surface of a binary region: positive outside, negative inside."""
     spacing = (voxel,) * 3
     outside = ndimage.distance_transform_edt(~inside, sampling=spacing)
-    # scipy-stubs 1.15 types distance_transform_edt()'s result as a union of its return shapes (distances alone here)
-    return (outside - ndimage.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)  # type: ignore[operator]
+    return (outside - ndimage.distance_transform_edt(inside, sampling=spacing)).astype(np.float32)  # type: ignore[operator]  # scipy-stubs: a union of return shapes
 
 
 def _normal(distance: np.ndarray) -> np.ndarray:
