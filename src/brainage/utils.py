@@ -153,7 +153,7 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def mask_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest index of a non-empty mask along each axis (projections: about 8× faster
-    than ``ndimage.find_objects`` on an OASIS-sized volume)."""
+    """Lowest and highest index of a non-empty mask along each axis (projections, faster than
+    ``ndimage.find_objects`` on an OASIS-sized volume)."""
     along = [np.flatnonzero(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis))) for axis in range(mask.ndim)]
     return np.array([found[0] for found in along]), np.array([found[-1] for found in along])

@@ -3,7 +3,7 @@
 A stem convolution (at full resolution, or strided by ``stem_stride``), then one stage per entry of ``widths``, each halving the
 resolution with a stride-2 residual block (followed by ``blocks_per_stage - 1`` more blocks),
 adaptive average pooling to ``pool_size``³ (1 = global; 2 keeps coarse location), dropout and a
-linear layer to one z-scored age. Down-sampling early keeps it ~25× cheaper than the tutorial's
+linear layer to one z-scored age. Down-sampling early makes it much cheaper than the tutorial's
 network per 64³ volume at a similar parameter count. ``norm`` chooses batch, group or instance
 normalisation.
 """

@@ -63,7 +63,7 @@ def skull_strip(data: np.ndarray, shape: int = 192, threshold: float = 0.5, devi
     """Boolean brain mask from deepbet (weights ship with the package; runs offline).
 
     ``data`` must be RAS-oriented. deepbet finds a bounding box on a 128³ copy, then segments
-    the box resampled to ``shape``³ (deepbet's default is 256; 192 is ~2.4× cheaper on CPU).
+    the box resampled to ``shape``³ (deepbet's default is 256; 192 is cheaper on CPU).
     The largest connected component is kept and its holes filled, as deepbet does.
     """
     model = deepbet_model(device)
@@ -75,7 +75,7 @@ def skull_strip_coarse(data: np.ndarray, threshold: float = 0.5, device: str = "
     """Boolean brain mask from deepbet's first network alone, the one deepbet runs to find the brain's box.
 
     It sees a 128³ nearest-neighbour copy of the whole RAS volume (deepbet's input size and
-    intensity scaling; the percentiles from numpy, 10× cheaper than torch's sort), run frozen
+    intensity scaling; the percentiles from numpy, cheaper than torch's sort), run frozen
     for inference, and its brain probability is brought back to the volume's grid by
     trilinear interpolation; the largest connected component is kept and its holes filled.
     """

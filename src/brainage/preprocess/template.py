@@ -60,7 +60,7 @@ def mni152_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     The same arrays as ``nilearn.datasets.load_mni152_template`` (scaled to a maximum of 1) and
     ``load_mni152_brain_mask`` (template > 0.2), read from nilearn's package data with nibabel:
-    importing ``nilearn.datasets`` costs 1.4 s of CPU, in every worker process.
+    importing ``nilearn.datasets`` is slow, and would be paid again in every worker process.
     """
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
