@@ -126,21 +126,21 @@ def test_evaluate_refuses_a_control_group_typo_and_leaves_the_run_as_it_was(tiny
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["synth", "--preset", "tinny"], "--preset tinny: unknown preset 'tinny'; choose one of "),
-        (["synth", "--preset", "tiny", "--layout", "oasis3"], "--layout oasis3: choose oasis2, oasis1"),
-        (["demo", "--preset", "tinny"], "--preset tinny: unknown preset 'tinny'; choose one of "),
-        (["demo", "--pipeline", "standrad"], "--pipeline standrad: unknown pipeline 'standrad'; choose from standard, tutorial"),
-        (["demo", "--model", "resnett"], "--model resnett: unknown model; available: resnet, sfcn, tutorial"),
-        (["prepare", "SOURCE", "--device", "gpu"], "--device gpu: unknown device; choose auto, cpu, cuda, mps or cuda:N"),
-        (["prepare", "SOURCE", "--demographics", "no-such.xlsx"], "--demographics no-such.xlsx: no such file or folder"),
-        (["prepare", "SOURCE", "--pipeline", "standrad"], "--pipeline standrad: unknown pipeline 'standrad'; choose from standard, "),
+        (["synth", "--out", "OUT", "--preset", "tinny"], "--preset tinny: unknown preset 'tinny'; choose one of "),
+        (["synth", "--out", "OUT", "--preset", "tiny", "--layout", "oasis3"], "--layout oasis3: choose oasis2, oasis1"),
+        (["demo", "--out", "OUT", "--preset", "tinny"], "--preset tinny: unknown preset 'tinny'; choose one of "),
+        (["demo", "--out", "OUT", "--pipeline", "standrad"], "--pipeline standrad: unknown pipeline 'standrad'; choose from standard, tutorial"),
+        (["demo", "--out", "OUT", "--model", "resnett"], "--model resnett: unknown model; available: resnet, sfcn, tutorial"),
+        (["prepare", "SOURCE", "--out", "OUT", "--device", "gpu"], "--device gpu: unknown device; choose auto, cpu, cuda, mps or cuda:N"),
+        (["prepare", "SOURCE", "--out", "OUT", "--demographics", "no-such.xlsx"], "--demographics no-such.xlsx: no such file or folder"),
+        (["prepare", "SOURCE", "--out", "OUT", "--pipeline", "standrad"], "--pipeline standrad: unknown pipeline 'standrad'; choose from standard, "),
         (["inspect", "SOURCE", "--demographics", "no-such.xlsx"], "--demographics no-such.xlsx: no such file or folder"),
+        (["bids", "SOURCE", "OUT", "participant", "--model", "no-such-run"], "--model no-such-run: no such checkpoint or run folder"),
     ],
 )
 def test_a_typo_in_any_command_is_refused_before_it_writes(tiny_cohort: Path, tmp_path: Path, args: list[str], expected: str) -> None:
     out = tmp_path / "out"
-    args = [str(tiny_cohort) if arg == "SOURCE" else arg for arg in args]
-    result = runner.invoke(app, [*args, *([] if args[0] == "inspect" else ["--out", str(out)])])
+    result = runner.invoke(app, [{"SOURCE": str(tiny_cohort), "OUT": str(out)}.get(arg, arg) for arg in args])
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {expected}"), result.output
     assert not out.exists()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import typer
 
 from brainage import __version__
-from brainage.cli_checks import DEVICE_HELP, WORKERS_HELP, check_device, check_exists, workers_or_all
+from brainage.cli_checks import DEVICE_HELP, WORKERS_HELP, check_device, check_exists, check_models, workers_or_all
 from brainage.console import err_console
 from brainage.errors import BrainAgeError
 
@@ -123,7 +123,7 @@ def train_command(
     """
     import dataclasses
 
-    from brainage.cli_checks import check_models, check_train_options
+    from brainage.cli_checks import check_train_options
     from brainage.training import TrainConfig, load_config, train
 
     check_train_options(model, accelerator, precision)
@@ -310,6 +310,7 @@ def bids_command(
     if ctx.args and not participant_label:
         raise BrainAgeError(f"unexpected argument(s): {' '.join(ctx.args)}")
     labels = [*participant_label, *ctx.args]  # --participant-label 01 02: the labels after the first come as extra arguments
+    check_models(model, "--model")  # found before the participants are preprocessed
     result = run_bids_app(bids_dir, output_dir, analysis_level, model or None, labels, workers=workers_or_all(workers), device=check_device(device))
     print_problems(result.problems)
     console.print(f"{analysis_level}: {result.scans} scan(s), {result.sessions} session(s) → {output_dir} ({len(result.files)} files)", soft_wrap=True)
