@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` (so ``torch.load(weights_only=True)`` reads
 it): weights, the model's registry name and hyper-parameters, the preprocessing configuration,
-the training age statistics, the age-bias correction, the split-conformal interval calibrated on
-out-of-fold residuals, whether predictions average the left–right flip, what it was fitted on (the
+the training age statistics, the age-bias correction, the conformal interval calibrated on
+out-of-fold residuals (with each residual's fold, for CV+ over a run's fold models; a checkpoint
+written before that keeps split conformal), whether predictions average the left–right flip, what it was fitted on (the
 content hashes of those scans, their subject and session ids and the folder their dataset lies in)
 and provenance in ``extra``.
 
@@ -85,6 +86,13 @@ class BrainAgeCheckpoint:
             "interval": self.interval.to_dict() if self.interval is not None else None,
             "extra": dict(self.extra),
         }
+
+    @property
+    def fold(self) -> int | None:
+        """The fold this model was trained for (``extra["fold"]``; None for a model not of a K-fold
+        run): which column of :func:`brainage.conformal.served_interval` its predictions are."""
+        fold = self.extra.get("fold")
+        return None if fold is None else int(fold)
 
 
 def save_checkpoint(checkpoint: BrainAgeCheckpoint, path: str | Path) -> Path:

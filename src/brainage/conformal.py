@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from brainage.evaluation import require_columns
 from brainage.retest import in_scan_order
 
-__all__ = ["ConformalInterval", "coverage", "covered", "served_interval", "session_residuals"]
+__all__ = ["ConformalInterval", "coverage", "covered", "session_residuals"]
 
 # --- per-scan intervals ---------------------------------------------------------------------------
 
@@ -261,27 +261,38 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
         return f"ConformalInterval(coverage={self.coverage}{fitted})"
 
 
+#: How :func:`served_interval` bounds the served mean: CV+ over the fold models, split conformal around
+#: the mean, or split conformal widened by the members' SD (what ``predict`` served before CV+).
+SERVED_METHODS = ("cv+", "split", "additive")
+
+
 def served_interval(
-    interval: ConformalInterval, member_ages: ArrayLike, member_folds: Sequence[int | None], coverage: float | None = None
+    interval: ConformalInterval, member_ages: ArrayLike, member_folds: Sequence[int | None], coverage: float | None = None, method: str = "cv+"
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(lower, upper)`` of the brain age that ``brainage predict`` serves, the mean of ``member_ages``
     ``(n_scans, members)``, each member of the fold ``member_folds[j]`` (a checkpoint's ``extra["fold"]``).
 
-    CV+ (:meth:`ConformalInterval.cv_plus`) where the calibration kept its folds and every one of
-    them has a member here (the members of a fold averaged: that fold's model); otherwise, as
-    before CV+ existed (an old checkpoint, a single model, members of other runs), split conformal
-    around the members' mean widened by their SD.
+    ``method="cv+"``: CV+ (:meth:`ConformalInterval.cv_plus`) where the calibration kept its folds and
+    every one of them has a member here (the members of a fold averaged: that fold's model); where
+    it cannot (an old checkpoint, a single model, members of other runs), and for
+    ``method="additive"``, split conformal around the members' mean widened by their SD, as before
+    CV+ existed. ``method="split"``: split conformal around the mean, not widened. CV+ and the
+    widening are conservative for the mean of K models whose errors are partly their own
+    (``bench/served_calibration.py`` measures all three on fresh people).
     """
+    if method not in SERVED_METHODS:
+        raise ValueError(f"unknown served-interval method {method!r}; choose from {', '.join(SERVED_METHODS)}")
     ages = np.asarray(member_ages, dtype=float)
     ages = ages[:, None] if ages.ndim == 1 else ages
     if ages.shape[1] != len(member_folds):
         raise ValueError(f"{ages.shape[1]} members' ages but {len(member_folds)} fold labels")
     folds = interval.folds
     labels = [None if fold is None else int(fold) for fold in member_folds]
-    if len(folds) > 1 and set(labels) == set(folds):
+    if method == "cv+" and len(folds) > 1 and set(labels) == set(folds):
         fold_ages = np.column_stack([ages[:, [j for j, label in enumerate(labels) if label == fold]].mean(axis=1) for fold in folds])
         return interval.cv_plus(fold_ages, coverage)
-    return interval.interval(ages.mean(axis=1), ages.std(axis=1) if ages.shape[1] > 1 else None, coverage)
+    spread = ages.std(axis=1) if ages.shape[1] > 1 and method != "split" else None
+    return interval.interval(ages.mean(axis=1), spread, coverage)
 
 
 def _check_coverage(coverage: float) -> None:

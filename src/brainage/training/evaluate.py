@@ -9,11 +9,14 @@ them is part of the run identity, so a finished run is re-evaluated without trai
 
 Calibration and the predictor that is served: with K folds, each scan's out-of-fold prediction is
 its fold's network (the mean of its ensemble members), while ``brainage predict RUN`` serves the
-mean of every fold's networks. The final correction and intervals are fitted on the former; the
-mean of K networks has the same age bias (averaging removes noise, not shrinkage) and smaller
-errors, so its intervals cover at least what they say. Each checkpoint records this under
-``extra["calibration"]``. In hold-out mode the calibration people (``calibration_predictions.csv``)
-are apart from the early-stopping people that chose the best epoch.
+mean of every fold's networks. The final correction is fitted on the former: the mean of K networks
+has the same age bias in expectation (averaging removes noise that does not depend on age, not
+shrinkage). The final interval keeps each out-of-fold residual with its fold, so that the served
+interval is CV+ (:meth:`~brainage.conformal.ConformalInterval.cv_plus`: each fold's network at the new
+scan with that fold's residuals; :func:`~brainage.conformal.served_interval`). Each checkpoint records
+this under ``extra["calibration"]``; ``bench/served_calibration.py`` measures both on fresh people.
+In hold-out mode the calibration people (``calibration_predictions.csv``) are apart from the
+early-stopping people that chose the best epoch.
 """
 
 from __future__ import annotations
@@ -179,6 +182,7 @@ def calibration_record(k_fold: bool, n_networks: int, n_folds: int, fitted_on: p
             else f"calibration people of the training side ({per_fold} network(s) averaged), apart from the early-stopping people"
         ),
         "served": f"the mean of {n_networks} network(s)",
+        "served_interval": "CV+ over the fold networks" if k_fold and n_folds > 1 else "split conformal around the served brain age",
         "conservative": bool(k_fold and n_folds > 1),
         "n_sessions": int(fitted_on[["subject_id", "session_id"]].drop_duplicates().shape[0]) if len(fitted_on) else 0,
     }
@@ -233,13 +237,19 @@ def calibrate_intervals(
     """Add ``brain_age_lower``/``brain_age_upper`` (coverage ``settings.interval``) to out-of-fold
     ``predictions``, each fold's from a split-conformal calibration on the other folds' residuals
     (one per session; one hold-out: on the ``calibration`` predictions); return the final
-    calibration (on every out-of-fold residual, for the checkpoints)."""
+    calibration (on every out-of-fold residual, for the checkpoints; with K folds each residual
+    keeps its fold, for CV+ at prediction)."""
     predictions = predictions.copy()
     k_fold = predictions["fold"].nunique() > 1
 
-    def fitted(frame: pd.DataFrame) -> ConformalInterval | None:
-        residuals = session_residuals(frame, level="scan")["residual"].to_numpy(dtype=float) if len(frame) else np.zeros(0)
-        return ConformalInterval(settings.interval).fit(residuals) if residuals.size else None
+    def fitted(frame: pd.DataFrame, with_folds: bool = False) -> ConformalInterval | None:
+        if not len(frame):
+            return None
+        sessions = session_residuals(frame, level="scan")
+        if sessions.empty:
+            return None
+        folds = sessions["fold"].astype(int) if with_folds and "fold" in sessions else None
+        return ConformalInterval(settings.interval).fit(sessions["residual"].to_numpy(dtype=float), folds=folds)
 
     predictions["brain_age_lower"] = predictions["brain_age_upper"] = np.nan
     for fold, rows in predictions.groupby("fold", sort=True):
@@ -247,7 +257,7 @@ def calibrate_intervals(
         if interval is not None:
             lower, upper = interval.interval(rows["brain_age"])
             predictions.loc[rows.index, "brain_age_lower"], predictions.loc[rows.index, "brain_age_upper"] = lower, upper
-    return predictions, fitted(predictions if k_fold else calibration)
+    return predictions, fitted(predictions, with_folds=True) if k_fold else fitted(calibration)
 
 
 def _of_fold(frame: pd.DataFrame, fold: object) -> pd.DataFrame:

@@ -1,0 +1,160 @@
+"""Calibration of what ``brainage predict`` serves, measured on fresh people of the same generator.
+
+A K-fold run's final age-bias correction and conformal interval are fitted on out-of-fold
+predictions of single fold networks, while ``predict`` serves the mean of the K networks. This
+script takes finished K-fold runs of ``bench/accuracy.py`` and, for each, the prepared cache of
+ANOTHER evaluation seed (new people: none of them trained or calibrated any network), predicts
+every adequate scan with every fold network, serves their mean, and reports:
+
+- the coverage of the served 90 % interval three ways: CV+ over the fold networks (what the
+  run's calibration now serves, :func:`brainage.conformal.served_interval`), split conformal
+  around the served mean, and split conformal widened by the networks' SD (what ``predict`` served
+  before CV+), each with a subject-level bootstrap 95 % CI (:mod:`brainage.bootstrap`);
+- the controls' mean bias-corrected gap of the served mean and the slope of that gap on age, each
+  with its bootstrap CI (a correction right for the mean leaves both at zero).
+
+Per scan the calibration is the run's own (one residual per session, its first scan, as
+``brainage evaluate`` fits it); per session the fold networks' ages are averaged over the
+session's repeats and the calibration is one session-mean residual per session. The run folders
+and caches are only read. Usage (inference only, a few minutes on CPU)::
+
+    nice -n 10 .venv/bin/python bench/served_calibration.py \\
+        --pair bench-out/eval-demo/seed-1/run-standard-64-resnet-demo-settings bench-out/eval-demo/seed-2/cache-standard-64 \\
+        --pair bench-out/eval-demo/seed-2/run-standard-64-resnet-demo-settings bench-out/eval-demo/seed-1/cache-standard-64 \\
+        --out docs/results/served_calibration-demo-eval-seeds-1-2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from results import write_results
+
+from brainage.bootstrap import cluster_bootstrap
+from brainage.checkpoint import load_checkpoint
+from brainage.conformal import ConformalInterval, covered, served_interval, session_residuals
+from brainage.evaluation import control_mask
+from brainage.inference import BrainAgeEnsemble
+from brainage.preprocess import load_cache
+from brainage.training.evaluate import calibrate_intervals, correct_bias, read_predictions, read_run_config, run_settings
+
+#: The served intervals measured (served_interval's methods), then one fold network alone with split conformal.
+INTERVALS = {
+    "cv+": "CV+ over the fold networks",
+    "split": "split conformal around the mean",
+    "additive": "split conformal + networks' SD (before CV+)",
+    "single": "one fold network alone, split conformal",
+}
+
+
+def member_ages(run: Path, cache_root: Path, batch_size: int = 8) -> tuple[pd.DataFrame, np.ndarray, list[int | None]]:
+    """The cache's adequate scans, every fold network's brain age of each ``(scans, members)`` and the members' folds."""
+    checkpoints = [load_checkpoint(path) for path in sorted(run.glob("fold_*/model.ckpt"))]
+    ensemble = BrainAgeEnsemble(checkpoints).eval()
+    cache = load_cache(cache_root)
+    manifest = cache.manifest.reset_index(drop=True)
+    inadequate = manifest["inadequate"].fillna("").astype(str) if "inadequate" in manifest else pd.Series("", index=manifest.index)
+    usable = [i for i, reason in enumerate(inadequate) if not reason.strip()]
+    ages = []
+    with torch.inference_mode():
+        for start in range(0, len(usable), batch_size):
+            rows = usable[start : start + batch_size]
+            batch = torch.from_numpy(np.stack([np.asarray(cache.volume(i), dtype=np.float32) for i in rows]))[:, None]
+            ages.append(ensemble.member_ages(batch).double().numpy())
+    return manifest.iloc[usable].reset_index(drop=True), np.concatenate(ages), [checkpoint.fold for checkpoint in checkpoints]
+
+
+def fold_columns(ages: np.ndarray, folds: list[int | None], order: tuple[int, ...]) -> np.ndarray:
+    """``(scans, K)``: each fold's networks averaged, in ``order``."""
+    return np.column_stack([ages[:, [j for j, fold in enumerate(folds) if fold == want]].mean(axis=1) for want in order])
+
+
+def measure(run: Path, cache_root: Path, coverage: float) -> list[dict[str, Any]]:
+    """Per scan and per session: coverage of each served interval and the controls' corrected gap."""
+    values = read_run_config(run)
+    settings = run_settings(run, values, progress=False)
+    settings = dataclasses.replace(settings, interval=coverage)
+    oof = read_predictions(run / "predictions.csv")
+    _, corrector = correct_bias(oof, pd.DataFrame(), settings, None)
+    _, scan_interval = calibrate_intervals(oof, pd.DataFrame(), settings)
+    sessions_cal = session_residuals(oof, level="session")
+    session_interval = ConformalInterval(coverage).fit(sessions_cal["residual"], folds=sessions_cal["fold"].astype(int))
+    scans, ages, folds = member_ages(run, cache_root)
+    if corrector is None or scan_interval is None:
+        raise SystemExit(f"{run}: the run has no bias correction or interval to measure")
+    order = scan_interval.folds
+    frame = scans[["subject_id", "session_id", "age", "group"]].copy()
+    frame[[f"fold_{k}" for k in order]] = fold_columns(ages, folds, order)
+    frame["sd"] = ages.std(axis=1)
+    records = []
+    for level in ("scan", "session"):
+        if level == "session":
+            numeric = [*(f"fold_{k}" for k in order), "sd", "age"]
+            frame = frame.groupby(["subject_id", "session_id"], sort=True).agg({**dict.fromkeys(numeric, "mean"), "group": "first"}).reset_index()
+        interval = scan_interval if level == "scan" else session_interval
+        fold_ages = frame[[f"fold_{k}" for k in order]].to_numpy(dtype=float)
+        served = fold_ages.mean(axis=1)
+        if level == "scan":  # served_interval is predict's call: the members' ages and their folds
+            bounds = {INTERVALS[method]: served_interval(interval, ages, folds, method=method) for method in ("cv+", "split", "additive")}
+        else:  # members of a fold averaged over the session's repeats: that fold's network per session
+            spread = frame["sd"].to_numpy(dtype=float)
+            bounds = {
+                INTERVALS["cv+"]: interval.cv_plus(fold_ages),
+                INTERVALS["split"]: interval.interval(served),
+                INTERVALS["additive"]: interval.interval(served, spread),
+            }
+        bounds[INTERVALS["single"]] = tuple(np.concatenate(pair) for pair in zip(*(interval.interval(fold_ages[:, j]) for j in range(len(order))), strict=True))
+        gap = corrector.transform(served, frame["age"]) - frame["age"].to_numpy(dtype=float)
+        controls = control_mask(frame, settings.control_group)[0]
+        gaps = pd.DataFrame({"subject_id": frame["subject_id"][controls], "gap": gap[controls], "age": frame["age"][controls]})
+        mean_gap = cluster_bootstrap(gaps, lambda a: float(np.mean(a["gap"])))
+        slope = cluster_bootstrap(gaps, lambda a: float(np.polyfit(a["age"], a["gap"], 1)[0]) if np.ptp(a["age"]) > 0 else float("nan"))
+        for name, (lower, upper) in bounds.items():
+            repeat = len(lower) // len(frame)  # the single networks: every scan once per fold network
+            truth, people = np.tile(frame["age"].to_numpy(dtype=float), repeat), np.tile(frame["subject_id"].to_numpy(), repeat)
+            inside = pd.DataFrame({"subject_id": people, "inside": covered(lower, upper, truth).astype(float)})
+            share = cluster_bootstrap(inside, lambda a: float(np.mean(a["inside"])))
+            records.append(
+                {
+                    "run": f"{run.parent.name}/{run.name}", "cache": f"{cache_root.parent.name}/{cache_root.name}", "level": level, "interval": name,
+                    "n": len(frame), "coverage": share.value, "coverage_low": share.low, "coverage_high": share.high,
+                    "median_width": float(np.median(upper - lower)), "control_gap": mean_gap.value, "control_gap_low": mean_gap.low,
+                    "control_gap_high": mean_gap.high, "control_gap_slope": slope.value, "control_gap_slope_low": slope.low,
+                    "control_gap_slope_high": slope.high,
+                }
+            )  # fmt: skip  # one record's fields grouped by meaning
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("RUN", "CACHE"), required=True, help="a finished K-fold run and a cache of other people")
+    parser.add_argument("--coverage", type=float, default=0.9, help="nominal coverage of the served interval")
+    parser.add_argument("--out", type=Path, default=None, help="results file to write (bench/results.py)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    records = [record for run, cache in args.pair for record in measure(Path(run), Path(cache), args.coverage)]
+    wall = time.perf_counter() - start
+    table = pd.DataFrame(records)
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(table.drop(columns=["run"]).round(3).to_string(index=False))
+    if args.out:
+        notes = [
+            f"nominal coverage {args.coverage:.0%}; target: within ±2 points, and the controls' mean corrected gap within ±0.2 y",
+            "each run predicts the cache of another evaluation seed (new people); 95 % CIs by subject-level bootstrap",
+        ]
+        tables: list[Mapping[str, Any]] = [{"title": "served calibration (K-fold mean) on fresh people", "records": records, "notes": notes}]
+        write_results(args.out, tables, {"predict_and_measure": wall}, "fp32", argv=[sys.executable, *sys.argv] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
