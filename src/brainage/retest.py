@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainage.evaluation import aggregate_sessions, control_labels, require_columns
+from brainage.evaluation import aggregate_sessions, control_labels, fit_line, require_columns
 from brainage.io.manifest import natural_key
 
 __all__ = ["ReliabilityResult", "gap_retest", "longitudinal", "test_retest"]
@@ -316,8 +316,7 @@ def longitudinal(
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
     """Least-squares slope of y on x (x must vary)."""
-    x = x - x.mean()
-    return float(np.dot(x, y - y.mean()) / np.dot(x, x))
+    return fit_line(x, y).slope
 
 
 def _longitudinal_row(name: str, subjects: pd.DataFrame, has_truth: bool) -> dict[str, Any]:

@@ -36,7 +36,6 @@ import pandas as pd
 from openpyxl import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
-from scipy.stats import linregress
 
 from brainage import __version__
 from brainage.cohort.ageing import AGEING, GROUPS, AgeingModel
@@ -54,6 +53,7 @@ from brainage.cohort.presets import Preset
 from brainage.cohort.render import Volumes, acquire, aged_tissues, bias_field, measure, scanner_affine, subject_anatomy, t1_signal
 from brainage.cohort.spreadsheet import REAL_OASIS2, demographics_table, spreadsheet_statistics
 from brainage.errors import BrainAgeError, InputError, Problem
+from brainage.evaluation import fit_line
 from brainage.utils import atomic_write, parallel_map, stale_temporaries
 
 if TYPE_CHECKING:
@@ -388,7 +388,7 @@ def _summary(
     brain_ages = np.array([session.brain_age for _, session in sessions])
     nwbv = np.array([volumes[session.mri_id].nwbv for _, session in sessions])
     ventricles = np.log([volumes[session.mri_id].ventricles for _, session in sessions])
-    nwbv_line, log_line = linregress(brain_ages, nwbv), linregress(brain_ages, ventricles)
+    nwbv_line, log_line = fit_line(brain_ages, nwbv), fit_line(brain_ages, ventricles)
     nwbv_slope, nwbv_60 = nwbv_line.slope, nwbv_line.intercept + 60.0 * nwbv_line.slope
     log_slope, log_60 = log_line.slope, log_line.intercept + 60.0 * log_line.slope
     return {
