@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from scipy import stats
 
 from brainage import __version__
 from brainage.checkpoint import load_checkpoint
 from brainage.errors import BrainAgeError, InputError
+from brainage.evaluation import fit_line
 from brainage.utils import atomic_write
 
 MODELS_ENV = "BRAINAGE_MODELS"
@@ -242,7 +242,7 @@ def age_trend(age: Sequence[float] | np.ndarray, predicted: Sequence[float] | np
     """How predictions follow age in a batch: ``(slope, r, message)`` of the least-squares line
     ``predicted = a + slope × age`` and Pearson's r, over the pairs where both are finite.
 
-    ``message`` is a warning where the predictions do not rise with age (slope ≤ 0) — the check
+    The line is the package's one (:func:`brainage.evaluation.fit_line`). ``message`` is a warning where the predictions do not rise with age (slope ≤ 0) — the check
     ``train --init MODEL --epochs 0`` makes before re-calibrating — and None otherwise; slope and r
     are NaN (no message) with fewer than 3 pairs or no spread of ages or predictions.
     """
@@ -253,8 +253,8 @@ def age_trend(age: Sequence[float] | np.ndarray, predicted: Sequence[float] | np
     x, y = x[keep], y[keep]
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan"), None
-    fit = stats.linregress(x, y)
-    slope, r = float(fit.slope), float(fit.rvalue)
+    fit = fit_line(x, y)
+    slope, r = fit.slope, float(np.corrcoef(x, y)[0, 1])
     if slope > 0:
         return slope, r, None
     message = (
