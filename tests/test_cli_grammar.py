@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import click
@@ -60,6 +61,11 @@ def test_the_import_check_catches_what_it_is_for() -> None:
     assert {name for _, name in _unguarded_imports(ast.parse(source).body)} & POSIX_ONLY == {"fcntl", "resource"}
 
 
+def test_the_troubleshooting_check_tells_documented_from_undocumented_messages() -> None:
+    assert _documented("--device gpu: unknown device; choose auto, cpu, cuda, mps or cuda:N")
+    assert not _documented("--device gpu: no such device")
+
+
 def _option(command: click.Command, name: str) -> click.Parameter | None:
     return next((param for param in command.params if name in getattr(param, "opts", ())), None)
 
@@ -84,11 +90,21 @@ def test_workers_device_and_out_mean_the_same_in_every_command() -> None:
     assert workers_or_all(None) == cores and workers_or_all(3) == 3
 
 
+def _documented(message: str) -> bool:
+    """Whether docs/troubleshooting.md shows ``message`` in a code span (``<…>`` and ``…`` standing for what varies)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    spans = [double or single for double, single in re.findall(r"``\s?(.+?)\s?``|`([^`\n]+)`", text)]
+    spans = [span for span in spans if len(re.sub(r"<[^<>]+>|…", "", span).strip()) >= 10]  # not `<file>: <cause>`, which fits anything
+    patterns = [re.escape(span).replace(re.escape("…"), ".*") for span in spans]
+    return any(re.fullmatch(re.sub(r"<[^<>]+>", ".+", pattern), message) for pattern in patterns)
+
+
 def _one_error_line(result: Result, expected: str) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert result.exit_code == 2 and errors == [f"error: {expected}"], result.output
     assert "Traceback" not in result.output
+    assert _documented(expected), f"docs/troubleshooting.md has no entry for: {expected}"
 
 
 def test_a_control_group_typo_is_refused_before_anything_trains(tiny_cache_seed: Path, tmp_path: Path) -> None:
@@ -144,11 +160,14 @@ def test_a_typo_in_any_command_is_refused_before_it_writes(tiny_cohort: Path, tm
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {expected}"), result.output
     assert not out.exists()
+    assert _documented(errors[0].removeprefix("error: ")), f"docs/troubleshooting.md has no entry for: {errors[0]}"
 
 
 def test_synth_takes_its_folder_as_out_and_the_old_positional_with_a_warning(tmp_path: Path) -> None:
     old = runner.invoke(app, ["synth", str(tmp_path / "old"), "--preset", "tinny"])  # refused by the preset, after the warning
     assert "`brainage synth DIR` is deprecated" in old.output and "--preset tinny" in old.output and not (tmp_path / "old").exists()
+    warning = next(line for line in old.output.splitlines() if line.startswith("warning:"))
+    assert _documented(warning.removeprefix("warning: "))
     both = runner.invoke(app, ["synth", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
     _one_error_line(both, f"--out {tmp_path / 'b'}: the output is also given as a positional argument ({tmp_path / 'a'}): give -o/--out only")
     _one_error_line(runner.invoke(app, ["synth"]), "--out: missing: give the folder that `brainage synth` writes, -o/--out DIR")
