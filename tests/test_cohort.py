@@ -144,7 +144,7 @@ def test_ground_truth_joins_one_row_per_scan(tiny_cohort: Path, sheet: pd.DataFr
 
 def test_same_seed_gives_the_same_bytes_with_two_workers_from_the_cli(tiny_cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
-    args = ["synth", str(out), "--preset", "tiny", "--seed", str(seed_of(tiny_cohort)), "--workers", "2"]
+    args = ["synth", "--out", str(out), "--preset", "tiny", "--seed", str(seed_of(tiny_cohort)), "--workers", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "True brain age (a perfect brain reader)" in result.output and "48 scan(s) written" in result.output

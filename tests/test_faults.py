@@ -84,7 +84,7 @@ def _running(pid: int) -> bool:
 
 def test_killed_synth_leaves_no_worker_and_resumes_to_the_same_bytes(tiny_cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    args = ["synth", str(out), "--preset", "tiny", "--seed", str(json.loads((tiny_cohort / "cohort.json").read_text())["seed"])]
+    args = ["synth", "--out", str(out), "--preset", "tiny", "--seed", str(json.loads((tiny_cohort / "cohort.json").read_text())["seed"])]
     rng = random_point()
     subjects_done = rng.randint(0, TINY.n_subjects // 2)  # 0: as soon as a session folder appears
 

@@ -127,7 +127,7 @@ def test_the_oasis1_preset_is_sized_like_oasis1() -> None:
 @pytest.mark.slow
 def test_synth_writes_the_oasis1_layout_that_discovery_reads(tmp_path: Path, tiny_cohort: Path) -> None:
     out = tmp_path / "oasis1"
-    result = CliRunner().invoke(app, ["synth", str(out), "--preset", "tiny", "--layout", "oasis1", "--workers", "1"])
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--preset", "tiny", "--layout", "oasis1", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in out.iterdir()) == ["cohort.json", "disc1", "ground_truth.csv", "oasis_cross-sectional.csv"]
     sheet = pd.read_csv(out / "oasis_cross-sectional.csv")
