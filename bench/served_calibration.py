@@ -11,7 +11,9 @@ every adequate scan with every fold network, serves their mean, and reports:
   around the served mean, and split conformal widened by the networks' SD (what ``predict`` served
   before CV+), each with a subject-level bootstrap 95 % CI (:mod:`brainage.bootstrap`);
 - the controls' mean bias-corrected gap of the served mean and the slope of that gap on age, each
-  with its bootstrap CI (a correction right for the mean leaves both at zero).
+  with its bootstrap CI (a correction right for the mean leaves both at zero);
+- beside them, one fold network alone with split conformal (what the calibration was fitted for),
+  and every figure again with the pairs pooled.
 
 Per scan the calibration is the run's own (one residual per session, its first scan, as
 ``brainage evaluate`` fits it); per session the fold networks' ages are averaged over the
@@ -78,8 +80,10 @@ def fold_columns(ages: np.ndarray, folds: list[int | None], order: tuple[int, ..
     return np.column_stack([ages[:, [j for j, fold in enumerate(folds) if fold == want]].mean(axis=1) for want in order])
 
 
-def measure(run: Path, cache_root: Path, coverage: float) -> list[dict[str, Any]]:
-    """Per scan and per session: coverage of each served interval and the controls' corrected gap."""
+def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per scan and per session: whether each served interval covers the age (``level, interval,
+    subject_id, inside``) and the controls' corrected gap of the served mean (``level, subject_id,
+    age, gap``); subject ids are prefixed with the cache's seed folder (seeds reuse ids)."""
     values = read_run_config(run)
     settings = run_settings(run, values, progress=False)
     settings = dataclasses.replace(settings, interval=coverage)
@@ -95,7 +99,8 @@ def measure(run: Path, cache_root: Path, coverage: float) -> list[dict[str, Any]
     frame = scans[["subject_id", "session_id", "age", "group"]].copy()
     frame[[f"fold_{k}" for k in order]] = fold_columns(ages, folds, order)
     frame["sd"] = ages.std(axis=1)
-    records = []
+    covers, control_gaps = [], []
+    prefix = f"{cache_root.parent.name}/"
     for level in ("scan", "session"):
         if level == "session":
             numeric = [*(f"fold_{k}" for k in order), "sd", "age"]
@@ -115,24 +120,37 @@ def measure(run: Path, cache_root: Path, coverage: float) -> list[dict[str, Any]
         bounds[INTERVALS["single"]] = tuple(np.concatenate(pair) for pair in zip(*(interval.interval(fold_ages[:, j]) for j in range(len(order))), strict=True))
         gap = corrector.transform(served, frame["age"]) - frame["age"].to_numpy(dtype=float)
         controls = control_mask(frame, settings.control_group)[0]
-        gaps = pd.DataFrame({"subject_id": frame["subject_id"][controls], "gap": gap[controls], "age": frame["age"][controls]})
-        mean_gap = cluster_bootstrap(gaps, lambda a: float(np.mean(a["gap"])))
-        slope = cluster_bootstrap(gaps, lambda a: float(np.polyfit(a["age"], a["gap"], 1)[0]) if np.ptp(a["age"]) > 0 else float("nan"))
+        people = prefix + frame["subject_id"].astype(str)
+        control_gaps.append(pd.DataFrame({"level": level, "subject_id": people[controls], "age": frame["age"][controls], "gap": gap[controls]}))
         for name, (lower, upper) in bounds.items():
             repeat = len(lower) // len(frame)  # the single networks: every scan once per fold network
-            truth, people = np.tile(frame["age"].to_numpy(dtype=float), repeat), np.tile(frame["subject_id"].to_numpy(), repeat)
-            inside = pd.DataFrame({"subject_id": people, "inside": covered(lower, upper, truth).astype(float)})
-            share = cluster_bootstrap(inside, lambda a: float(np.mean(a["inside"])))
-            records.append(
+            truth = np.tile(frame["age"].to_numpy(dtype=float), repeat)
+            inside = covered(lower, upper, truth).astype(float)
+            covers.append(
+                pd.DataFrame({"level": level, "interval": name, "subject_id": np.tile(people.to_numpy(), repeat), "inside": inside, "width": upper - lower})
+            )
+    return pd.concat(covers, ignore_index=True), pd.concat(control_gaps, ignore_index=True)
+
+
+def records(covers: pd.DataFrame, control_gaps: pd.DataFrame, runs: str) -> list[dict[str, Any]]:
+    """One record per level and interval: coverage, median width and the controls' corrected gap and its slope on age, with bootstrap CIs."""
+    out = []
+    for level, gaps in control_gaps.groupby("level", sort=False):
+        mean_gap = cluster_bootstrap(gaps[["subject_id", "gap"]], lambda a: float(np.mean(a["gap"])))
+        slope = cluster_bootstrap(
+            gaps[["subject_id", "age", "gap"]], lambda a: float(np.polyfit(a["age"], a["gap"], 1)[0]) if np.ptp(a["age"]) > 0 else float("nan")
+        )
+        for name, rows in covers[covers["level"] == level].groupby("interval", sort=False):
+            share = cluster_bootstrap(rows[["subject_id", "inside"]], lambda a: float(np.mean(a["inside"])))
+            out.append(
                 {
-                    "run": f"{run.parent.name}/{run.name}", "cache": f"{cache_root.parent.name}/{cache_root.name}", "level": level, "interval": name,
-                    "n": len(frame), "coverage": share.value, "coverage_low": share.low, "coverage_high": share.high,
-                    "median_width": float(np.median(upper - lower)), "control_gap": mean_gap.value, "control_gap_low": mean_gap.low,
-                    "control_gap_high": mean_gap.high, "control_gap_slope": slope.value, "control_gap_slope_low": slope.low,
-                    "control_gap_slope_high": slope.high,
+                    "runs": runs, "level": level, "interval": name, "n": len(rows), "coverage": share.value, "coverage_low": share.low,
+                    "coverage_high": share.high, "median_width": float(np.median(rows["width"])), "control_gap": mean_gap.value,
+                    "control_gap_low": mean_gap.low, "control_gap_high": mean_gap.high, "control_gap_slope": slope.value,
+                    "control_gap_slope_low": slope.low, "control_gap_slope_high": slope.high,
                 }
             )  # fmt: skip  # one record's fields grouped by meaning
-    return records
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,17 +160,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results file to write (bench/results.py)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    records = [record for run, cache in args.pair for record in measure(Path(run), Path(cache), args.coverage)]
+    measured = [(f"{Path(run).parent.name} on {Path(cache).parent.name}", *measure(Path(run), Path(cache), args.coverage)) for run, cache in args.pair]
+    rows = [record for label, covers, gaps in measured for record in records(covers, gaps, label)]
+    if len(measured) > 1:
+        pooled = pd.concat([covers for _, covers, _ in measured]), pd.concat([gaps for _, _, gaps in measured])
+        rows += records(*pooled, "pooled: " + ", ".join(label for label, _, _ in measured))
     wall = time.perf_counter() - start
-    table = pd.DataFrame(records)
-    with pd.option_context("display.width", 250, "display.max_columns", 30):
-        print(table.drop(columns=["run"]).round(3).to_string(index=False))
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 45):
+        print(pd.DataFrame(rows).round(3).to_string(index=False))
     if args.out:
         notes = [
             f"nominal coverage {args.coverage:.0%}; target: within ±2 points, and the controls' mean corrected gap within ±0.2 y",
             "each run predicts the cache of another evaluation seed (new people); 95 % CIs by subject-level bootstrap",
+            "the single-network row counts every scan once per fold network (n: scans × networks)",
         ]
-        tables: list[Mapping[str, Any]] = [{"title": "served calibration (K-fold mean) on fresh people", "records": records, "notes": notes}]
+        tables: list[Mapping[str, Any]] = [{"title": "served calibration (K-fold mean) on fresh people", "records": rows, "notes": notes}]
         write_results(args.out, tables, {"predict_and_measure": wall}, "fp32", argv=[sys.executable, *sys.argv] if argv is None else argv)
 
 

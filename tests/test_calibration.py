@@ -52,9 +52,12 @@ def test_cv_plus_covers_the_served_mean_as_calibrated_on_fresh_people() -> None:
     corrector, interval = _calibrated(rng, network_sd=0.75)
     assert interval.folds == tuple(range(K))
     new, networks = _cohort(rng, 20000, 0.75, start=10**6)
-    lower, upper = served_interval(interval, networks, list(range(K)))
-    assert abs(coverage(lower, upper, new["age"]) - 0.9) <= 0.02
-    assert np.all(lower <= networks.mean(axis=1)) and np.all(networks.mean(axis=1) <= upper)
+    for method in ("cv+", "split"):  # both stay within 2 points of nominal, CV+ the wider
+        lower, upper = served_interval(interval, networks, list(range(K)), method=method)
+        assert abs(coverage(lower, upper, new["age"]) - 0.9) <= 0.02, method
+        assert np.all(lower <= networks.mean(axis=1)) and np.all(networks.mean(axis=1) <= upper)
+    split, cv_plus = (served_interval(interval, networks, list(range(K)), method=method) for method in ("split", "cv+"))
+    assert coverage(*cv_plus, new["age"]) >= coverage(*split, new["age"])
     gap = corrector.transform(networks.mean(axis=1), new["age"]) - new["age"]
     by_age = gap.groupby(pd.cut(new["age"], [60, 70, 80, 90])).mean()
     assert (by_age.abs() < 0.2).all(), by_age
@@ -96,20 +99,20 @@ def test_served_interval_falls_back_where_the_calibration_has_no_folds() -> None
         {k: v for k, v in ConformalInterval(0.9).fit(residuals, folds=np.arange(200) % K).to_dict().items() if not k.startswith("cv_")}
     )
     members = rng.normal(70, 1, (5, K))
-    lower, upper = served_interval(old, members, list(range(K)))
+    lower, upper = served_interval(old, members, list(range(K)), method="cv+")
     expected = old.interval(members.mean(axis=1), members.std(axis=1))  # what predict served before CV+
     np.testing.assert_array_equal(lower, expected[0])
     np.testing.assert_array_equal(upper, expected[1])
     with_folds = ConformalInterval(0.9).fit(residuals, folds=np.arange(200) % K)
     # members of other folds (or of other runs) than the calibration's: split conformal as before
-    np.testing.assert_array_equal(served_interval(with_folds, members, [None] * K)[1], expected[1])
+    np.testing.assert_array_equal(served_interval(with_folds, members, [None] * K, method="cv+")[1], expected[1])
     np.testing.assert_array_equal(served_interval(with_folds, members, list(range(K)), method="additive")[1], expected[1])
     np.testing.assert_array_equal(served_interval(with_folds, members, list(range(K)), method="split")[0], with_folds.interval(members.mean(axis=1))[0])
     with pytest.raises(ValueError, match="served-interval method"):
         served_interval(with_folds, members, list(range(K)), method="jackknife")
     # two members per fold are averaged into their fold's network
     doubled = np.repeat(members, 2, axis=1)
-    np.testing.assert_allclose(served_interval(with_folds, doubled, [k for k in range(K) for _ in (0, 1)]), with_folds.cv_plus(members))
+    np.testing.assert_allclose(served_interval(with_folds, doubled, [k for k in range(K) for _ in (0, 1)], method="cv+"), with_folds.cv_plus(members))
 
 
 def test_the_calibrators_are_scikit_learn_estimators() -> None:
@@ -147,5 +150,5 @@ def test_checkpoints_keep_the_folds_and_old_ones_still_load(tiny_run: Path, tmp_
     checkpoint.interval = ConformalInterval.from_dict({"coverage": 0.9, "normalized": False, "scores": [1.0, 2.0, 3.0] * 10})  # as written before CV+
     old = load_checkpoint(save_checkpoint(checkpoint, tmp_path / "old.ckpt"))
     assert old.interval is not None and old.interval.folds == () and old.interval.half_width() == 3.0
-    lower, upper = served_interval(old.interval, np.array([[70.0, 72.0]]), [0, 1])
+    lower, upper = served_interval(old.interval, np.array([[70.0, 72.0]]), [0, 1], method="cv+")
     assert upper[0] - lower[0] == pytest.approx(2 * math.sqrt(9 + 1))  # split conformal widened by the members' SD, as before

@@ -267,7 +267,7 @@ SERVED_METHODS = ("cv+", "split", "additive")
 
 
 def served_interval(
-    interval: ConformalInterval, member_ages: ArrayLike, member_folds: Sequence[int | None], coverage: float | None = None, method: str = "cv+"
+    interval: ConformalInterval, member_ages: ArrayLike, member_folds: Sequence[int | None], coverage: float | None = None, method: str = "split"
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(lower, upper)`` of the brain age that ``brainage predict`` serves, the mean of ``member_ages``
     ``(n_scans, members)``, each member of the fold ``member_folds[j]`` (a checkpoint's ``extra["fold"]``).
@@ -276,9 +276,11 @@ def served_interval(
     every one of them has a member here (the members of a fold averaged: that fold's model); where
     it cannot (an old checkpoint, a single model, members of other runs), and for
     ``method="additive"``, split conformal around the members' mean widened by their SD, as before
-    CV+ existed. ``method="split"``: split conformal around the mean, not widened. CV+ and the
-    widening are conservative for the mean of K models whose errors are partly their own
-    (``bench/served_calibration.py`` measures all three on fresh people).
+    CV+ existed. ``method="split"`` (default): split conformal around the mean, not widened. The
+    calibration residuals are single fold models'; the mean of K models errs less where their
+    errors are partly their own, so all three cover at least the nominal share, and CV+ (whose
+    interval also spans the models' disagreement) the most, then the widened one:
+    ``bench/served_calibration.py`` measures all three on fresh people, and ``split`` came closest.
     """
     if method not in SERVED_METHODS:
         raise ValueError(f"unknown served-interval method {method!r}; choose from {', '.join(SERVED_METHODS)}")

@@ -12,9 +12,10 @@ its fold's network (the mean of its ensemble members), while ``brainage predict 
 mean of every fold's networks. The final correction is fitted on the former: the mean of K networks
 has the same age bias in expectation (averaging removes noise that does not depend on age, not
 shrinkage). The final interval keeps each out-of-fold residual with its fold, so that the served
-interval is CV+ (:meth:`~brainage.conformal.ConformalInterval.cv_plus`: each fold's network at the new
-scan with that fold's residuals; :func:`~brainage.conformal.served_interval`). Each checkpoint records
-this under ``extra["calibration"]``; ``bench/served_calibration.py`` measures both on fresh people.
+interval can be split conformal around the mean or CV+ over the fold networks
+(:meth:`~brainage.conformal.ConformalInterval.cv_plus`; :func:`~brainage.conformal.served_interval`);
+both cover at least the nominal share of the mean's ages, CV+ the more. Each checkpoint records this
+under ``extra["calibration"]``; ``bench/served_calibration.py`` measures both on fresh people.
 In hold-out mode the calibration people (``calibration_predictions.csv``) are apart from the
 early-stopping people that chose the best epoch.
 """
@@ -182,7 +183,7 @@ def calibration_record(k_fold: bool, n_networks: int, n_folds: int, fitted_on: p
             else f"calibration people of the training side ({per_fold} network(s) averaged), apart from the early-stopping people"
         ),
         "served": f"the mean of {n_networks} network(s)",
-        "served_interval": "CV+ over the fold networks" if k_fold and n_folds > 1 else "split conformal around the served brain age",
+        "served_interval": "split conformal around the served brain age" + (" (CV+ over the fold networks possible)" if k_fold and n_folds > 1 else ""),
         "conservative": bool(k_fold and n_folds > 1),
         "n_sessions": int(fitted_on[["subject_id", "session_id"]].drop_duplicates().shape[0]) if len(fitted_on) else 0,
     }
