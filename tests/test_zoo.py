@@ -85,7 +85,10 @@ def test_an_exported_model_is_listed_with_its_card_and_carries_what_predict_need
     assert card["generator"] == "v1" and card["cohort"] == {"preset": "tiny", "seed": 0} and card["note"] == zoo.SYNTHETIC_NOTE
     assert card["model"] == "sfcn" and card["weights"] == "float32" and card["networks"] == 2 and card["held_out_anatomy"] == "not measured"
     assert card["recipe"]["epochs"] == 1 and card["people"] > 0
-    assert "tiny-zoo" in zoo.describe(found) and "synthetic data only" in zoo.describe(found)
+    assert card["preprocessing"] == "tutorial"
+    shown = zoo.describe(found)
+    assert shown.startswith(f"{NAME}  (") and f"note: {zoo.SYNTHETIC_NOTE}" in shown and "recipe: {batch_size: 8, ema_decay: 0.99, epochs: 1," in shown
+    assert "augmentation" not in shown and "augmentation" in zoo.describe(found, full=True)
     for name in ("fold_0", "fold_1"):
         run, named = load_checkpoint(tiny_run / name / "model.ckpt"), load_checkpoint(on_path / NAME / name / "model.ckpt")
         assert named.preprocessing == run.preprocessing and named.train_age_range == run.train_age_range

@@ -41,6 +41,8 @@ CHECKPOINT = "model.ckpt"
 #: The most a named model may weigh on disk (20 MB), card included.
 MAX_BYTES = 20_000_000
 SYNTHETIC_NOTE = "trained on synthetic data only: correct it on your own controls"
+#: The recipe's fields that :func:`describe` shows by default.
+RECIPE_SHOWN = ("model", "epochs", "batch_size", "lr", "ema_decay", "test_fraction", "seed")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -115,13 +117,17 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return model.folder if model is not None else path
 
 
-def describe(model: NamedModel) -> str:
-    """The card of ``model`` as lines of ``field: value`` (what ``brainage models`` shows)."""
+def describe(model: NamedModel, full: bool = False) -> str:
+    """The card of ``model`` as lines of ``field: value`` (what ``brainage models`` shows); the recipe
+    by :data:`RECIPE_SHOWN` unless ``full``."""
     lines = [f"{model.name}  ({model.folder}, {model.size_bytes / 1e6:.1f} MB, {len(model.checkpoints)} network(s))"]
     for key, value in model.card.items():
-        if key != "name":
-            flat = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip() if isinstance(value, (dict, list)) else None
-            lines.append(f"  {key}: {value if flat is None else flat}")
+        if key == "name":
+            continue
+        if key == "recipe" and isinstance(value, dict) and not full:
+            value = {field: value[field] for field in RECIPE_SHOWN if field in value}
+        flat = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip() if isinstance(value, (dict, list)) else None
+        lines.append(f"  {key}: {value if flat is None else flat}")
     return "\n".join(lines)
 
 
@@ -197,7 +203,7 @@ def export_named_model(run_dir: str | Path, name: str, card_fields: Mapping[str,
         "cohort": {key: summary[key] for key in ("preset", "seed") if key in summary} if synthetic else None,
         "people": len(first.train_subject_ids),
         "train_age_range": [float(v) for v in first.train_age_range],
-        "preprocessing": first.preprocessing.get("name", "unknown"),
+        "preprocessing": first.preprocessing.get("pipeline", "unknown"),
         "recipe": first.extra.get("train_config"),
         "bias_correction": first.corrector.method if first.corrector is not None else "none",
         "note": SYNTHETIC_NOTE if synthetic else "trained on the run's own cohort; correct it on your own controls",
