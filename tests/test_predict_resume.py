@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from brainage.checkpoint import BrainAgeCheckpoint
 from brainage.evaluation import AgeBiasCorrector
 from brainage.io import discover
 from brainage.models import build_model
-from brainage.predict import BrainAgeModel
-from brainage.predict_store import OUTCOMES, default_work
+from brainage.predict import BrainAgeModel, find_inputs
+from brainage.predict_store import OUTCOMES, default_work, stored_scans
 from brainage.preprocess import load_cache, make_config, prepare
 from brainage.utils import write_csv
 
@@ -128,3 +129,14 @@ def test_sessions_are_prepared_with_session_reuse_as_prepare_prepares_them(tiny_
     assert stored == sorted(Path(name).name for name in cache.manifest["cache_file"])  # the same keys: the same reference, the same alignment
     for i, name in enumerate(cache.manifest["cache_file"]):  # ANTs' registration is not bit-reproducible run to run
         assert np.corrcoef(np.load(tmp_path / "work" / name).ravel(), np.asarray(cache.volume(i)).ravel())[0, 1] > 0.999
+
+
+def test_without_keep_each_volume_leaves_the_folder_once_read(tiny_cohort: Path, tmp_path: Path) -> None:
+    """What ``predict`` does in its temporary folder (``work=None``): few volumes on disk at a time."""
+    rows, _ = find_inputs(sorted(str(path) for path in tiny_cohort.glob("OAS2_RAW_PART*/*/RAW/mpr-*.nifti.hdr"))[:2])
+    counts: Counter[str] = Counter()
+    seen = []
+    for scan in stored_scans(rows, [0, 1], make_config("seed"), tmp_path, [], counts, keep=False):
+        seen.append(scan.indices)
+        assert scan.volume.shape == make_config("seed").shape and not list((tmp_path / "volumes").glob("*.npy"))
+    assert sorted(seen) == [(0,), (1,)] and counts["prepared now"] == 2

@@ -174,7 +174,7 @@ class BrainAgeModel:
         ``"auto"`` for the caches the checkpoints were trained on, None for none. The other scans
         are preprocessed in ``workers`` processes into the folder ``work``
         (:mod:`brainage.predict_store`: a rerun, or the rerun of a killed batch, prepares only what
-        is not there yet; None: a temporary folder) and predicted ``batch_size`` at a time as they
+        is not there yet; None: a temporary folder that holds few volumes at a time) and predicted ``batch_size`` at a time as they
         finish. ``preprocessing_`` counts what became of the scans (``OUTCOMES``). Inputs
         that cannot be used are skipped and listed in ``problems_``. A scan that fails the
         ``adequacy`` checks (default :class:`AdequacyConfig`) keeps its row with the reasons in
@@ -192,7 +192,7 @@ class BrainAgeModel:
         counts: Counter[str] = Counter()
         with work_folder(work) as root:
             hashes = [scan_hash(path, root) for path in rows["path"]]
-            options = {"workers": workers, "sessions": sessions, "adequacy": adequacy, "force": force}
+            options = {"workers": workers, "sessions": sessions, "adequacy": adequacy, "force": force, "keep": work is not None}
             scans = self._volumes(rows, hashes, caches, root, options, problems, counts, skip, measured)
             for indices, volumes, scores in _batches(scans, batch_size):
                 for index, ages, score in zip(indices, self.predict_volumes(volumes, known_ages[indices]), scores, strict=False):

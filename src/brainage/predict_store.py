@@ -101,11 +101,13 @@ def stored_scans(
     sessions: bool = False,
     adequacy: AdequacyConfig | None = None,
     force: bool = False,
+    keep: bool = True,
 ) -> Iterator[StoredScan]:
     """The scans of ``rows.iloc[indices]`` (columns ``path``, ``scan_id``, ``subject_id``,
     ``session_id``) prepared into ``root`` with ``config``, in the order they finish; a path given
     twice is prepared once. Failures are appended to ``problems``; ``counts`` counts the
-    ``OUTCOMES``. ``force`` prepares scans whose header fails the ``adequacy`` checks too."""
+    ``OUTCOMES``. ``force`` prepares scans whose header fails the ``adequacy`` checks too. Without
+    ``keep`` each volume is removed once read back (a temporary folder then holds few at a time)."""
     adequacy = adequacy or AdequacyConfig()
     if force:
         adequacy = replace(adequacy, **_ACCEPT_ANY_HEADER)
@@ -122,7 +124,7 @@ def stored_scans(
     unit = ", sessions" if len(groups) < len(jobs) else ""
     for group, results in parallel_map(_prepare_session, groups, workers, description=f"preprocess ({config.name}{unit})"):
         for job, result in zip(group, results if isinstance(results, list) else [results] * len(group), strict=True):
-            scan = _read_back(job.path, result, root)
+            scan = _read_back(job.path, result, root, keep)
             if isinstance(scan, Problem):
                 problems.append(scan)
                 counts[OUTCOMES[-1]] += 1
@@ -131,13 +133,18 @@ def stored_scans(
             yield StoredScan(tuple(by_path[job.path]), *scan[:3])
 
 
-def _read_back(path: str, result: dict[str, Any] | BaseException, root: Path) -> tuple[np.ndarray, float, dict[str, float], str] | Problem:
-    """A worker's result as the volume, QC score, adequacy measures and outcome, or the problem."""
+def _read_back(path: str, result: dict[str, Any] | BaseException, root: Path, keep: bool = True) -> tuple[np.ndarray, float, dict[str, float], str] | Problem:
+    """A worker's result as the volume, QC score, adequacy measures and outcome, or the problem;
+    without ``keep`` the volume and its record are removed from ``root`` once read."""
     if isinstance(result, InputError):
         return Problem.from_error(result)
     if isinstance(result, BaseException):
         return Problem(path, f"{type(result).__name__}: {result}")
-    volume = np.load(root / str(result["cache_file"]))
+    stored = root / str(result["cache_file"])
+    volume = np.load(stored)
+    if not keep:
+        stored.unlink(missing_ok=True)
+        stored.with_suffix(".json").unlink(missing_ok=True)
     if not np.isfinite(volume).all():
         return Problem(path, "preprocessing gave non-finite values (is the image empty or all NaN?)")
     measures = {key: float(result.get(key, math.nan)) for key in MEASURES}
