@@ -1,4 +1,4 @@
-"""Write a synthetic cohort in the OASIS-1 (cross-sectional) layout: ``brainage synth OUT --layout oasis1``.
+"""Write a synthetic cohort in the OASIS-1 (cross-sectional) layout: ``brainage synth --out OUT --layout oasis1``.
 
 Layout::
 
