@@ -141,7 +141,8 @@ def test_the_calibrators_are_scikit_learn_estimators() -> None:
 
 def test_checkpoints_keep_the_folds_and_old_ones_still_load(tiny_run: Path, tmp_path: Path) -> None:
     checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
-    assert checkpoint.fold == 0
+    assert checkpoint.fold == 0 and load_checkpoint(tiny_run / "fold_1" / "model.ckpt").fold == 1
+    assert checkpoint.interval is not None and checkpoint.interval.folds == (0, 1)  # train's evaluate kept each residual's fold
     rng = np.random.default_rng(4)
     checkpoint.interval = ConformalInterval(0.9).fit(rng.normal(0, 3, 60), folds=np.arange(60) % 2)
     again = load_checkpoint(save_checkpoint(checkpoint, tmp_path / "new.ckpt"))
