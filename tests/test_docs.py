@@ -40,7 +40,7 @@ PUBLIC_MODULES = (
     "brainage.cohort", "brainage.io", "brainage.preprocess", "brainage.models", "brainage.data", "brainage.training",
     "brainage.evaluation", "brainage.baselines", "brainage.predict", "brainage.saliency", "brainage.report",
     "brainage.export", "brainage.demo", "brainage.errors", "brainage.console", "brainage.utils", "brainage.checkpoint",
-    "brainage.inference", "brainage.figures", "brainage.reliability",
+    "brainage.inference", "brainage.figures", "brainage.reliability", "brainage.zoo", "brainage.bootstrap",
 )  # fmt: skip  # names grouped in rows
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from brainage import __version__
-from brainage.cli_checks import DEVICE_HELP, WORKERS_HELP, check_device, check_exists, check_models, workers_or_all
+from brainage.cli_checks import DEVICE_HELP, WORKERS_HELP, check_device, check_exists, check_models, reports_errors, workers_or_all
+from brainage.cli_predict import bids_command, models_command, predict_command
 from brainage.console import err_console
 from brainage.errors import BrainAgeError
 
@@ -24,23 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn a :class:`BrainAgeError` into one red line on stderr and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except BrainAgeError as error:
-            err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -231,89 +213,34 @@ def _print_run(result: TrainResult, name: str) -> None:
     console.print(f"Run folder: {result.run_dir} (config.yaml, predictions.csv, summary.csv, metrics.csv, figures, fold_*/model.ckpt)")
 
 
-@app.command("predict")
+app.command("predict")(predict_command)
+app.command("bids", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(bids_command)
+app.command("models")(models_command)
+
+
+@app.command("pretrain")
 @reports_errors
-def predict_command(
-    model: Path = typer.Argument(..., help="A checkpoint (model.ckpt) or a run folder (all its fold models, averaged)."),
-    inputs: list[Path] = typer.Argument(
-        ..., help="Scans (.nii, .nii.gz, .hdr/.img, .mgz), folders of them, CSV/TSV tables of paths (optional age, subject_id), BIDS or OASIS-2 folders."
-    ),
-    with_models: list[Path] = typer.Option([], "--with-model", help="Another checkpoint or run folder to average with MODEL (repeatable)."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV file to write (atomically)."),
-    sessions: bool = typer.Option(False, "--sessions", help="Average the repeat scans of each session: one row per session."),
-    cache: Path | None = typer.Option(None, "--cache", help="A prepared cache to take preprocessed scans from; default: the cache the model was trained on."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=f"{WORKERS_HELP} Used for preprocessing."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Scans per forward pass."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    interval: float | None = typer.Option(
-        None, "--interval", min=0.01, max=0.99, help="Coverage of brain_age_lower/upper (default: the model's, 0.9); split-conformal on out-of-fold residuals."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Predict scans that fail an adequacy check too (the reasons stay in the inadequate column); default: no brain age for them."
-    ),
-    max_voxel_mm: float | None = typer.Option(
-        None, "--max-voxel-mm", min=0.1, help="Refuse scans whose voxels are larger than this along any axis (slice thickness; default 3)."
-    ),
-) -> None:
-    """Predict brain age (and the brain-age gap where the age is known) for new scans."""
-    from brainage.console import console, print_problems, print_table
-    from brainage.predict import BrainAgeModel, accuracy_table
-    from brainage.preprocess.adequacy import AdequacyConfig
-    from brainage.utils import write_csv
-
-    device, processes = check_device(device), workers_or_all(workers)
-    brain_age_model = BrainAgeModel.load([model, *with_models], device=device)
-    adequacy = AdequacyConfig.with_overrides(max_voxel_mm=max_voxel_mm)
-    predictions = brain_age_model.predict(
-        inputs, sessions=sessions, cache=cache or "auto", workers=processes, batch_size=batch_size, interval=interval, force=force, adequacy=adequacy
-    )
-    print_problems(brain_age_model.problems_)
-    if predictions.empty:
-        raise BrainAgeError(f"no scan could be predicted; {out} was not written")
-    write_csv(predictions, out)
-    accuracy = accuracy_table(predictions, brain_age_model.mean_training_age)
-    if len(accuracy):
-        print_table(accuracy, title=f"Accuracy where the age is known (years), {'sessions' if sessions else 'scans'}")
-    flagged = int(predictions["warnings"].astype(bool).sum())
-    inadequate = predictions["inadequate"].astype(bool)
-    unit = "session" if sessions else "scan"
-    if inadequate.any():
-        print_table(predictions.loc[inadequate, ["scan_id" if "scan_id" in predictions else "session_id", "inadequate"]], title="Not adequate for brain age")
-    refused = "" if force else f", {int(inadequate.sum())} refused as inadequate (--force predicts them)"
-    console.print(
-        f"{int((~inadequate).sum()) if not force else len(predictions)} {unit}(s) predicted with {len(brain_age_model.checkpoints)} model(s), "
-        f"{len(brain_age_model.problems_)} skipped{refused}, {flagged} with warnings → {out}",
-        soft_wrap=True,
-    )
-
-
-@app.command("bids", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
-@reports_errors
-def bids_command(
-    ctx: typer.Context,
-    bids_dir: Path = typer.Argument(..., help="The input BIDS dataset (raw, or fMRIPrep derivatives)."),
-    output_dir: Path = typer.Argument(
-        ..., help="The BIDS derivatives dataset to write (created); positional, as the BIDS App specification requires (other commands: -o/--out)."
-    ),
-    analysis_level: str = typer.Argument(..., help="participant (predict, one TSV per session) or group (gather them)."),
-    model: list[Path] = typer.Option([], "--model", help="A run folder or model.ckpt (repeatable: averaged); needed at participant level."),
-    participant_label: list[str] = typer.Option(
-        [], "--participant-label", help="Only these participants, without or with 'sub-' (e.g. --participant-label 01 02)."
-    ),
-    workers: int | None = typer.Option(None, "--workers", min=1, help=f"{WORKERS_HELP} Used for preprocessing."),
+def pretrain_command(
+    people: int = typer.Option(..., "--people", min=4, help="People to synthesise and train on (20 % of them held out)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the cohort, cache and run; a folder holding this same request is resumed."),
+    preset: str = typer.Option("population_pretrain", "--preset", help="Synthetic population preset (brainage synth --preset help)."),
+    seed: int = typer.Option(7, "--seed", help="Cohort seed."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default: brainage train's)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
-    """A BIDS App: brain age of a BIDS dataset as a BIDS derivatives dataset (BIDS-Apps arguments)."""
-    from brainage.bids_app import run_bids_app
-    from brainage.console import console, print_problems
+    """Pre-train a network on a synthetic population, resumably (synthesis, preparation, training)."""
+    import dataclasses
 
-    if ctx.args and not participant_label:
-        raise BrainAgeError(f"unexpected argument(s): {' '.join(ctx.args)}")
-    labels = [*participant_label, *ctx.args]  # --participant-label 01 02: the labels after the first come as extra arguments
-    check_models(model, "--model")  # found before the participants are preprocessed
-    result = run_bids_app(bids_dir, output_dir, analysis_level, model or None, labels, workers=workers_or_all(workers), device=check_device(device))
-    print_problems(result.problems)
-    console.print(f"{analysis_level}: {result.scans} scan(s), {result.sessions} session(s) → {output_dir} ({len(result.files)} files)", soft_wrap=True)
+    from brainage.cli_checks import check_preset
+    from brainage.pretrain import PRETRAIN_CONFIG, pretrain
+
+    check_preset(preset)
+    config = dataclasses.replace(PRETRAIN_CONFIG, epochs=epochs) if epochs else PRETRAIN_CONFIG
+    result = pretrain(people, out, preset, seed, config=config, workers=workers_or_all(workers), device=check_device(device))
+    if result.result is not None:
+        _print_run(result.result, f"pretrain ({people} people of {preset})")
+    typer.echo(f"run folder (for --init, or zoo.export_named_model): {result.run_dir}")
 
 
 @app.command("prepare")

@@ -8,11 +8,14 @@ and :func:`brainage.training.evaluate` themselves, before the first fold or file
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import typer
 
 from brainage.errors import BrainAgeError, InputError
 from brainage.utils import usable_cores
@@ -168,3 +171,23 @@ def output_path(out: Path | None, positional: Path | None, command: str) -> Path
 
     err_console.print(f"[yellow]warning:[/] `brainage {command} DIR` is deprecated and will be removed; use `brainage {command} --out DIR`", soft_wrap=True)
     return positional
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a :class:`BrainAgeError` into one red line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except BrainAgeError as error:
+            from brainage.console import err_console
+
+            err_console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper

@@ -170,9 +170,9 @@ class AgeBiasCorrector(RegressorMixin, BaseEstimator):
             self.refused_ = f"bias correction refused: {self.n_subjects_} control subjects, at least {self.min_subjects} needed"
         else:
             target = predicted - age if self.method == "residual" else predicted
-            fit = stats.linregress(age, target)
+            fit = fit_line(age, target)
             half = stats.t.ppf(0.5 + self.confidence / 2, age.size - 2) * fit.stderr
-            self.slope_, self.intercept_ = float(fit.slope), float(fit.intercept)
+            self.slope_, self.intercept_ = fit.slope, fit.intercept
             self.slope_ci_ = (self.slope_ - half, self.slope_ + half)
             if self.slope_ci_[0] <= 0 <= self.slope_ci_[1]:
                 self.refused_ = (

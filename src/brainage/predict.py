@@ -23,6 +23,7 @@ This module does not import Lightning, torchmetrics or matplotlib.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -41,14 +42,14 @@ from brainage.predict_inputs import find_inputs, training_caches
 from brainage.predict_store import OUTCOMES, scan_hash, stored_scans, unreadable, work_folder
 from brainage.preprocess import PreparedCache, config_from_dict, load_cache
 from brainage.preprocess.adequacy import MEASURES, AdequacyConfig, age_reason, header_reasons, reasons
-from brainage.zoo import resolve_model
+from brainage.zoo import age_trend, find_model, resolve_model
 
 __all__ = ["BrainAgeEnsemble", "BrainAgeModel", "accuracy_table", "find_inputs", "resolve_checkpoints", "summarise_sessions", "training_caches"]
 
 CHECKPOINT_NAME = "model.ckpt"
 PREDICTION_COLUMNS = (
     "path", "scan_id", "subject_id", "session_id", "age", "brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected",
-    "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings", "inadequate",
+    "brain_age_gap", "brain_age_gap_corrected", "bias_correction", "qc_score", "qc_flagged", "warnings", "inadequate", "model",
 )  # fmt: skip  # names grouped in rows
 #: Emptied (NaN) in a row that fails an adequacy check, unless ``force``.
 BRAIN_AGE_COLUMNS = ("brain_age", "brain_age_lower", "brain_age_upper", "brain_age_corrected", "brain_age_gap", "brain_age_gap_corrected")
@@ -72,6 +73,19 @@ def resolve_checkpoints(path_or_paths: str | Path | Iterable[str | Path]) -> lis
         else:
             raise InputError(path, "no such checkpoint or run folder")
     return list(dict.fromkeys(found))
+
+
+def _model_name(entry: str | Path) -> str:
+    """A named model as ``NAME`` (and its card's version where it has one), anything else as given."""
+    named = None if Path(entry).exists() else find_model(str(entry))
+    if named is None:
+        return str(entry)
+    version = named.card.get("version") or named.card.get("generator")
+    return f"{named.name} ({version})" if version else named.name
+
+
+class AgeTrendWarning(UserWarning):
+    """The predictions of a batch with ages do not rise with age (:func:`brainage.zoo.age_trend`)."""
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -99,12 +113,19 @@ class BrainAgeModel:
         self.network = BrainAgeEnsemble(checkpoints).to(self.device).eval()
         self.problems_: list[Problem] = []
         self.preprocessing_: dict[str, int] = {}
+        self.age_trend_: tuple[float, float, str | None] = (math.nan, math.nan, None)
+        #: What the ``model`` column names: the named models and the checkpoints or run folders given.
+        self.name = ", ".join(str(path) for path in paths) if paths else "checkpoints given in memory"
 
     @classmethod
     def load(cls, path_or_paths: str | Path | Iterable[str | Path], device: str = "auto") -> BrainAgeModel:
-        """Checkpoints (``model.ckpt``) and run folders (all their fold models); several are averaged."""
-        paths = resolve_checkpoints(path_or_paths)
-        return cls([load_checkpoint(path) for path in paths], paths, device)
+        """Checkpoints (``model.ckpt``), run folders (all their fold models) and named models
+        (:mod:`brainage.zoo`, named in the ``model`` column with their card's version); several are averaged."""
+        given = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
+        paths = resolve_checkpoints(given)
+        model = cls([load_checkpoint(path) for path in paths], paths, device)
+        model.name = ", ".join(_model_name(entry) for entry in given)
+        return model
 
     @property
     def train_age_range(self) -> tuple[float, float]:
@@ -162,11 +183,13 @@ class BrainAgeModel:
 
         ``brain_age_lower``/``brain_age_upper`` bound the brain age at coverage ``interval`` (default:
         the one the model was calibrated for, 0.9) by split-conformal calibration on the run's
-        out-of-fold residuals, widened by the disagreement of ensemble members; NaN for a model
-        without a calibration.
+        out-of-fold residuals, around the members' mean (``bench/served_calibration.py`` measures it
+        against CV+ and against widening by the members' SD); NaN for a model without a calibration.
 
         Columns: ``PREDICTION_COLUMNS`` then ``sex``, ``group``, ``cdr`` where the inputs give
-        them. Gaps are brain age − age, NaN where the age is unknown. ``warnings`` names an age
+        them; ``model`` names the model (:attr:`name`). Gaps are brain age − age, NaN where the age is unknown. ``age_trend_`` holds the
+        slope and r of brain age on age over the batch, and an :class:`AgeTrendWarning` is issued where
+        brain age does not rise with age. ``warnings`` names an age
         outside the training range and a registration below the QC threshold. ``sessions=True``
         averages the repeat scans of each session (one row per session, ``n_scans``), and prepares
         them as ``prepare`` does with session reuse.
@@ -205,6 +228,9 @@ class BrainAgeModel:
             found.extend(filter(None, [age_reason(known_ages[index], low, high)]))
         inadequate = ["; ".join(found) for found in refused]
         table = self._table(rows, predicted, hashes, interval, inadequate, force)
+        self.age_trend_ = age_trend(table["age"].to_numpy(dtype=float), table["brain_age"].to_numpy(dtype=float))
+        if self.age_trend_[2] is not None:
+            warnings.warn(self.age_trend_[2], AgeTrendWarning, stacklevel=2)
         return summarise_sessions(table) if sessions else table
 
     def _caches(self, cache: str | Path | None) -> list[PreparedCache]:
@@ -272,10 +298,10 @@ class BrainAgeModel:
         seen = [trained.get(digest, 0) if digest else 0 for digest in (hashes[index] for index in done)]
         table = rows.iloc[done].reset_index(drop=True)
         values = np.array([predicted.get(index, (np.nan,) * 4) for index in done], dtype=float).reshape(-1, 4)
-        table["brain_age"], table["brain_age_corrected"], member_sd, table["qc_score"] = values.T
+        table["brain_age"], table["brain_age_corrected"], _, table["qc_score"] = values.T
         calibration = self.checkpoints[0].interval
         if calibration is not None and len(table):
-            table["brain_age_lower"], table["brain_age_upper"] = calibration.interval(table["brain_age"], member_sd, interval)
+            table["brain_age_lower"], table["brain_age_upper"] = calibration.interval(table["brain_age"], None, interval)  # split conformal around the mean
         else:
             table["brain_age_lower"] = table["brain_age_upper"] = np.nan
         table["brain_age_gap"] = table["brain_age"] - table["age"]
@@ -295,6 +321,7 @@ class BrainAgeModel:
         table["inadequate"] = [inadequate[index] for index in done]
         if not force:
             table.loc[table["inadequate"] != "", list(BRAIN_AGE_COLUMNS)] = np.nan
+        table["model"] = self.name
         extra = [column for column in ("sex", "group", "cdr") if table[column].notna().any()]
         return table[[*PREDICTION_COLUMNS, *extra]]
 
