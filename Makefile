@@ -41,7 +41,8 @@ MIN_TESTS := tests/test_io_images.py tests/test_bad_input.py tests/test_properti
 	tests/test_cohort.py tests/test_preprocess.py tests/test_prepare_pipeline.py tests/test_models.py \
 	tests/test_splits.py tests/test_training.py tests/test_evaluation.py tests/test_predict.py \
 	tests/test_baselines.py tests/test_report.py tests/test_export.py tests/test_reliability.py \
-	tests/test_dicom.py tests/test_bids_app.py tests/test_docs.py::test_the_tutorial_py_and_ipynb_hold_the_same_cells
+	tests/test_dicom.py tests/test_bids_app.py tests/test_bootstrap.py tests/test_adequacy.py tests/test_leakage.py tests/test_evaluate.py \
+	tests/test_calibration.py tests/test_zoo.py tests/test_cli_grammar.py tests/test_docs.py::test_the_tutorial_py_and_ipynb_hold_the_same_cells
 test-min-versions:
 	rm -rf $(MIN_VENV)
 	$(PYTHON) -m venv $(MIN_VENV)
