@@ -250,6 +250,17 @@ def render_benchmarks(results: Path = RESULTS) -> str:
     return "\n\n".join(parts).rstrip() + "\n"
 
 
+def _latest_table(files: list[Path], keys: tuple[str, ...] | None = None) -> tuple[Path, dict[str, Any], list[str]]:
+    """The latest of ``files`` (by date, then name), its first table, and the lines that show it:
+    title, commit and command, then its records (only ``keys`` of each, where given)."""
+    latest = max(files, key=lambda path: (json.loads(path.read_text(encoding="utf-8")).get("date") or "", path.name))
+    document = json.loads(latest.read_text(encoding="utf-8"))
+    table = document["tables"][0]
+    sha = ((document.get("commit") or {}).get("sha") or "unknown")[:10]
+    records = [{key: record.get(key) for key in keys} for record in table["records"]] if keys else table["records"]
+    return latest, table, [f"**{table['title']}** (commit {sha}, `{' '.join(document.get('command') or [])}`)", "", markdown_table(records)]
+
+
 def render_readme_block(results: Path = RESULTS) -> str:
     """The README's demo block: the summary table of the latest results file of the default recipe
     on the demo's evaluation seeds (``accuracy-demo-eval-seeds-S-S-S.json``, no other label), or a
@@ -257,11 +268,7 @@ def render_readme_block(results: Path = RESULTS) -> str:
     files = [path for path in _files(results, "accuracy-demo-eval-seeds-*.json") if re.fullmatch(r"accuracy-demo-eval-seeds-[0-9-]+\.json", path.name)]
     if not files:
         return f"The demo's accuracy on evaluation seeds is {NOT_MEASURED.lower()} See [docs/benchmarks.md](docs/benchmarks.md)."
-    latest = max(files, key=lambda path: (json.loads(path.read_text(encoding="utf-8")).get("date") or "", path.name))
-    document = json.loads(latest.read_text(encoding="utf-8"))
-    table = document["tables"][0]
-    sha = ((document.get("commit") or {}).get("sha") or "unknown")[:10]
-    lines = [f"**{table['title']}** (commit {sha}, `{' '.join(document.get('command') or [])}`)", "", markdown_table(table["records"])]
+    latest, table, lines = _latest_table(files)
     lines += [""] + [f"- {note}" for note in table.get("notes", [])] if table.get("notes") else []
     lines += ["", f"Per seed and every predictor, with the machine and wall times: [docs/benchmarks.md](docs/benchmarks.md) (`{latest.name}`)."]
     return "\n".join(lines)
@@ -273,13 +280,7 @@ def render_retest_block(results: Path = RESULTS) -> str:
     files = _files(results, "retest-*.json")
     if not files:
         return f"Test–retest on a cache prepared without session reuse is {NOT_MEASURED.lower()}"
-    latest = max(files, key=lambda path: (json.loads(path.read_text(encoding="utf-8")).get("date") or "", path.name))
-    document = json.loads(latest.read_text(encoding="utf-8"))
-    table = document["tables"][0]
-    sha = ((document.get("commit") or {}).get("sha") or "unknown")[:10]
-    keys = ("preparation", "quantity", "within_sd", "icc2", "icc2_low", "icc2_high", "n_sessions", "n_scans")
-    records = [{key: record.get(key) for key in keys} for record in table["records"]]
-    lines = [f"**{table['title']}** (commit {sha}, `{' '.join(document.get('command') or [])}`)", "", markdown_table(records)]
+    latest, _, lines = _latest_table(files, ("preparation", "quantity", "within_sd", "icc2", "icc2_low", "icc2_high", "n_sessions", "n_scans"))
     return "\n".join([*lines, "", f"Every measure with its interval: [docs/benchmarks.md](docs/benchmarks.md) (`{latest.name}`)."])
 
 

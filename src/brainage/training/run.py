@@ -100,6 +100,9 @@ def train(cache: PreparedCache | str | Path, out: str | Path, config: TrainConfi
     precision = resolve_precision(config.precision, accelerator)
     folds = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed, config.train_groups)
     folds, calibration = calibration_split(cache.manifest, folds, config)
+    if config.init:  # every fold's --init checked before anything is written or trained
+        for fold in folds:
+            _refuse_init_overlap(initial_checkpoint(config.init, fold.index), cache, fold, config)
     fold_table = pd.DataFrame([fold.describe(cache.manifest) for fold in folds])
     if config.folds is None:
         fold_table.insert(3, "calibration", [f"{len(rows)} / {cache.manifest['subject_id'].iloc[rows].nunique()}" for rows in calibration])
