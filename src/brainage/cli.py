@@ -223,7 +223,7 @@ app.command("models")(models_command)
 def pretrain_command(
     people: int = typer.Option(..., "--people", min=4, help="People to synthesise and train on (20 % of them held out)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the cohort, cache and run; a folder holding this same request is resumed."),
-    preset: str = typer.Option("population_pretrain", "--preset", help="Synthetic population preset (brainage synth --preset help)."),
+    preset: str = typer.Option("population_pretrain", "--preset", help="Synthetic population (v2) preset: population_tiny, population or population_pretrain."),
     seed: int = typer.Option(7, "--seed", help="Cohort seed."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs (default: brainage train's)."),
     workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
@@ -232,10 +232,11 @@ def pretrain_command(
     """Pre-train a network on a synthetic population, resumably (synthesis, preparation, training)."""
     import dataclasses
 
-    from brainage.cli_checks import check_preset
+    from brainage.cli_checks import check_choice
+    from brainage.cohort.population import POPULATION_PRESETS
     from brainage.pretrain import PRETRAIN_CONFIG, pretrain
 
-    check_preset(preset)
+    check_choice(preset, "--preset", POPULATION_PRESETS)
     config = dataclasses.replace(PRETRAIN_CONFIG, epochs=epochs) if epochs else PRETRAIN_CONFIG
     result = pretrain(people, out, preset, seed, config=config, workers=workers_or_all(workers), device=check_device(device))
     if result.result is not None:
