@@ -65,7 +65,9 @@ from brainage.training.module import HISTORY_COLUMNS, BrainAgeModule, FiniteEarl
 from brainage.utils import write_csv
 from brainage.zoo import resolve_model
 
-PREDICTION_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
+#: The cache manifest's columns that an out-of-fold prediction row carries beside its brain ages
+#: (served predictions have their own schema: :data:`brainage.predict.PREDICTION_COLUMNS`).
+MANIFEST_COLUMNS = ("scan_id", "subject_id", "session_id", "age", "sex", "group", "cdr", "mr_delay", "qc_flagged")
 #: Hold-out mode: fewer control people than this to calibrate on, and the command says so.
 MIN_CALIBRATION_CONTROLS = 20
 
@@ -453,7 +455,7 @@ def _predict_fold(
     ``folder``; returns the test predictions."""
     network = BrainAgeEnsemble([checkpoint])
     manifest = cache.manifest
-    columns = [column for column in PREDICTION_COLUMNS if column in manifest]
+    columns = [column for column in MANIFEST_COLUMNS if column in manifest]
     sides = {"val": fold.val, "test": fold.test, **({"calibration": calibration} if len(calibration) else {})}
     frames = {}
     for side, indices in sides.items():
