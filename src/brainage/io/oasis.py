@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -68,41 +69,47 @@ def read_demographics(path: str | Path) -> pd.DataFrame:
 
 def find_demographics(root: str | Path) -> Path:
     """The ``*demographics*.xlsx|csv`` file in ``root`` or else its parent (an .xlsx before a .csv)."""
+    return find_spreadsheet(root, lambda name: "demographics" in name, ((".xlsx",), (".csv",)), "demographics spreadsheets", "*demographics*.xlsx or .csv")
+
+
+def find_spreadsheet(root: str | Path, wanted: Callable[[str], bool], suffix_groups: tuple[tuple[str, ...], ...], several: str, missing: str) -> Path:
+    """The one file in ``root``, or else its parent, whose lower-case name is ``wanted`` (lock files
+    ``~$…`` and hidden files aside), the suffixes of each of ``suffix_groups`` tried in turn; an
+    :class:`InputError` when a group holds ``several`` such files or ``root`` and its parent hold none
+    (``missing``), both saying to pass ``--demographics FILE``. OASIS-1 and OASIS-2 find theirs so."""
     root = Path(root)
     for folder in (root, root.parent):
-        found = [
-            path
-            for path in sorted(folder.iterdir())
-            if path.is_file() and "demographics" in path.name.lower() and path.suffix.lower() in (".xlsx", ".csv") and not path.name.startswith(("~$", "."))
-        ]
-        for suffix in (".xlsx", ".csv"):
-            candidates = [path for path in found if path.suffix.lower() == suffix]
+        found = [path for path in sorted(folder.glob("*")) if path.is_file() and wanted(path.name.lower()) and not path.name.startswith(("~$", "."))]
+        for suffixes in suffix_groups:
+            candidates = [path for path in found if path.suffix.lower() in suffixes]
             if len(candidates) == 1:
                 return candidates[0]
             if candidates:
                 names = ", ".join(path.name for path in candidates)
-                raise InputError(folder, f"several demographics spreadsheets ({names}): pass --demographics FILE")
-    raise InputError(root, "no *demographics*.xlsx or .csv in this folder or its parent: pass --demographics FILE")
+                raise InputError(folder, f"several {several} ({names}): pass --demographics FILE")
+    raise InputError(root, f"no {missing} in this folder or its parent: pass --demographics FILE")
+
+
+def raw_folders(root: Path) -> Iterator[Path]:
+    """Every ``<session>/RAW`` folder within :data:`MAX_SESSION_DEPTH` below ``root``, the shallowest
+    first and each depth in name order (OASIS-1 and OASIS-2 lay their sessions out so)."""
+    for depth in range(1, MAX_SESSION_DEPTH + 1):
+        for folder in sorted(root.glob("/".join(["*"] * depth + [SCAN_FOLDER]))):
+            if folder.is_dir():
+                yield folder
 
 
 def find_sessions(root: str | Path) -> dict[str, list[Path]]:
     """Session folder name (the MRI ID) → its scan files (the ``.hdr`` of a pair), every location listed."""
-    root = Path(root)
     sessions: dict[str, list[Path]] = defaultdict(list)
-    for depth in range(1, MAX_SESSION_DEPTH + 1):
-        for folder in sorted(root.glob("/".join(["*"] * depth + [SCAN_FOLDER]))):
-            if folder.is_dir():
-                sessions[folder.parent.name].extend(_scan_files(folder))
+    for folder in raw_folders(Path(root)):
+        sessions[folder.parent.name].extend(_scan_files(folder))
     return dict(sessions)
 
 
 def looks_like_oasis(root: Path) -> bool:
     """True when a ``<MRI ID>/RAW`` folder holding an image sits within reach below ``root``."""
-    return any(
-        folder.is_dir() and any(image_suffix(path) for path in folder.iterdir())
-        for depth in range(1, MAX_SESSION_DEPTH + 1)
-        for folder in root.glob("/".join(["*"] * depth + [SCAN_FOLDER]))
-    )
+    return any(any(image_suffix(path) for path in folder.iterdir()) for folder in raw_folders(root))
 
 
 def discover_oasis(root: Path, demographics: str | Path | None = None) -> Discovery:

@@ -20,7 +20,7 @@ import pandas as pd
 from brainage.errors import InputError, Problem
 from brainage.io.images import scan_stem
 from brainage.io.manifest import Discovery, finish, is_missing, parse_age
-from brainage.io.oasis import MAX_SESSION_DEPTH, SCAN_FOLDER, find_sessions
+from brainage.io.oasis import find_sessions, find_spreadsheet, raw_folders
 
 #: The spreadsheet's columns as OASIS publishes them, in order.
 CROSS_SECTIONAL_COLUMNS = ("ID", "M/F", "Hand", "Age", "Educ", "SES", "MMSE", "CDR", "eTIV", "nWBV", "ASF", "Delay")
@@ -49,33 +49,13 @@ def group_from_cdr(cdr: object) -> str | None:
 
 
 def find_cross_sectional(root: str | Path) -> Path:
-    """The ``oasis_cross-sectional*.csv|xlsx`` in ``root`` or else its parent."""
-    root = Path(root)
-    for folder in (root, root.parent):
-        found = sorted(
-            path
-            for path in folder.glob("*")
-            if path.is_file()
-            and "cross" in path.name.lower()
-            and "oasis" in path.name.lower()
-            and path.suffix.lower() in (".csv", ".xlsx")
-            and not path.name.startswith(("~$", "."))
-        )
-        if len(found) == 1:
-            return found[0]
-        if found:
-            names = ", ".join(path.name for path in found)
-            raise InputError(folder, f"several OASIS-1 spreadsheets ({names}): pass --demographics FILE")
-    raise InputError(root, "no oasis_cross-sectional.csv in this folder or its parent: pass --demographics FILE")
+    """The ``oasis_cross-sectional*.csv|xlsx`` in ``root`` or else its parent (a .csv beside an .xlsx is refused as several)."""
+    return find_spreadsheet(root, lambda name: "cross" in name and "oasis" in name, ((".csv", ".xlsx"),), "OASIS-1 spreadsheets", "oasis_cross-sectional.csv")
 
 
 def looks_like_oasis1(root: Path) -> bool:
     """True when an ``OAS1_<n>_MR<k>/RAW`` folder sits within reach below ``root``."""
-    return any(
-        folder.is_dir() and SESSION_ID.match(folder.parent.name)
-        for depth in range(1, MAX_SESSION_DEPTH + 1)
-        for folder in root.glob("/".join(["*"] * depth + [SCAN_FOLDER]))
-    )
+    return any(SESSION_ID.match(folder.parent.name) for folder in raw_folders(root))
 
 
 def read_cross_sectional(path: str | Path) -> pd.DataFrame:
