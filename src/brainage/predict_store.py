@@ -1,12 +1,14 @@
 """``predict``'s preprocessing: each scan prepared once into a work folder, streamed to the network.
 
 The work folder is a ``prepare`` cache folder (:mod:`brainage.preprocess.cache`) filled by the very
-worker ``prepare`` runs: a scan's volume, record, registration and QC picture are keyed by its
-content hash and the configuration's ``volume_digest``, each written atomically, and a scan whose
-record is there is read back instead of prepared. A batch killed at any point therefore leaves only
-finished scans behind, and its rerun (or a second run over the same scans) prepares only the
-others. With ``sessions`` the repeats of a session are prepared as ``prepare`` prepares them with
-``session_reuse``: in sorted order by one worker, aligned to the first that succeeds.
+worker ``prepare`` runs: a scan's volume, record and registration are keyed by its content hash and
+the configuration's ``volume_digest``, each written atomically, and a scan whose record is there is
+read back instead of prepared. No QC picture is drawn (it changes no volume and costs a share of a
+scan's CPU time; ``prepare`` draws the missing ones should the folder be prepared as a cache). A
+batch killed at any point therefore leaves only finished scans behind, and its rerun (or a second
+run over the same scans) prepares only the others. With ``sessions`` the repeats of a session are
+prepared as ``prepare`` prepares them with ``session_reuse``: in sorted order by one worker, aligned
+to the first that succeeds.
 
 Memory stays bounded whatever the number of scans: at most ``2 × workers`` sessions are in flight
 (:func:`brainage.utils.parallel_map`), a worker returns a record and not a volume, and a volume is
@@ -118,7 +120,8 @@ def stored_scans(
     if not by_path:
         return
     jobs = {
-        path: _Job(path, str(scan_id), root, config, adequacy=adequacy) for path, scan_id in zip(chosen["path"].astype(str), chosen["scan_id"], strict=True)
+        path: _Job(path, str(scan_id), root, config, adequacy=adequacy, qc_picture=False)
+        for path, scan_id in zip(chosen["path"].astype(str), chosen["scan_id"], strict=True)
     }
     groups = _sessions(jobs, sort_manifest(chosen), config) if sessions else [(job,) for job in jobs.values()]
     unit = ", sessions" if len(groups) < len(jobs) else ""

@@ -8,7 +8,7 @@ Layout of a cache folder::
                                     input file's content and of the configuration
     spatial/<key>.npz               standard pipeline: brain mask + registration, reused when only
                                     the output grid or the normalisation changes
-    qc/<key>.png                    three orthogonal slices through the preprocessed volume
+    qc/<key>.png                    three orthogonal slices through the preprocessed volume (``prepare`` only)
     hashes/<key>.json               content hash memo keyed by path, size and modification time
 
 Every file is written atomically, and a volume's record is written after its volume, so an
@@ -63,7 +63,7 @@ from brainage.preprocess.pipelines import (
     make_config,
     preprocess_scan,
 )
-from brainage.preprocess.qc import save_qc_png
+from brainage.preprocess.qc import save_missing_qc_png, save_qc_png
 from brainage.preprocess.stages import torch_device
 from brainage.utils import atomic_write, parallel_map
 
@@ -147,6 +147,7 @@ class _Job:
     mask_path: str | None = None  # an external brain mask (fMRIPrep): preprocess/external_mask.py
     device: str = "cpu"
     adequacy: AdequacyConfig = field(default_factory=AdequacyConfig)
+    qc_picture: bool = True  # draw qc/<key>.png; predict does not (a picture changes no volume)
 
 
 @dataclass
@@ -356,8 +357,12 @@ def _prepare_one(job: _Job, reference: _Reference | None = None, in_session: boo
     own = _Reference(job, digest, spatial_path) if in_session and reference is None and spatial_path is not None else None
     live = {"reference_scan": reference.job.scan_id if reference is not None else math.nan}
     record_path = root / "volumes" / f"{key}.json"
+    picture = {"qc_file": f"qc/{key}.png"} if job.qc_picture else {}
     if record_path.is_file() and record_path.with_suffix(".npy").is_file() and (own is None or own.spatial_path.is_file()):
-        return {**json.loads(record_path.read_text()), **live, "status": "cached"}, own
+        found = json.loads(record_path.read_text())
+        if picture:  # a volume that predict stored has none yet
+            save_missing_qc_png(root / picture["qc_file"], record_path.with_suffix(".npy"), title=f"{job.scan_id}  r={found['qc_score']:.2f}")
+        return {**found, **picture, **live, "status": "cached"}, own
     spatial = _read_spatial(spatial_path) if spatial_path is not None else None
     if spatial is None and mask is not None:
         with timer("register"):
@@ -375,12 +380,13 @@ def _prepare_one(job: _Job, reference: _Reference | None = None, in_session: boo
         own.spatial = prepared.spatial
     with atomic_write(root / "volumes" / f"{key}.npy") as tmp:
         np.save(tmp, prepared.volume)
-    with timer("qc"):
-        save_qc_png(prepared.volume, root / "qc" / f"{key}.png", title=f"{job.scan_id}  r={prepared.qc_score:.2f}")
+    if picture:
+        with timer("qc"):
+            save_qc_png(prepared.volume, root / picture["qc_file"], title=f"{job.scan_id}  r={prepared.qc_score:.2f}")
     seconds = {stage: timer.seconds.get(stage, 0.0) + prepared.seconds.get(stage, 0.0) for stage in STAGES}
     record = {
         "cache_file": f"volumes/{key}.npy",
-        "qc_file": f"qc/{key}.png",
+        **picture,
         "qc_score": prepared.qc_score,
         "content_hash": digest,
         "config_digest": config.volume_digest(),
@@ -483,13 +489,7 @@ def _flags(scores: pd.Series, threshold: float | None) -> pd.Series:
 
 
 def _write_cache(root: Path, manifest: pd.DataFrame, config: PipelineConfig, shard: tuple[int, int] | None) -> None:
-    meta = {
-        "format": CACHE_FORMAT,
-        "config": config.to_dict(),
-        "shape": list(config.shape),
-        "affine": config.affine.tolist(),
-        "dtype": config.dtype,
-    }
+    meta = {"format": CACHE_FORMAT, "config": config.to_dict(), "shape": list(config.shape), "affine": config.affine.tolist(), "dtype": config.dtype}
     with atomic_write(root / "cache.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
     name = MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"

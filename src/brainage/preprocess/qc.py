@@ -104,3 +104,10 @@ def save_qc_png(volume: np.ndarray, path: str | Path, title: str = "") -> None:
         figure.suptitle(title, fontsize=8)
     with atomic_write(path) as tmp:
         figure.savefig(tmp, format="png")
+
+
+def save_missing_qc_png(path: str | Path, volume_file: str | Path, title: str = "") -> None:
+    """:func:`save_qc_png` of the volume stored in ``volume_file`` (``.npy``), read only where the
+    picture at ``path`` is missing (a scan that ``predict`` prepared, which draws none)."""
+    if not Path(path).is_file():
+        save_qc_png(np.load(volume_file), path, title)
