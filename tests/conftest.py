@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from brainage.cohort import TINY, synthesize
+
+if TYPE_CHECKING:
+    from brainage.preprocess import PreparedCache
+    from brainage.training import TrainConfig
 
 TINY_SEED = 0
 
@@ -41,6 +46,22 @@ def tiny_run(tiny_cache_seed: Path, tmp_path_factory: pytest.TempPathFactory) ->
         progress=False, voxel_components=5, num_workers=0,
     )  # fmt: skip  # settings grouped in rows
     return train(tiny_cache_seed, tmp_path_factory.mktemp("run") / "tiny", config).run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_cache_seed: Path) -> PreparedCache:
+    """``tiny_cache_seed`` opened (manifest, configuration, volumes)."""
+    from brainage.preprocess import load_cache
+
+    return load_cache(tiny_cache_seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_run: Path) -> TrainConfig:
+    """The training configuration of ``tiny_run``, as its ``config.yaml`` reads back."""
+    from brainage.training import load_config
+
+    return load_config(tiny_run / "config.yaml")
 
 
 @pytest.fixture(scope="session")

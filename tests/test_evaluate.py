@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from brainage.cli import app
-from brainage.preprocess import PreparedCache, load_cache
+from brainage.preprocess import PreparedCache
 from brainage.training import (
     ConfigError,
     EvaluationSettings,
@@ -26,21 +26,10 @@ from brainage.training import (
     correct_bias,
     evaluate,
     load_checkpoint,
-    load_config,
     train,
 )
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_cache_seed: Path) -> PreparedCache:
-    return load_cache(tiny_cache_seed)
-
-
-@pytest.fixture(scope="module")
-def config(tiny_run: Path) -> TrainConfig:
-    return load_config(tiny_run / "config.yaml")
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -101,23 +90,23 @@ def test_evaluate_changes_the_controls_without_training(tiny_run: Path, tmp_path
     assert len(typo.output.strip().splitlines()) == 1
 
 
-def test_a_typo_in_the_control_group_is_refused_before_training(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+def test_a_typo_in_the_control_group_is_refused_before_training(tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no scans in control group\(s\) Nondementd; groups present: .*Nondemented") as error:
-        train(cache, tmp_path / "typo", dataclasses.replace(config, control_group=("Nondementd",)))
+        train(tiny_cache, tmp_path / "typo", dataclasses.replace(tiny_config, control_group=("Nondementd",)))
     assert "\n" not in str(error.value) and not (tmp_path / "typo").exists()
 
 
-def test_post_hoc_settings_are_not_the_run_identity(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+def test_post_hoc_settings_are_not_the_run_identity(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path) -> None:
     run = tmp_path / "resumed"
     shutil.copytree(tiny_run, run)
     metrics = (run / "metrics.csv").read_bytes()
-    other = dataclasses.replace(config, control_group=("Demented",), bias_correction="cole", interval=0.8, voxel_components=3)
-    result = train(cache, run, other)  # the same run: nothing is trained again
+    other = dataclasses.replace(tiny_config, control_group=("Demented",), bias_correction="cole", interval=0.8, voxel_components=3)
+    result = train(tiny_cache, run, other)  # the same run: nothing is trained again
     assert result is not None and (run / "metrics.csv").read_bytes() == metrics
     pd.testing.assert_frame_equal(_csv(run / "fold_0" / "predictions.csv"), _csv(tiny_run / "fold_0" / "predictions.csv"))
     record = yaml.safe_load((run / "bias_correction.yaml").read_text())
     assert record["method"] == "cole" and record["control_group"] == ["Demented"]
-    assert set(record["folds"][0]["subjects"]) <= set(cache.manifest.loc[cache.manifest["group"] == "Demented", "subject_id"])
+    assert set(record["folds"][0]["subjects"]) <= set(tiny_cache.manifest.loc[tiny_cache.manifest["group"] == "Demented", "subject_id"])
     assert load_checkpoint(run / "fold_0" / "model.ckpt").interval.coverage == 0.8
 
 

@@ -28,7 +28,7 @@ from brainage.evaluation import TRUE_BRAIN_AGE_LABEL
 from brainage.inference import BrainAgeEnsemble, predict_batches
 from brainage.models import build_model
 from brainage.predict import BrainAgeModel
-from brainage.preprocess import PreparedCache, config_from_dict, load_cache
+from brainage.preprocess import PreparedCache, config_from_dict
 from brainage.report import build_report
 from brainage.training import (
     BrainAgeModule,
@@ -40,7 +40,6 @@ from brainage.training import (
     combine,
     correct_bias,
     load_checkpoint,
-    load_config,
     recompute_batch_norm,
     save_checkpoint,
     train,
@@ -48,16 +47,6 @@ from brainage.training import (
 from brainage.training.run import calibration_split, calibration_warning
 
 IDS = {"scan_id": str, "subject_id": str, "session_id": str}
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_cache_seed: Path) -> PreparedCache:
-    return load_cache(tiny_cache_seed)
-
-
-@pytest.fixture(scope="module")
-def config(tiny_run: Path) -> TrainConfig:
-    return load_config(tiny_run / "config.yaml")
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -71,21 +60,21 @@ def _plain_predictions(model: torch.nn.Module, loader: object, age_mean: float, 
     return torch.cat([model.predict_z(model(images)).float() for images, *_ in loader]).double().numpy() * age_std + age_mean
 
 
-def test_a_short_fit_writes_every_artefact(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
+def test_a_short_fit_writes_every_artefact(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache) -> None:
     for name in ("config.yaml", "metrics.csv", "predictions.csv", "summary.csv", "training.png", "predicted_vs_true.png"):
         assert (tiny_run / name).stat().st_size > 0, name
-    for fold in range(config.folds):
+    for fold in range(tiny_config.folds):
         assert (tiny_run / f"fold_{fold}" / "model.ckpt").is_file()
         assert not (tiny_run / f"fold_{fold}" / "best.ckpt").exists()  # Lightning's intermediate is removed
         assert (tiny_run / "logs" / f"fold_{fold}" / "csv" / "metrics.csv").is_file()
         assert list((tiny_run / "logs" / f"fold_{fold}" / "tensorboard").glob("events.out.tfevents.*"))
     history = pd.read_csv(tiny_run / "metrics.csv")
-    assert list(history["fold"]) == [fold for fold in range(config.folds) for _ in range(config.epochs)]
+    assert list(history["fold"]) == [fold for fold in range(tiny_config.folds) for _ in range(tiny_config.epochs)]
     assert history.notna().all().all()
-    np.testing.assert_allclose(history.loc[history["epoch"] == 1, "lr"], config.lr / config.warmup_epochs)
+    np.testing.assert_allclose(history.loc[history["epoch"] == 1, "lr"], tiny_config.lr / tiny_config.warmup_epochs)
     assert (history["max_grad_norm"] > 0).all()
     saved = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    assert config_from_dict(saved["preprocessing"]) == cache.config
+    assert config_from_dict(saved["preprocessing"]) == tiny_cache.config
     assert saved["resolved"]["precision"] in ("32-true", "bf16-mixed")
 
 
@@ -104,10 +93,10 @@ def test_warm_up_then_plateau_schedule_follows_the_tutorial() -> None:
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1.5e-3)
 
 
-def test_every_scan_gets_one_out_of_fold_prediction_beside_the_baselines(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
+def test_every_scan_gets_one_out_of_fold_prediction_beside_the_baselines(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache) -> None:
     predictions = _csv(tiny_run / "predictions.csv")
-    assert sorted(predictions["scan_id"]) == sorted(cache.manifest["scan_id"])
-    assert set(predictions["fold"]) == set(range(config.folds))
+    assert sorted(predictions["scan_id"]) == sorted(tiny_cache.manifest["scan_id"])
+    assert set(predictions["fold"]) == set(range(tiny_config.folds))
     for column in ("brain_age", *BASELINES, "true_brain_age"):
         assert predictions[column].notna().all(), column
     # 12 subjects: too few controls for a bias correction, so none is applied and none is made up.
@@ -116,22 +105,22 @@ def test_every_scan_gets_one_out_of_fold_prediction_beside_the_baselines(tiny_ru
     assert predictions.groupby("fold")["mean_age"].nunique().eq(1).all()
     summary = pd.read_csv(tiny_run / "summary.csv")
     assert list(summary["level"].drop_duplicates()) == ["session", "scan"]  # the headline level first
-    assert set(summary["model"]) == {config.model, *BASELINES.values(), TRUE_BRAIN_AGE_LABEL}
-    network = summary[(summary["model"] == config.model) & (summary["level"] == "scan")]
+    assert set(summary["model"]) == {tiny_config.model, *BASELINES.values(), TRUE_BRAIN_AGE_LABEL}
+    network = summary[(summary["model"] == tiny_config.model) & (summary["level"] == "scan")]
     assert list(network["correction"]) == ["none"]
-    assert network["n"].tolist() == [len(cache.manifest)]
-    sessions = summary[(summary["model"] == config.model) & (summary["level"] == "session")]
-    assert sessions["n"].iloc[0] == cache.manifest["session_id"].nunique()
+    assert network["n"].tolist() == [len(tiny_cache.manifest)]
+    sessions = summary[(summary["model"] == tiny_config.model) & (summary["level"] == "session")]
+    assert sessions["n"].iloc[0] == tiny_cache.manifest["session_id"].nunique()
     assert network["mae"].iloc[0] == pytest.approx(np.abs(predictions["brain_age"] - predictions["age"]).mean())
     truth = summary[(summary["model"] == TRUE_BRAIN_AGE_LABEL) & (summary["level"] == "scan")]
     assert truth["mae"].iloc[0] == pytest.approx(np.abs(predictions["true_brain_age"] - predictions["age"]).mean())
     assert truth["gap_fidelity"].iloc[0] == pytest.approx(1.0) and truth["mae_true"].iloc[0] == 0
 
 
-def test_no_fold_is_corrected_with_a_fit_on_its_own_people(tiny_run: Path, config: TrainConfig) -> None:
+def test_no_fold_is_corrected_with_a_fit_on_its_own_people(tiny_run: Path, tiny_config: TrainConfig) -> None:
     predictions = _csv(tiny_run / "predictions.csv")
     record = yaml.safe_load((tiny_run / "bias_correction.yaml").read_text())
-    assert record["method"] == "residual" and [fit["fold"] for fit in record["folds"]] == list(range(config.folds))
+    assert record["method"] == "residual" and [fit["fold"] for fit in record["folds"]] == list(range(tiny_config.folds))
     for fit in record["folds"]:
         tested = set(predictions.loc[predictions["fold"] == fit["fold"], "subject_id"])
         assert fit["subjects"] and not set(fit["subjects"]) & tested
@@ -140,25 +129,25 @@ def test_no_fold_is_corrected_with_a_fit_on_its_own_people(tiny_run: Path, confi
     assert yaml.safe_dump(stored) == yaml.safe_dump({key: record["final"][key] for key in stored})  # NaN-safe comparison
 
 
-def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
-    fold = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed)[0]
+def test_checkpoint_round_trips_and_carries_what_predict_needs(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache) -> None:
+    fold = make_folds(tiny_cache.manifest, tiny_config.folds, tiny_config.test_fraction, tiny_config.early_stopping_fraction, tiny_config.seed)[0]
     checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
-    train_ages = cache.manifest["age"].to_numpy()[fold.train]
-    assert checkpoint.model_name == config.model and checkpoint.model.hparams["width"] == config.model_hparams["width"]
+    train_ages = tiny_cache.manifest["age"].to_numpy()[fold.train]
+    assert checkpoint.model_name == tiny_config.model and checkpoint.model.hparams["width"] == tiny_config.model_hparams["width"]
     assert checkpoint.age_mean == pytest.approx(train_ages.mean())
     assert checkpoint.age_std == pytest.approx(train_ages.std())
     assert checkpoint.train_age_range == pytest.approx((train_ages.min(), train_ages.max()))
-    assert checkpoint.preprocessing == cache.config.to_dict()
+    assert checkpoint.preprocessing == tiny_cache.config.to_dict()
     assert checkpoint.brainage_version and checkpoint.corrector is not None and checkpoint.tta_flip
-    fitted = set(cache.manifest["content_hash"].iloc[np.concatenate([fold.train, fold.val])])
+    fitted = set(tiny_cache.manifest["content_hash"].iloc[np.concatenate([fold.train, fold.val])])
     assert set(checkpoint.train_content_hashes) == fitted
 
 
-def test_predict_on_a_folds_test_scans_reproduces_the_out_of_fold_predictions(tiny_run: Path, config: TrainConfig, cache: PreparedCache) -> None:
+def test_predict_on_a_folds_test_scans_reproduces_the_out_of_fold_predictions(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache) -> None:
     saved = _csv(tiny_run / "predictions.csv")
-    for fold in range(config.folds):
+    for fold in range(tiny_config.folds):
         expected = saved[saved["fold"] == fold].reset_index(drop=True)
-        rows = cache.manifest.set_index("scan_id").loc[expected["scan_id"]].reset_index()
+        rows = tiny_cache.manifest.set_index("scan_id").loc[expected["scan_id"]].reset_index()
         model = BrainAgeModel.load(tiny_run / f"fold_{fold}" / "model.ckpt", device="cpu")
         # A test person older or younger than everyone the fold's model was trained on gets no brain
         # age and the reason, unless forced; forced, every scan gets the out-of-fold prediction.
@@ -172,16 +161,16 @@ def test_predict_on_a_folds_test_scans_reproduces_the_out_of_fold_predictions(ti
         np.testing.assert_allclose(table["brain_age"], expected["brain_age"], atol=1e-4)
         assert not table["warnings"].str.contains("training data").any()
     # The whole run's ensemble has seen every scan in training: it says so.
-    ensemble = BrainAgeModel.load(tiny_run, device="cpu").predict(cache.manifest[["path", "scan_id", "age"]].head(3))
-    assert ensemble["warnings"].str.contains(f"training data of 1 of {config.folds} model").all()
+    ensemble = BrainAgeModel.load(tiny_run, device="cpu").predict(tiny_cache.manifest[["path", "scan_id", "age"]].head(3))
+    assert ensemble["warnings"].str.contains(f"training data of 1 of {tiny_config.folds} model").all()
 
 
 def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_what_validation_measured(
-    tiny_run: Path, config: TrainConfig, cache: PreparedCache
+    tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache
 ) -> None:
-    fold = make_folds(cache.manifest, config.folds, config.test_fraction, config.early_stopping_fraction, config.seed)[0]
+    fold = make_folds(tiny_cache.manifest, tiny_config.folds, tiny_config.test_fraction, tiny_config.early_stopping_fraction, tiny_config.seed)[0]
     checkpoint = load_checkpoint(tiny_run / "fold_0" / "model.ckpt")
-    data = BrainAgeDataModule(cache, fold, batch_size=config.batch_size, num_workers=0)
+    data = BrainAgeDataModule(tiny_cache, fold, batch_size=tiny_config.batch_size, num_workers=0)
     # The first batch norm's running mean is the average over training batches of its input's channel means.
     first_conv, first_norm = checkpoint.model.features[0][:2]
     with torch.no_grad():
@@ -199,17 +188,17 @@ def test_checkpoint_holds_the_training_scans_batch_norm_statistics_and_predicts_
     assert not checkpoint.model.training and {m.momentum for m in checkpoint.model.modules() if isinstance(m, torch.nn.BatchNorm3d)} == {0.1}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):  # as validation ran
         val_predicted = _plain_predictions(checkpoint.model, data.loader(fold.val), checkpoint.age_mean, checkpoint.age_std)
-    val_mae = np.abs(val_predicted - cache.manifest["age"].to_numpy()[fold.val]).mean()
+    val_mae = np.abs(val_predicted - tiny_cache.manifest["age"].to_numpy()[fold.val]).mean()
     # Within 0.1 %: bf16 kernels (channels-last in training, not here) differ by about 0.01 %; other weights or statistics by far more.
     assert val_mae == pytest.approx(checkpoint.extra["best_val_mae"], rel=1e-3)
 
 
-def test_same_seed_gives_the_same_split_and_metrics(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+def test_same_seed_gives_the_same_split_and_metrics(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path) -> None:
     again = tmp_path / "again"
     shutil.copytree(tiny_run, again)
     for name in ("model.ckpt", "predictions.csv", "val_predictions.csv", "metrics.csv", "training.png"):
         (again / "fold_1" / name).unlink()
-    rerun = train(cache, again, config)  # fold 0 is resumed, fold 1 trained again from its seed
+    rerun = train(tiny_cache, again, tiny_config)  # fold 0 is resumed, fold 1 trained again from its seed
     assert rerun is not None
     pd.testing.assert_frame_equal(rerun.folds, pd.DataFrame(yaml.safe_load((tiny_run / "config.yaml").read_text())["folds"]))
     pd.testing.assert_frame_equal(rerun.history, pd.read_csv(tiny_run / "metrics.csv"), check_dtype=False)
@@ -217,11 +206,11 @@ def test_same_seed_gives_the_same_split_and_metrics(tiny_run: Path, config: Trai
     pd.testing.assert_frame_equal(pd.read_csv(again / "summary.csv"), pd.read_csv(tiny_run / "summary.csv"))
 
 
-def test_the_cli_resumes_a_finished_run_and_refuses_a_different_one(tiny_run: Path, config: TrainConfig, tiny_cache_seed: Path, tmp_path: Path) -> None:
+def test_the_cli_resumes_a_finished_run_and_refuses_a_different_one(tiny_run: Path, tiny_config: TrainConfig, tiny_cache_seed: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     settings = tmp_path / "train.yaml"
-    settings.write_text(yaml.safe_dump(config.to_dict()))
+    settings.write_text(yaml.safe_dump(tiny_config.to_dict()))
     result = CliRunner().invoke(app, ["train", str(tiny_cache_seed), "--out", str(run), "--config", str(settings)])
     assert result.exit_code == 0, result.output
     mean_mae = pd.read_csv(tiny_run / "summary.csv").query("model == 'mean age' and level == 'session'")["mae"].iloc[0]
@@ -230,17 +219,17 @@ def test_the_cli_resumes_a_finished_run_and_refuses_a_different_one(tiny_run: Pa
     refused = CliRunner().invoke(app, ["train", str(tiny_cache_seed), "--out", str(run), "--config", str(settings), "--epochs", "9"])
     assert refused.exit_code == 2 and "another run" in refused.output
     with pytest.raises(RunFolderError, match="not empty"):
-        train(tiny_cache_seed, tmp_path, config)
+        train(tiny_cache_seed, tmp_path, tiny_config)
 
 
-def test_training_age_statistics_come_from_training_scans_only(cache: PreparedCache) -> None:
-    fold = make_folds(cache.manifest, folds=2, seed=0)[1]
-    data = BrainAgeDataModule(cache, fold, batch_size=4, num_workers=0)
-    ages = cache.manifest["age"].to_numpy()
+def test_training_age_statistics_come_from_training_scans_only(tiny_cache: PreparedCache) -> None:
+    fold = make_folds(tiny_cache.manifest, folds=2, seed=0)[1]
+    data = BrainAgeDataModule(tiny_cache, fold, batch_size=4, num_workers=0)
+    ages = tiny_cache.manifest["age"].to_numpy()
     assert data.age_mean == pytest.approx(ages[fold.train].mean())
     assert data.age_mean != pytest.approx(ages.mean())
     image, age_z, index = data.dataset(fold.train)[0]
-    assert image.shape == (1, *cache.shape) and image.dtype == torch.float32
+    assert image.shape == (1, *tiny_cache.shape) and image.dtype == torch.float32
     assert float(age_z) == pytest.approx((ages[index] - data.age_mean) / data.age_std, abs=1e-6)
 
 
@@ -252,10 +241,10 @@ def test_an_unreadable_checkpoint_is_a_one_line_error_naming_the_file(tmp_path: 
     assert "\n" not in str(error.value)
 
 
-def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
-    tuned = train(cache, tmp_path / "tuned", dataclasses.replace(config, init=str(tiny_run), lr=1e-9, ema_decay=None, baselines=False))
+def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path) -> None:
+    tuned = train(tiny_cache, tmp_path / "tuned", dataclasses.replace(tiny_config, init=str(tiny_run), lr=1e-9, ema_decay=None, baselines=False))
     assert tuned is not None
-    for fold in range(config.folds):
+    for fold in range(tiny_config.folds):
         start = load_checkpoint(tiny_run / f"fold_{fold}" / "model.ckpt").model.state_dict()
         tuned_checkpoint = load_checkpoint(tmp_path / "tuned" / f"fold_{fold}" / "model.ckpt")
         assert tuned_checkpoint.extra["fine_tuned_from"] == str(tiny_run.resolve())
@@ -263,12 +252,12 @@ def test_fine_tuning_starts_from_a_trained_run_and_says_so(tiny_run: Path, confi
         for name in weights:  # a learning rate of 1e-9: the weights are those it started from
             torch.testing.assert_close(tuned_checkpoint.model.state_dict()[name], start[name], rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="its model is sfcn"):
-        train(cache, tmp_path / "other", dataclasses.replace(config, model="resnet", model_hparams={}, init=str(tiny_run)))
+        train(tiny_cache, tmp_path / "other", dataclasses.replace(tiny_config, model="resnet", model_hparams={}, init=str(tiny_run)))
 
 
-def test_an_ensemble_averages_members_trained_from_other_seeds_on_the_same_split(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+def test_an_ensemble_averages_members_trained_from_other_seeds_on_the_same_split(tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path) -> None:
     run = tmp_path / "ensemble"
-    result = train(cache, run, dataclasses.replace(config, ensemble=2, folds=None, baselines=False))
+    result = train(tiny_cache, run, dataclasses.replace(tiny_config, ensemble=2, folds=None, baselines=False))
     assert result is not None
     assert result.checkpoints == [run / "fold_0" / "model.ckpt", run / "fold_0-1" / "model.ckpt"]
     assert [load_checkpoint(path).extra["member"] for path in result.checkpoints] == [0, 1]
@@ -278,7 +267,7 @@ def test_an_ensemble_averages_members_trained_from_other_seeds_on_the_same_split
     predictions = _csv(run / "predictions.csv").set_index("scan_id").loc[members[0]["scan_id"]]
     np.testing.assert_allclose(predictions["brain_age"], (members[0]["brain_age"].to_numpy() + members[1]["brain_age"].to_numpy()) / 2)
     history = pd.read_csv(run / "metrics.csv")
-    assert history.groupby("member").size().to_dict() == {0: config.epochs, 1: config.epochs}
+    assert history.groupby("member").size().to_dict() == {0: tiny_config.epochs, 1: tiny_config.epochs}
     assert len(BrainAgeModel.load(run).checkpoints) == 2  # `brainage predict RUN` averages both
     # Hold-out: the correction and the intervals are calibrated on people apart from those that chose the best epoch.
     stopping, calibrating = (set(_csv(run / "fold_0" / f"{side}_predictions.csv")["subject_id"]) for side in ("val", "calibration"))
@@ -288,27 +277,31 @@ def test_an_ensemble_averages_members_trained_from_other_seeds_on_the_same_split
     calibration = load_checkpoint(result.checkpoints[0]).extra["calibration"]
     assert "calibration people" in calibration["fitted_on"] and calibration["served"] == "the mean of 2 network(s)"
     assert result.interval is not None and result.interval.n_ == _csv(run / "fold_0" / "calibration_predictions.csv")["session_id"].nunique()
-    _, calibration_rows = calibration_split(cache.manifest, make_folds(cache.manifest, None, seed=config.seed), dataclasses.replace(config, folds=None))
-    line = calibration_warning(cache.manifest, calibration_rows, config)
+    _, calibration_rows = calibration_split(
+        tiny_cache.manifest, make_folds(tiny_cache.manifest, None, seed=tiny_config.seed), dataclasses.replace(tiny_config, folds=None)
+    )
+    line = calibration_warning(tiny_cache.manifest, calibration_rows, tiny_config)
     assert line is not None and "fewer than 20" in line and "--folds" in line and "\n" not in line
 
 
-def test_a_run_folder_written_before_a_setting_existed_still_resumes(tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+def test_a_run_folder_written_before_a_setting_existed_still_resumes(
+    tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path
+) -> None:
     run = tmp_path / "older"
     shutil.copytree(tiny_run, run)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     del saved["train"]["ensemble"]  # as brainage wrote it before `ensemble` was added
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    resumed = train(cache, run, config)
+    resumed = train(tiny_cache, run, tiny_config)
     assert resumed is not None
     pd.testing.assert_frame_equal(_csv(run / "predictions.csv"), _csv(tiny_run / "predictions.csv"))
 
 
-def test_a_diverging_fold_stops_with_a_one_line_cause_before_its_weights_are_saved(config: TrainConfig, cache: PreparedCache, tmp_path: Path) -> None:
+def test_a_diverging_fold_stops_with_a_one_line_cause_before_its_weights_are_saved(tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path) -> None:
     # A learning rate of 1e30 overflows the weights within the first steps, in any precision.
-    diverging = dataclasses.replace(config, lr=1e30, warmup_epochs=1, epochs=3, folds=None, precision="32-true", baselines=False)
+    diverging = dataclasses.replace(tiny_config, lr=1e30, warmup_epochs=1, epochs=3, folds=None, precision="32-true", baselines=False)
     with pytest.raises(TrainingDiverged, match=r"fold_0: the validation MAE is not finite in epoch 1 \(32-true\).*--precision 32-true or a lower --lr"):
-        train(cache, tmp_path / "diverged", diverging)
+        train(tiny_cache, tmp_path / "diverged", diverging)
     assert not (tmp_path / "diverged" / "fold_0" / "last.ckpt").exists()
     assert not (tmp_path / "diverged" / "fold_0" / "best.ckpt").exists()
 
@@ -350,9 +343,9 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor_at_the_last_epoch() -
 
 
 def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_the_mean(
-    tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path
+    tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path
 ) -> None:
-    other = train(cache, tmp_path / "other", dataclasses.replace(config, lr=5e-3))  # the same seed: the same folds, other networks
+    other = train(tiny_cache, tmp_path / "other", dataclasses.replace(tiny_config, lr=5e-3))  # the same seed: the same folds, other networks
     assert other is not None
     result = combine([tiny_run, other.run_dir], tmp_path / "combined", progress=False)
     combined = _csv(tmp_path / "combined" / "predictions.csv").sort_values("scan_id", ignore_index=True)
@@ -362,8 +355,8 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
     # Corrected and calibrated as training does, fold k by a fit on the other folds, on the mean (the
     # tiny cohort's 6 controls are too few for a correction: it is refused, as for each run alone).
     mean = runs[0].drop(columns=["brain_age_corrected", "brain_age_lower", "brain_age_upper"]).assign(brain_age=combined["brain_age"])
-    expected, final = correct_bias(mean, pd.DataFrame(), dataclasses.replace(config, progress=False), None)
-    expected, _ = calibrate_intervals(expected, pd.DataFrame(), config)
+    expected, final = correct_bias(mean, pd.DataFrame(), dataclasses.replace(tiny_config, progress=False), None)
+    expected, _ = calibrate_intervals(expected, pd.DataFrame(), tiny_config)
     for column in ("brain_age_corrected", "brain_age_lower", "brain_age_upper"):
         np.testing.assert_allclose(combined[column], expected[column])
     assert np.isfinite(combined["brain_age_lower"]).all()
@@ -374,17 +367,17 @@ def test_combining_runs_on_the_same_folds_averages_every_network_and_corrects_th
     members = [load_checkpoint(path) for path in result.checkpoints]
     assert all(member.corrector.describe() == final.describe() and member.interval.to_dict() == result.interval.to_dict() for member in members)
     assert members[1].extra["combined_from"] == f"{other.run_dir.resolve()} fold 0 member 0"
-    scans = cache.manifest[["path", "scan_id", "age"]].head(2)
+    scans = tiny_cache.manifest[["path", "scan_id", "age"]].head(2)
     together = BrainAgeModel.load([tiny_run, other.run_dir], device="cpu").predict(scans)
     np.testing.assert_allclose(BrainAgeModel.load(tmp_path / "combined", device="cpu").predict(scans)["brain_age"], together["brain_age"], atol=1e-4)
     # Written again in place; never trained into, never mixed with runs on other folds.
     again = combine([tiny_run, other.run_dir], tmp_path / "combined", progress=False)
     pd.testing.assert_frame_equal(again.predictions, result.predictions)
     with pytest.raises(RunFolderError, match="holds another run"):
-        train(cache, tmp_path / "combined", config)
+        train(tiny_cache, tmp_path / "combined", tiny_config)
     with pytest.raises(RunFolderError, match="holds another run"):
         combine([other.run_dir, tiny_run], tmp_path / "combined")
-    elsewhere = train(cache, tmp_path / "elsewhere", dataclasses.replace(config, seed=5, baselines=False))
+    elsewhere = train(tiny_cache, tmp_path / "elsewhere", dataclasses.replace(tiny_config, seed=5, baselines=False))
     assert elsewhere is not None
     with pytest.raises(TrainingOverlapError, match="test people of fold 0"):  # other folds: its networks trained on this run's test people
         combine([tiny_run, elsewhere.run_dir], tmp_path / "mixed")
@@ -414,15 +407,15 @@ def _oriented(run: Path, cache: PreparedCache, folder: Path, rising: bool) -> Pa
 
 
 def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
-    tiny_run: Path, config: TrainConfig, cache: PreparedCache, tmp_path: Path
+    tiny_run: Path, tiny_config: TrainConfig, tiny_cache: PreparedCache, tmp_path: Path
 ) -> None:
-    init = _oriented(tiny_run, cache, tmp_path, rising=True)
-    line = dataclasses.replace(config, init=str(init), epochs=0, baselines=False)
-    result = train(cache, tmp_path / "line", line)
+    init = _oriented(tiny_run, tiny_cache, tmp_path, rising=True)
+    line = dataclasses.replace(tiny_config, init=str(init), epochs=0, baselines=False)
+    result = train(tiny_cache, tmp_path / "line", line)
     assert result is not None and result.history.empty and not (tmp_path / "line" / "training.png").exists()
     assert "Not trained: the weights of" in build_report(tmp_path / "line", saliency_scans=0).read_text(encoding="utf-8")
-    ages = cache.manifest["age"].to_numpy(dtype=float)
-    for fold in make_folds(cache.manifest, line.folds, line.test_fraction, line.early_stopping_fraction, line.seed):
+    ages = tiny_cache.manifest["age"].to_numpy(dtype=float)
+    for fold in make_folds(tiny_cache.manifest, line.folds, line.test_fraction, line.early_stopping_fraction, line.seed):
         source = load_checkpoint(init / f"fold_{fold.index}" / "model.ckpt")
         refitted = load_checkpoint(tmp_path / "line" / f"fold_{fold.index}" / "model.ckpt")
         assert refitted.extra["fine_tuned_from"] == str(init.resolve()) and "age = " in refitted.extra["recalibration"]
@@ -431,12 +424,12 @@ def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
         assert refitted.age_std != pytest.approx(source.age_std)
         # Least squares of age on the predictions over the training side: residuals of mean zero, uncorrelated with the prediction.
         fitted_on = np.concatenate([fold.train, fold.val])
-        predicted = predict_batches(BrainAgeEnsemble([refitted]), BrainAgeDataModule(cache, fold, batch_size=4, num_workers=0).loader(fitted_on))[:, 0]
+        predicted = predict_batches(BrainAgeEnsemble([refitted]), BrainAgeDataModule(tiny_cache, fold, batch_size=4, num_workers=0).loader(fitted_on))[:, 0]
         residual = ages[fitted_on] - predicted
         assert abs(residual.mean()) < 1e-3 * ages.std()
         assert abs(np.dot(residual - residual.mean(), predicted - predicted.mean())) < 1e-3 * len(fitted_on) * ages.var()
-    falling = dataclasses.replace(line, init=str(_oriented(tiny_run, cache, tmp_path, rising=False)))
+    falling = dataclasses.replace(line, init=str(_oriented(tiny_run, tiny_cache, tmp_path, rising=False)))
     with pytest.raises(BrainAgeError, match="do not rise with age"):
-        train(cache, tmp_path / "falling-run", falling)
+        train(tiny_cache, tmp_path / "falling-run", falling)
     with pytest.raises(ConfigError, match="needs one"):
-        dataclasses.replace(config, epochs=0, init=None)
+        dataclasses.replace(tiny_config, epochs=0, init=None)
