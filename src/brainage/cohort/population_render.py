@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from brainage.cohort.fields import bspline_field
 from brainage.cohort.heads import head_anatomy
 from brainage.cohort.people import ScanRecord, SessionRecord, SubjectRecord
 from brainage.cohort.population import COMPONENTS, AgeingFamily, PersonRecord, PopulationPreset, ScanSetting, component_decades
-from brainage.cohort.render import SubjectAnatomy, Tissues, _rotation, _sample, _upsample, anatomy_at
+from brainage.cohort.render import SubjectAnatomy, Tissues, _sample, _upsample, acquire_on_grid, anatomy_at
 
 #: Centres (MNI mm) of the left and right medial temporal lobes (hippocampus and amygdala).
 MEDIAL_TEMPORAL_MM = ((-26.0, -22.0, -18.0), (26.0, -22.0, -18.0))
@@ -159,29 +158,7 @@ def acquire(signal: np.ndarray, person: PersonSpace, session: SessionRecord, sca
     world_zoom = np.abs(affine[:3, :3]).sum(1)
     sigma = np.sqrt(np.maximum((world_zoom / space.head_scale) ** 2 - anatomy.resolution**2, 0.0)) / (2.355 * anatomy.resolution)
     blurred = ndimage.gaussian_filter(signal, sigma) if sigma.max() > 0.2 else signal
-    rotation = _rotation(session.pose_rotation_deg) @ _rotation(scan.motion_rotation_deg)
-    shift = np.add(session.pose_shift_mm, scan.motion_shift_mm)
-    scale = 1.0 / (space.head_scale * anatomy.resolution)
-    matrix = scale * rotation.T @ affine[:3, :3]
-    offset = scale * rotation.T @ (affine[:3, 3] - shift) + (np.asarray(HEAD_CENTRE_MM) - anatomy.origin) / anatomy.resolution
-    corners = np.array(list(itertools.product(*zip(*space.support, strict=True)))).T
-    reach = np.linalg.solve(matrix, corners - offset[:, None])
-    shape = np.asarray(setting.shape)
-    lower = np.clip(np.floor(reach.min(1)).astype(int) - 1, 0, shape)
-    upper = np.clip(np.ceil(reach.max(1)).astype(int) + 2, 0, shape)
-    image = np.zeros(setting.shape, dtype=np.float32)
-    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=True))
-    if all(hi > lo for lo, hi in zip(lower, upper, strict=True)):
-        ndimage.affine_transform(blurred, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant", output=image[box])
-    image *= bias
-    noise = np.random.default_rng(scan.noise_seed).standard_normal((2, *setting.shape), dtype=np.float32)
-    noise *= np.float32(session.noise_sd)
-    image += noise[0]
-    image = np.hypot(image, noise[1], out=image)
-    image *= np.float32(session.intensity_scale)
-    np.rint(image, out=image)
-    np.clip(image, 0, np.iinfo(np.int16).max, out=image)
-    return image.astype(np.int16)
+    return acquire_on_grid(blurred, space, session, scan, affine, setting.shape, bias)
 
 
 def session_decades(family: AgeingFamily, person: PersonRecord, index: int) -> np.ndarray:

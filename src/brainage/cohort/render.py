@@ -239,25 +239,40 @@ def acquire(
     preset: Preset,
     bias: np.ndarray,
 ) -> np.ndarray:
-    """One repeat scan as stored: pose + motion, bias field, Rician noise, scale, int16."""
+    """One repeat scan as stored on the preset's scanner grid (:func:`acquire_on_grid`)."""
+    return acquire_on_grid(signal, space, session, scan, scanner_affine(preset), preset.shape, bias)
+
+
+def acquire_on_grid(
+    signal: np.ndarray,
+    space: SubjectAnatomy,
+    session: SessionRecord,
+    scan: ScanRecord,
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    bias: np.ndarray,
+) -> np.ndarray:
+    """One scan as stored on the grid ``affine`` × ``shape``: pose + motion in one affine resampling
+    of ``signal`` (the working grid), bias field, Rician noise, scale, int16; the ``v1`` and ``v2``
+    generators' one acquisition."""
     anatomy = space.anatomy
     rotation = _rotation(session.pose_rotation_deg) @ _rotation(scan.motion_rotation_deg)
     shift = np.add(session.pose_shift_mm, scan.motion_shift_mm)
-    affine = scanner_affine(preset)
     # scanner index → world → head (pose undone) → template mm → working-grid index
     scale = 1.0 / (space.head_scale * anatomy.resolution)
     matrix = scale * rotation.T @ affine[:3, :3]
     offset = scale * rotation.T @ (affine[:3, 3] - shift) + (np.asarray(HEAD_CENTRE_MM) - anatomy.origin) / anatomy.resolution
     # resample only the part of the field of view that the head's bounding box can reach
-    corners = np.array(list(itertools.product(*zip(*space.support, strict=False)))).T
+    corners = np.array(list(itertools.product(*zip(*space.support, strict=True)))).T
     reach = np.linalg.solve(matrix, corners - offset[:, None])
-    lower = np.clip(np.floor(reach.min(1)).astype(int) - 1, 0, preset.shape)
-    upper = np.clip(np.ceil(reach.max(1)).astype(int) + 2, 0, preset.shape)
-    image = np.zeros(preset.shape, dtype=np.float32)
-    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=False))
-    ndimage.affine_transform(signal, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant", output=image[box])
+    lower = np.clip(np.floor(reach.min(1)).astype(int) - 1, 0, shape)
+    upper = np.clip(np.ceil(reach.max(1)).astype(int) + 2, 0, shape)
+    image = np.zeros(shape, dtype=np.float32)
+    box = tuple(slice(lo, hi) for lo, hi in zip(lower, upper, strict=True))
+    if all(hi > lo for lo, hi in zip(lower, upper, strict=True)):  # else the head is posed out of the field of view
+        ndimage.affine_transform(signal, matrix, offset + matrix @ lower, output_shape=tuple(upper - lower), order=1, mode="constant", output=image[box])
     image *= bias
-    noise = np.random.default_rng(scan.noise_seed).standard_normal((2, *preset.shape), dtype=np.float32)
+    noise = np.random.default_rng(scan.noise_seed).standard_normal((2, *shape), dtype=np.float32)
     noise *= np.float32(session.noise_sd)
     image += noise[0]
     image = np.hypot(image, noise[1], out=image)
