@@ -32,8 +32,9 @@ GROUPS = ("Nondemented", "Demented", "Converted")
 
 
 @dataclass(frozen=True)
-class AgeingModel:
-    """Named parameters of brain ageing and of its link to chronological age (see the module doc)."""
+class AgeingParameters:
+    """Named parameters of brain ageing and of its link to chronological age (see the module doc),
+    held by the ``v1`` model and by the ``v2`` family (:class:`~brainage.cohort.population.AgeingFamily`)."""
 
     #: Age (years) the MNI152 template represents: its young adults' mean age.
     reference_age: float = 25.0
@@ -58,6 +59,11 @@ class AgeingModel:
     dementia_years: float = 4.0
     #: Extra brain-age years per year since the onset of dementia.
     dementia_rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class AgeingModel(AgeingParameters):
+    """The ``v1`` ageing model: the parameters and what they make of one brain age."""
 
     def decades(self, brain_age: float) -> float:
         """Decades of ageing since the template: ``max(brain_age − reference_age, 0) / 10``."""

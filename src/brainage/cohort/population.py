@@ -20,12 +20,12 @@ has an older brain.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TypeVar
 
 import numpy as np
 
-from brainage.cohort.ageing import AgeingModel
+from brainage.cohort.ageing import AgeingModel, AgeingParameters
 from brainage.cohort.people import SubjectRecord, sample_cohort
 from brainage.cohort.presets import DEMO, PRETRAIN, TINY, Preset
 
@@ -55,14 +55,11 @@ class AnatomyVariation:
 
 
 @dataclass(frozen=True)
-class AgeingFamily:
-    """The ageing components: their strengths (as ``v1``'s), shares, per-person weights and patterns."""
+class AgeingFamily(AgeingParameters):
+    """The ageing components: ``v1``'s parameters (their strengths are per decade of component ageing),
+    then the components' shares, per-person weights and patterns, and what ``v1`` lacks."""
 
-    reference_age: float = 25.0
-    acceleration: float = 0.15
     offset_sd: float = 2.5
-    dementia_years: float = 4.0
-    dementia_rate: float = 1.0
     #: Share ``π_k`` of each component of :data:`COMPONENTS` in the brain age (normalised to sum 1).
     shares: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     #: Per-person weight of each component: the variant's multiplier × exp(N(0, weight_sd²) − weight_sd²/2)
@@ -80,14 +77,6 @@ class AgeingFamily:
     #: ``pattern_spacing_mm``), so each person ages faster in some regions than in others.
     pattern_sd: float = 0.5
     pattern_spacing_mm: float = 40.0
-    #: Strengths per decade of component ageing (``v1``'s, :class:`~brainage.cohort.ageing.AgeingModel`).
-    sulcal_mm: float = 0.15
-    retraction_mm: float = 0.3
-    gm_thinning: float = 0.02
-    ventricle_mm: float = 0.025
-    ventricle_falloff_mm: float = 15.0
-    wm_signal_drop: float = 0.015
-    wm_lesion: float = 0.006
     #: Medial-temporal atrophy: shrinkage (mm per decade, towards the centre of each medial temporal
     #: lobe, Gaussian region of ``medial_temporal_radius_mm``) and grey-matter loss per decade there.
     medial_temporal_mm: float = 0.5
@@ -100,11 +89,8 @@ class AgeingFamily:
     lesion_per_decade: float = 0.25
 
     def ageing_model(self) -> AgeingModel:
-        """The ``v1`` model with this family's link to age (for the spreadsheet's eTIV/nWBV)."""
-        return AgeingModel(
-            reference_age=self.reference_age, acceleration=self.acceleration, offset_sd=self.offset_sd,
-            dementia_years=self.dementia_years, dementia_rate=self.dementia_rate,
-        )  # fmt: skip  # arguments grouped by meaning
+        """The ``v1`` model with this family's parameters (its link to age; the spreadsheet's eTIV/nWBV)."""
+        return AgeingModel(**{parameter.name: getattr(self, parameter.name) for parameter in fields(AgeingParameters)})
 
 
 @dataclass(frozen=True)
