@@ -10,9 +10,6 @@ gamma): enough for a bench to hold out a head or a variant.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,26 +22,16 @@ from brainage.cohort.population_render import acquire, aged_tissues, person_spac
 from brainage.cohort.render import bias_field, measure
 from brainage.cohort.spreadsheet import demographics_table
 from brainage.cohort.write import (
-    GROUND_TRUTH,
-    PROGRESS,
-    SPREADSHEET,
-    SUMMARY,
     SynthesisResult,
+    _finish,
     _remove_sessions,
+    _render_all,
     _resume,
-    _scan_files,
-    _sha256,
     _summary,
-    _write_marker,
     _Written,
     ground_truth_table,
-    write_scan,
-    write_spreadsheet,
+    write_session,
 )
-from brainage.errors import BrainAgeError, Problem
-from brainage.utils import atomic_write, parallel_map
-
-_REQUEST = "request.json"
 
 
 @dataclass(frozen=True)
@@ -64,17 +51,8 @@ def synthesize_population(out: str | Path, preset: PopulationPreset, seed: int =
     subjects = tuple(subject for subject, _ in pairs)
     written = _resume(root, request, subjects)
     tasks = [_Task(subject, person, preset, str(root)) for subject, person in pairs if subject.subject_id not in written]
-    problems = []
-    for task, result in parallel_map(_render_person, tasks, workers, description=f"synth {preset.name}"):
-        if isinstance(result, BaseException):
-            first = task.subject.sessions[0]
-            problems.append(Problem(str(root / first.part / f"{task.subject.subject_id}_MR*"), str(result)))
-        else:
-            _write_marker(root, task.subject, result)
-            written[task.subject.subject_id] = result
+    problems = _render_all(root, tasks, _render_person, workers, f"synth {preset.name}", written)
     done = tuple((subject, person) for subject, person in pairs if subject.subject_id in written)
-    if not done:
-        raise BrainAgeError(f"no subject could be written; first failure: {problems[0].path}: {problems[0].cause}")
     done_subjects = tuple(subject for subject, _ in done)
     volumes = {mri_id: v for subject in done_subjects for mri_id, v in written[subject.subject_id].volumes.items()}
     model = preset.ageing.ageing_model()
@@ -88,15 +66,7 @@ def synthesize_population(out: str | Path, preset: PopulationPreset, seed: int =
         heads={head: sum(person.head == head for _, person in done) for head in preset.anatomy.heads},
         variants={name: sum(person.variant == name for _, person in done) for name, _ in preset.ageing.variants},
     )
-    write_spreadsheet(demographics, root / SPREADSHEET)
-    with atomic_write(root / GROUND_TRUTH) as tmp:
-        truth.to_csv(tmp, index=False, lineterminator="\n")
-    with atomic_write(root / SUMMARY) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    if not problems:
-        (root / PROGRESS / _REQUEST).unlink()
-        shutil.rmtree(root / PROGRESS)
-    return SynthesisResult(root, demographics, truth, summary, tuple(sorted(problems, key=lambda p: p.path)))
+    return _finish(root, demographics, truth, summary, problems)
 
 
 def population_truth(pairs: tuple[tuple[SubjectRecord, PersonRecord], ...], truth: pd.DataFrame, preset: PopulationPreset) -> pd.DataFrame:
@@ -141,14 +111,8 @@ def _render_person(task: _Task) -> _Written:
             volumes[session.mri_id] = measure(space.space, tissues)
             signal = t1_signal(space, tissues, family, decades, setting)
             bias = bias_field(session, setting.shape)
-            folder = root / session.part / session.mri_id
-            folder.mkdir(parents=True, exist_ok=True)
-            hidden = Path(tempfile.mkdtemp(prefix=".RAW.", dir=folder))
-            for scan in session.scans:
-                write_scan(hidden / f"{scan.scan}.nifti.hdr", acquire(signal, space, session, scan, setting, bias), scan_affine(setting))
-            hidden.chmod(folder.stat().st_mode & 0o777)
-            hidden.rename(folder / "RAW")
-            files.update({path: _sha256(root / path) for scan in session.scans for path in _scan_files("", session, scan)})
+            images = (acquire(signal, space, session, scan, setting, bias) for scan in session.scans)
+            files.update(write_session(root, session, images, scan_affine(setting)))
     except BaseException:
         _remove_sessions(root, subject)
         raise

@@ -26,9 +26,10 @@ import math
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import nibabel as nib
 import numpy as np
@@ -88,6 +89,16 @@ class _Task:
     ageing: AgeingModel
 
 
+class _SubjectTask(Protocol):
+    """What :func:`_render_all` needs of a task: the subject it renders."""
+
+    @property
+    def subject(self) -> SubjectRecord: ...
+
+
+_T = TypeVar("_T", bound=_SubjectTask)
+
+
 @dataclass(frozen=True)
 class _Written:
     """One subject on disk: each session's tissue volumes and the SHA-256 of each of its files."""
@@ -115,26 +126,38 @@ def synthesize(
     subjects = sample_cohort(preset, seed, ageing=ageing)
     written = _resume(root, request, subjects)
     tasks = [_Task(subject, preset, str(root), ageing) for subject in subjects if subject.subject_id not in written]
+    problems = _render_all(root, tasks, _render_subject, workers, f"synth {preset.name}", written)
+    done = tuple(subject for subject in subjects if subject.subject_id in written)
+    volumes = {mri_id: v for subject in done for mri_id, v in written[subject.subject_id].volumes.items()}
+    demographics = demographics_table(done, ageing)
+    ground_truth = ground_truth_table(done, volumes, seed)
+    return _finish(root, demographics, ground_truth, _summary(preset, seed, ageing, done, volumes, demographics), problems)
+
+
+def _render_all(root: Path, tasks: list[_T], render: Callable[[_T], _Written], workers: int, description: str, written: dict[str, _Written]) -> list[Problem]:
+    """Render the subject of each task in ``workers`` processes into ``written``, its marker written as
+    soon as it is done; the subjects that failed as problems. Raises :class:`BrainAgeError` when no
+    subject is written at all."""
     problems = []
-    for task, result in parallel_map(_render_subject, tasks, workers, description=f"synth {preset.name}"):
+    for task, result in parallel_map(render, tasks, workers, description=description):
         if isinstance(result, BaseException):
             first = task.subject.sessions[0]
             problems.append(Problem(str(root / first.part / f"{task.subject.subject_id}_MR*"), str(result)))
         else:
             _write_marker(root, task.subject, result)
             written[task.subject.subject_id] = result
-    done = tuple(subject for subject in subjects if subject.subject_id in written)
-    if not done:
+    if not written:
         raise BrainAgeError(f"no subject could be written; first failure: {problems[0].path}: {problems[0].cause}")
-    volumes = {mri_id: v for subject in done for mri_id, v in written[subject.subject_id].volumes.items()}
-    demographics = demographics_table(done, ageing)
-    ground_truth = ground_truth_table(done, volumes, seed)
-    summary = _summary(preset, seed, ageing, done, volumes, demographics)
+    return problems
+
+
+def _finish(root: Path, demographics: pd.DataFrame, ground_truth: pd.DataFrame, summary: dict[str, Any], problems: list[Problem]) -> SynthesisResult:
+    """Write the tables and ``cohort.json`` atomically; with no failures, remove the progress folder."""
     write_spreadsheet(demographics, root / SPREADSHEET)
     with atomic_write(root / GROUND_TRUTH) as tmp:
         ground_truth.to_csv(tmp, index=False, lineterminator="\n")
     with atomic_write(root / SUMMARY) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     if not problems:
         (root / PROGRESS / _REQUEST).unlink()
         shutil.rmtree(root / PROGRESS)
@@ -219,18 +242,24 @@ def _render_subject(task: _Task) -> _Written:
             volumes[session.mri_id] = measure(space, tissues)
             signal = t1_signal(space, tissues, session.brain_age, task.ageing)
             bias = bias_field(session, preset.shape)
-            folder = root / session.part / session.mri_id
-            folder.mkdir(parents=True, exist_ok=True)
-            hidden = Path(tempfile.mkdtemp(prefix=".RAW.", dir=folder))
-            for scan in session.scans:
-                write_scan(hidden / f"{scan.scan}.nifti.hdr", acquire(signal, space, session, scan, preset, bias), affine)
-            hidden.chmod(folder.stat().st_mode & 0o777)  # mkdtemp makes 0700 folders
-            hidden.rename(folder / "RAW")
-            files.update({path: _sha256(root / path) for scan in session.scans for path in _scan_files("", session, scan)})
+            files.update(write_session(root, session, (acquire(signal, space, session, scan, preset, bias) for scan in session.scans), affine))
     except BaseException:
         _remove_sessions(root, subject)
         raise
     return _Written(volumes, files)
+
+
+def write_session(root: Path, session: SessionRecord, images: Iterable[np.ndarray], affine: np.ndarray) -> dict[str, str]:
+    """Write one image per scan of ``session`` into a hidden folder renamed into place as its ``RAW``
+    folder whole; the SHA-256 of each file written, by path under ``root``."""
+    folder = root / session.part / session.mri_id
+    folder.mkdir(parents=True, exist_ok=True)
+    hidden = Path(tempfile.mkdtemp(prefix=".RAW.", dir=folder))
+    for scan, image in zip(session.scans, images, strict=True):
+        write_scan(hidden / f"{scan.scan}.nifti.hdr", image, affine)
+    hidden.chmod(folder.stat().st_mode & 0o777)  # mkdtemp makes 0700 folders
+    hidden.rename(folder / "RAW")
+    return {path: _sha256(root / path) for scan in session.scans for path in _scan_files("", session, scan)}
 
 
 def scan_path(root: str | Path, session: SessionRecord, scan: ScanRecord) -> Path:
