@@ -148,6 +148,18 @@ process (its CPU time and peak memory its own), cached reruns, cache loading and
         "prepare-*.json",
     ),
     Section(
+        "Prediction at cohort scale",
+        """`brainage predict` on a long batch, each run a fresh process watched from outside: the resident
+memory per tenth of a batch of distinct scans (flat when nothing accumulates), a batch killed with
+SIGKILL at half and run again (what the rerun took from its work folder and what it prepared), and
+scans per second on 1 mm heads with 2 workers, start-up excluded:
+
+```bash
+.venv/bin/python bench/predict_scale.py --out bench-out/predict-scale --label cpu2
+```""",
+        "predict_scale-*.json",
+    ),
+    Section(
         "Training speed",
         """The tutorial's network trained by brainage's Lightning trainer against a plain loop written like
 the tutorial's, on the same synthetic scans (training batches only; the first epoch a warm-up):
