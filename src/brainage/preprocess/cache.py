@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -405,18 +405,17 @@ def _read_spatial(path: Path) -> Spatial | None:
         return None
     with np.load(path) as saved:
         shape = tuple(int(n) for n in saved["shape"])
-        mask = np.unpackbits(saved["mask"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+        order: Literal["C", "F"] = "F" if "order" in saved and str(saved["order"]) == "F" else "C"  # "C" in files written before it was kept
+        mask = np.unpackbits(saved["mask"], count=int(np.prod(shape))).reshape(shape, order=order).astype(bool)
         return Spatial(mask, saved["world_to_source"])
 
 
 def _write_spatial(path: Path, spatial: Spatial) -> None:
+    """The mask's bits in the order they lie in memory (a Fortran-ordered mask, as fill_voids gives, is not copied)."""
+    mask = spatial.mask
+    order: Literal["C", "F"] = "F" if mask.flags.f_contiguous and not mask.flags.c_contiguous else "C"
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(
-            handle,
-            mask=np.packbits(spatial.mask.ravel()),
-            shape=np.asarray(spatial.mask.shape),
-            world_to_source=spatial.world_to_source,
-        )
+        np.savez_compressed(handle, mask=np.packbits(mask.ravel(order)), shape=np.asarray(mask.shape), world_to_source=spatial.world_to_source, order=order)
 
 
 def _manifest(source: str | Path | pd.DataFrame, demographics: str | Path | None) -> tuple[pd.DataFrame, list[Problem]]:
