@@ -19,7 +19,12 @@ work folder, ``cache=None``) watched from this one:
 3. **throughput**: ``--speed-scans`` heads of 1 × 1 × 1 mm (256 × 256 × 160 voxels, the generator's
    ``v1``, one scan per session) predicted from their cohort folder with the ``standard`` pipeline
    and ``--workers``. Scans/s from the first scan stored to the last (start-up: imports, model,
-   templates and the worker pool, excluded) and from the predict call (model loaded) to the table.
+   templates and the worker pool, excluded) and from the predict call (model loaded) to the table;
+   and the median CPU seconds of each stage of a worker per head (``cpu_s_<stage>`` of the scans'
+   records: what a loaded machine measures fairly), with the scans/s that ``--workers`` cores would
+   give at that cost (workers / CPU-s per head; the predict process's own share not counted). A
+   worker's first head also loads the skull-stripping network and the templates: the median is of
+   the steady cost only where each worker prepares several heads.
 
 Without ``--model`` the network is an untrained one of the default architecture (what it learnt
 does not change memory or speed), saved as a checkpoint per pipeline. Prints the tables and
@@ -172,6 +177,16 @@ def _heads(folder: Path, n: int, workers: int) -> Path:
     return root
 
 
+def stage_seconds(work: Path, workers: int) -> dict:
+    """Median CPU seconds per stage of the scans stored in ``work`` (their records), their sum, and
+    the scans/s that ``workers`` cores would give at that cost."""
+    records = pd.DataFrame([json.loads(path.read_text()) for path in _stored(work)])
+    medians = records.filter(like="cpu_s_").median().rename(lambda column: column.removeprefix("cpu_s_"))
+    row = {stage: round(float(value), 3) for stage, value in medians.items() if value > 0}
+    total = float(medians.sum())
+    return {**row, "total": round(total, 3), f"scans/s on {workers} cores": round(workers / total, 2) if total > 0 else float("nan")}
+
+
 def memory_table(samples: list[dict], n: int) -> list[dict]:
     """Peak resident memory per tenth of the batch (by scans stored)."""
     rows = []
@@ -254,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         tables.append(
             {"title": "Throughput on 1 × 1 × 1 mm heads (256 × 256 × 160), one scan per session, standard pipeline", "records": [record], "notes": [note]}
         )
+        tables.append({"title": "Median CPU seconds per head in a worker, by stage", "records": [stage_seconds(work, args.workers)], "notes": [note]})
     for table in tables:
         print(f"\n{table['title']}\n{pd.DataFrame(table['records']).to_string(index=False)}\n" + "\n".join(str(line) for line in table.get("notes", [])))
     argv_used = ["python", "bench/predict_scale.py", *(argv if argv is not None else sys.argv[1:])]
