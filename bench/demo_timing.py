@@ -3,8 +3,8 @@ as on the machines without AVX-512 that the demo must fit (issue 27, point 2).
 
     .venv/bin/python bench/demo_timing.py --out bench-out/demo-timing --isa avx2 --label avx2-fp32
 
-``--isa avx2`` runs the demo in a child process with ``ATEN_CPU_CAPABILITY=avx2`` and
-``ONEDNN_MAX_CPU_ISA=AVX2`` (set before torch loads: neither can change afterwards), so any machine
+``--isa avx2`` runs the demo in a child process with torch's and numpy's kernels limited to AVX2
+(``results.ISA_ENV``, set before they load: none can change afterwards), so any machine
 reproduces the slow machines' kernels; ``--isa native`` leaves them as they are. The demo starts
 from an empty ``--out`` (a reused cohort or cache would hide their steps' time). Writes
 ``docs/results/demo-LABEL.json`` (``bench/results.py``): per step the wall seconds (``wall_s``) and
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, "native": {}}
+from results import ISA_ENV
 
 
 def main() -> None:

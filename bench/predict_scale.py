@@ -26,7 +26,8 @@ work folder, ``cache=None``) watched from this one:
    worker's first head also loads the skull-stripping network and the templates: the median is of
    the steady cost only where each worker prepares several heads.
 
-Without ``--model`` the network is an untrained one of the default architecture (what it learnt
+``--isa avx2`` limits torch's CPU kernels in the predict processes to AVX2 (fp32), as on a machine
+without AVX-512 (the target of issue 28 is measured so). Without ``--model`` the network is an untrained one of the default architecture (what it learnt
 does not change memory or speed), saved as a checkpoint per pipeline. Prints the tables and
 writes them to ``OUT/predict_scale.json``; with ``--label`` also to
 ``docs/results/predict_scale-<label>.json`` (for runs at the sizes above). Not a test.
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results import ROOT, write_results
+from results import ISA_ENV, ROOT, write_results
 
 HEAD_SHAPE = (256, 256, 160)
 
@@ -211,12 +212,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=float, default=0.5, help="seconds between memory samples")
     parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "resume", "throughput"], help="parts not to run")
     parser.add_argument("--label", help="also write docs/results/predict_scale-LABEL.json")
+    parser.add_argument(
+        "--isa", choices=sorted(ISA_ENV), default="native", help="torch's CPU kernels in the predict processes: native or avx2 (as without AVX-512)"
+    )
+    parser.add_argument("--note", action="append", default=[], help="a line added to every table's notes (e.g. what else ran)")
     args = parser.parse_args(argv)
+    os.environ.update(ISA_ENV[args.isa])  # inherited by every predict process (and recorded with the machine)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     tables, wall = [], {}
-    note = f"load average {load[0]:.1f} at the start on {os.cpu_count()} cores: other jobs shared the machine, so times are upper bounds"
+    shared = ": other jobs shared the machine, so times are upper bounds" if load[0] >= 1.0 else ""
+    note = f"load average {load[0]:.1f} at the start on {os.cpu_count()} cores{shared}; torch and numpy kernels: {args.isa}"
     if {"memory", "resume"} - set(args.skip):
         started = time.monotonic()
         checkpoint = _checkpoint(args.pipeline, out, args.model)
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         growth = rows[-1]["peak MB, predict process"] - rows[min(1, len(rows) - 1)]["peak MB, predict process"]
         tables.append(
             {"title": f"Peak resident memory over a batch of {args.scans} scans ({args.pipeline} pipeline, {args.workers} workers)", "records": rows,
-             "notes": [f"predict process: {growth:+d} MB from the second tenth to the last; outcomes {report['outcomes']}", note]}
+             "notes": [f"predict process: {growth:+d} MB from the second tenth to the last; outcomes {report['outcomes']}", note, *args.note]}
         )  # fmt: skip  # keys grouped in rows
     if "resume" not in args.skip:
         started = time.monotonic()
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
                 equal = "no"
         record = {"scans": args.scans, "stored when killed": stored, "taken from the work folder": outcomes["already in the work folder"],
                   "prepared by the rerun": outcomes["prepared now"], "failed": outcomes["failed"], "CSV equals the uninterrupted run's": equal}  # fmt: skip  # a table row: keys grouped in rows
-        tables.append({"title": "Killed (SIGKILL) at half, then run again", "records": [record], "notes": [note]})
+        tables.append({"title": "Killed (SIGKILL) at half, then run again", "records": [record], "notes": [note, *args.note]})
     if "throughput" not in args.skip:
         started = time.monotonic()
         heads = _heads(out, args.speed_scans, args.workers)
@@ -267,9 +274,15 @@ def main(argv: list[str] | None = None) -> None:
                   "scans/s, predict call": round(report["rows"] / report["predict_s"], 3), "predict s": round(report["predict_s"], 1),
                   "prepared": report["outcomes"]["prepared now"], "failed": report["outcomes"]["failed"]}  # fmt: skip  # a table row: keys grouped in rows
         tables.append(
-            {"title": "Throughput on 1 × 1 × 1 mm heads (256 × 256 × 160), one scan per session, standard pipeline", "records": [record], "notes": [note]}
+            {
+                "title": "Throughput on 1 × 1 × 1 mm heads (256 × 256 × 160), one scan per session, standard pipeline",
+                "records": [record],
+                "notes": [note, *args.note],
+            }
         )
-        tables.append({"title": "Median CPU seconds per head in a worker, by stage", "records": [stage_seconds(work, args.workers)], "notes": [note]})
+        tables.append(
+            {"title": "Median CPU seconds per head in a worker, by stage", "records": [stage_seconds(work, args.workers)], "notes": [note, *args.note]}
+        )
     for table in tables:
         print(f"\n{table['title']}\n{pd.DataFrame(table['records']).to_string(index=False)}\n" + "\n".join(str(line) for line in table.get("notes", [])))
     argv_used = ["python", "bench/predict_scale.py", *(argv if argv is not None else sys.argv[1:])]

@@ -57,6 +57,16 @@ def _memory_gib() -> float | None:
         return None
 
 
+_NUMPY_AVX512 = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+ISA_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "NPY_DISABLE_CPU_FEATURES": _NUMPY_AVX512},
+    "native": {},
+}
+"""Environment that limits torch's and numpy's CPU kernels to AVX2 (fp32, as on machines without
+AVX-512), or leaves them native. The variables are read when the libraries load: set them for a
+child process. ITK and ANTs are built for generic x86-64 and need no limit."""
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores usable by this process, memory, whether AVX-512 and AMX are reported, the
     torch version, ``ATEN_CPU_CAPABILITY`` if set, and the GPU's name if there is one."""
