@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -152,10 +153,13 @@ process (its CPU time and peak memory its own), cached reruns, cache loading and
         """`brainage predict` on a long batch, each run a fresh process watched from outside: the resident
 memory per tenth of a batch of distinct scans (flat when nothing accumulates), a batch killed with
 SIGKILL at half and run again (what the rerun took from its work folder and what it prepared), and
-scans per second on 1 mm heads with 2 workers, start-up excluded:
+scans per second on 1 mm heads with 2 workers, start-up excluded. The throughput is measured with
+torch's and numpy's kernels limited to AVX2 (`--isa avx2`), as on a machine without AVX-512, on a
+quiet machine:
 
 ```bash
-.venv/bin/python bench/predict_scale.py --out bench-out/predict-scale --label cpu2
+.venv/bin/python bench/predict_scale.py --out bench-out/predict-scale --skip throughput --label cpu2-memory-resume
+.venv/bin/python bench/predict_scale.py --out bench-out/ps-avx2 --skip memory resume --speed-scans 40 --isa avx2 --label avx2-1mm-throughput
 ```""",
         "predict_scale-*.json",
     ),
@@ -230,7 +234,7 @@ def render_file(path: Path, heading: str = "###") -> str:
         f"{heading} `{path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name}`",
         "",
         "```bash",
-        " ".join(document.get("command") or []),
+        shlex.join(document.get("command") or []),
         "```",
         "",
         f"Commit {sha}, {document.get('date')}, precision {document.get('precision') or 'not recorded'}.  ",
