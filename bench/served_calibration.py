@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from results import write_results
 
-from brainage.bootstrap import cluster_bootstrap
+from brainage.bootstrap import Estimate, cluster_bootstrap
 from brainage.checkpoint import load_checkpoint
 from brainage.conformal import ConformalInterval, covered, served_interval, session_residuals
 from brainage.evaluation import control_mask
@@ -78,6 +78,13 @@ def member_ages(run: Path, cache_root: Path, batch_size: int = 8) -> tuple[pd.Da
 def fold_columns(ages: np.ndarray, folds: list[int | None], order: tuple[int, ...]) -> np.ndarray:
     """``(scans, K)``: each fold's networks averaged, in ``order``."""
     return np.column_stack([ages[:, [j for j, fold in enumerate(folds) if fold == want]].mean(axis=1) for want in order])
+
+
+def refusal(run: Path) -> str | None:
+    """Why the run's final bias correction gives no corrected brain age (None when it does)."""
+    settings = run_settings(run, read_run_config(run), progress=False)
+    _, corrector = correct_bias(read_predictions(run / "predictions.csv"), pd.DataFrame(), settings, None)
+    return "no bias correction" if corrector is None else corrector.refused_
 
 
 def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -135,11 +142,15 @@ def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame,
 def records(covers: pd.DataFrame, control_gaps: pd.DataFrame, runs: str) -> list[dict[str, Any]]:
     """One record per level and interval: coverage, median width and the controls' corrected gap and its slope on age, with bootstrap CIs."""
     out = []
-    for level, gaps in control_gaps.groupby("level", sort=False):
-        mean_gap = cluster_bootstrap(gaps[["subject_id", "gap"]], lambda a: float(np.mean(a["gap"])))
-        slope = cluster_bootstrap(
-            gaps[["subject_id", "age", "gap"]], lambda a: float(np.polyfit(a["age"], a["gap"], 1)[0]) if np.ptp(a["age"]) > 0 else float("nan")
-        )
+    control_gaps = control_gaps.dropna(subset=["gap"])  # a run whose correction was refused gives no corrected gap
+    for level in covers["level"].unique():
+        gaps = control_gaps[control_gaps["level"] == level]
+        mean_gap = slope = Estimate(float("nan"), float("nan"), float("nan"))
+        if len(gaps):
+            mean_gap = cluster_bootstrap(gaps[["subject_id", "gap"]], lambda a: float(np.mean(a["gap"])))
+            slope = cluster_bootstrap(
+                gaps[["subject_id", "age", "gap"]], lambda a: float(np.polyfit(a["age"], a["gap"], 1)[0]) if np.ptp(a["age"]) > 0 else float("nan")
+            )
         for name, rows in covers[covers["level"] == level].groupby("interval", sort=False):
             share = cluster_bootstrap(rows[["subject_id", "inside"]], lambda a: float(np.mean(a["inside"])))
             out.append(
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     measured = [(f"{Path(run).parent.name} on {Path(cache).parent.name}", *measure(Path(run), Path(cache), args.coverage)) for run, cache in args.pair]
+    refused = sorted({f"{Path(run).parent.name}'s run: {reason}" for run, _ in args.pair if (reason := refusal(Path(run)))})
     rows = [record for label, covers, gaps in measured for record in records(covers, gaps, label)]
     if len(measured) > 1:
         pooled = pd.concat([covers for _, covers, _ in measured]), pd.concat([gaps for _, _, gaps in measured])
@@ -173,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             f"nominal coverage {args.coverage:.0%}; target: within ±2 points, and the controls' mean corrected gap within ±0.2 y",
             "each run predicts the cache of another evaluation seed (new people); 95 % CIs by subject-level bootstrap",
             "the single-network row counts every scan once per fold network (n: scans × networks)",
+            *(f"{line}: no corrected brain age, so no control gap in its rows; the pooled gap is over the other runs" for line in refused),
         ]
         tables: list[Mapping[str, Any]] = [{"title": "served calibration (K-fold mean) on fresh people", "records": rows, "notes": notes}]
         write_results(args.out, tables, {"predict_and_measure": wall}, "fp32", argv=[sys.executable, *sys.argv] if argv is None else argv)
