@@ -143,7 +143,7 @@ LABELS = {
     "ahead_true": "ahead (MAE true)", "diff_fidelity": "Δ gap fidelity vs best baseline", "best_baseline_fidelity": "best baseline (fidelity)",
     "ahead_fidelity": "ahead (fidelity)", "n_case": "Demented people", "n_control": "Nondemented people",
     "difference": "D − ND gap", "cohen_d": "Cohen's d", "p": "p (Welch)",
-    "delta_fidelity": "Δ gap fidelity", "delta_mae_controls": "Δ MAE controls", "delta_mae_true": "Δ MAE true",
+    "delta_fidelity": "Δ gap fidelity", "delta_mae_controls": "Δ MAE controls", "delta_mae_true": "Δ MAE true", "delta_group_gap": "Δ D − ND gap",
     "within_sd": "within-session SD", "repeatability": "repeatability (2.77 SD)", "icc2": "ICC(2,1)", "icc3": "ICC(3,1)",
     "n_sessions": "sessions", "n_scans": "scans", "k": "repeats per session in the ICC", "n_icc_sessions": "sessions in the ICC",
 }  # fmt: skip  # one row per group of related keys

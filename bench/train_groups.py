@@ -116,6 +116,49 @@ def _group_rows(pair: pd.DataFrame, resamples: int) -> list[dict[str, object]]:
     return rows
 
 
+def _favours(low: float, high: float, lower_is_better: bool) -> str:
+    """Which choice a paired CI (controls only minus every group) favours, or ``neither`` where it holds zero."""
+    if low > 0 or high < 0:
+        return "controls only" if (high < 0) == lower_is_better else "every group"
+    return "neither"
+
+
+def _summary_rows(seed: int, paired: dict[str, list[dict[str, object]]], groups: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Per level: the paired differences that decide the default (gap fidelity and MAE against the true
+    brain age of the brain age as predicted, the controls' MAE after bias correction, the Demented −
+    Nondemented corrected gap per person) and which choice each CI favours."""
+    change = groups[-1]
+    rows = []
+    for level, records in paired.items():
+        raw, corrected = (next(r for r in records if r["prediction"] == column) for column in COLUMNS)
+        rows.append({
+            "seed": seed, "level": level,
+            "delta_fidelity": raw["delta_fidelity"], "delta_fidelity_low": raw["delta_fidelity_low"], "delta_fidelity_high": raw["delta_fidelity_high"],
+            "fidelity favours": _favours(float(raw["delta_fidelity_low"]), float(raw["delta_fidelity_high"]), lower_is_better=False),
+            "delta_mae_true": raw["delta_mae_true"], "delta_mae_true_low": raw["delta_mae_true_low"], "delta_mae_true_high": raw["delta_mae_true_high"],
+            "MAE true favours": _favours(float(raw["delta_mae_true_low"]), float(raw["delta_mae_true_high"]), lower_is_better=True),
+            "delta_mae_controls": corrected["delta_mae_controls"], "delta_mae_controls_low": corrected["delta_mae_controls_low"],
+            "delta_mae_controls_high": corrected["delta_mae_controls_high"],
+            "controls' MAE favours": _favours(float(corrected["delta_mae_controls_low"]), float(corrected["delta_mae_controls_high"]), lower_is_better=True),
+            "delta_group_gap": change["difference"], "delta_group_gap_low": change["difference_low"], "delta_group_gap_high": change["difference_high"],
+            "D − ND gap favours": _favours(float(change["difference_low"]), float(change["difference_high"]), lower_is_better=False),
+        })  # fmt: skip  # one row's fields grouped by measure
+    return rows
+
+
+def _missing_note(pair: pd.DataFrame) -> list[str]:
+    """A note per choice whose bias-corrected brain age is missing for some scans (a fold's correction refused)."""
+    notes = []
+    for suffix, choice in (("_a", "all"), ("_b", "controls")):
+        missing = int(pair["brain_age_corrected" + suffix].isna().sum())
+        if missing:
+            notes.append(
+                f"{CHOICES[choice]}: no bias-corrected brain age for {missing} of {len(pair)} scans (their fold's correction was refused: "
+                "the gap's slope on age could be zero), so its corrected rows and the paired corrected differences cover the other scans only"
+            )
+    return notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="bench/accuracy.py's working folder (holding seed-S/)")
@@ -125,15 +168,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="results JSON (default: docs/results/train_groups-PRESET-eval-seeds-S-S-S.json)")
     args = parser.parse_args()
     runs = {seed: _runs(args.out / f"seed-{seed}") for seed in args.seeds}  # every seed checked before any work
-    start, tables = time.perf_counter(), []
+    start, tables, summary, missing = time.perf_counter(), [], [], []
     for seed, pair_of_runs in runs.items():
         pair = paired_runs(_read(pair_of_runs["all"]), _read(pair_of_runs["controls"]), COLUMNS)
         notes = [f"every group: {pair_of_runs['all'].name}; controls only: {pair_of_runs['controls'].name}", f"{len(pair)} scans predicted by both"]
+        notes += _missing_note(pair)
+        missing += [f"seed {seed}, {line}" for line in _missing_note(pair)]
+        paired = {}
         for level in LEVELS:
-            for kind, records in (
-                ("each choice", _choice_rows(pair, level, args.resamples)),
-                ("controls only minus every group", _paired_rows(pair, level, args.resamples)),
-            ):
+            paired[level] = _paired_rows(pair, level, args.resamples)
+            for kind, records in (("each choice", _choice_rows(pair, level, args.resamples)), ("controls only minus every group", paired[level])):
                 title = f"{args.preset} cohort, evaluation seed {seed}, per {level}: {kind}, years"
                 print_table(display(records), title=title)
                 tables.append({"title": title, "records": records, "notes": notes})
@@ -141,6 +185,16 @@ def main() -> None:
         records = _group_rows(pair, args.resamples)
         print_table(display(records), title=title)
         tables.append({"title": title, "records": records, "notes": notes})
+        summary += _summary_rows(seed, paired, records)
+    title = f"{args.preset} cohort: training on controls only minus training on every group, paired on the same test people, years"
+    summary_notes = [
+        "Δ gap fidelity and Δ MAE against the true brain age: the brain age as predicted; Δ controls' MAE: bias-corrected "
+        "(each fold on the other folds' controls); Δ D − ND gap: bias-corrected, per person (the same on both levels)",
+        "a choice is favoured where the paired 95 % CI excludes zero in its direction",
+        *missing,
+    ]
+    print_table(display(summary), title=title)
+    tables.insert(0, {"title": title, "records": summary, "notes": summary_notes})
     label = "-".join(map(str, args.seeds))
     path = args.results or ROOT / "docs" / "results" / f"train_groups-{args.preset}-eval-seeds-{label}.json"
     written = write_results(path, tables, {"bootstrap": time.perf_counter() - start}, precision="", argv=sys.argv)
