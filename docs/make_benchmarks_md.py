@@ -300,6 +300,17 @@ def render_retest_block(results: Path = RESULTS) -> str:
     return "\n".join([*lines, "", f"Every measure with its interval: [docs/benchmarks.md](docs/benchmarks.md) (`{latest.name}`)."])
 
 
+def render_train_groups_block(results: Path = RESULTS) -> str:
+    """The README's training-groups block: the summary table of the latest ``train_groups-*.json``
+    file (controls only against every group on the evaluation seeds), or a line saying none is there yet."""
+    files = _files(results, "train_groups-*.json")
+    if not files:
+        return f"Training on controls only against every group is {NOT_MEASURED.lower()}"
+    latest, table, lines = _latest_table(files)
+    lines += [""] + [f"- {note}" for note in table.get("notes", [])] if table.get("notes") else []
+    return "\n".join([*lines, "", f"Each choice's figures per seed: [docs/benchmarks.md](docs/benchmarks.md) (`{latest.name}`)."])
+
+
 def with_readme_block(readme: str, block: str, name: str = "demo") -> str:
     """``readme`` with the text between the ``<!-- results:NAME -->`` markers replaced by ``block``."""
     start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
@@ -314,7 +325,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md or README.md's results block is stale")
     args = parser.parse_args()
     readme = with_readme_block(README.read_text(encoding="utf-8"), render_readme_block())
-    expected = {BENCHMARKS: render_benchmarks(), README: with_readme_block(readme, render_retest_block(), "retest")}
+    readme = with_readme_block(readme, render_retest_block(), "retest")
+    expected = {BENCHMARKS: render_benchmarks(), README: with_readme_block(readme, render_train_groups_block(), "train_groups")}
     stale = [path for path, text in expected.items() if path.read_text(encoding="utf-8") != text]
     if args.check:
         for path in stale:

@@ -29,9 +29,9 @@ def test_benchmarks_md_is_rendered_from_the_results_files() -> None:
 
 def test_the_readme_demo_table_is_rendered_from_the_results_files() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    expected = RENDERER["with_readme_block"](
-        RENDERER["with_readme_block"](readme, RENDERER["render_readme_block"]()), RENDERER["render_retest_block"](), "retest"
-    )
+    expected = RENDERER["with_readme_block"](readme, RENDERER["render_readme_block"]())
+    expected = RENDERER["with_readme_block"](expected, RENDERER["render_retest_block"](), "retest")
+    expected = RENDERER["with_readme_block"](expected, RENDERER["render_train_groups_block"](), "train_groups")
     assert readme == expected, f"README.md's results blocks are stale: run {REGENERATE}"
 
 
@@ -110,3 +110,20 @@ def test_the_readme_retest_table_is_rendered_from_the_latest_retest_file(tmp_pat
     assert "| no session reuse | gap (brain age − age) | 0.81 | 0.91 [0.88, 0.94] |" in block and "bench/retest.py --label x" in block
     readme = "a\n<!-- results:retest -->\nold\n<!-- /results:retest -->\n"
     assert RENDERER["with_readme_block"](readme, block, "retest") == f"a\n<!-- results:retest -->\n{block}\n<!-- /results:retest -->\n"
+
+
+def test_the_readme_training_groups_table_is_the_first_table_of_the_latest_file(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert RENDERER["NOT_MEASURED"].lower() in RENDERER["render_train_groups_block"](results)
+    summary = {
+        "seed": 1,
+        "level": "scan",
+        "delta_fidelity": -0.16,
+        "delta_fidelity_low": -0.31,
+        "delta_fidelity_high": -0.03,
+        "fidelity favours": "every group",
+    }
+    tables = [{"title": "controls only minus every group", "records": [summary], "notes": ["paired"]}, {"title": "seed 1", "records": [{"seed": 1}]}]
+    write_results(results / "train_groups-demo-eval-seeds-1.json", tables, {}, "", ["bench/train_groups.py", "--seeds", "1"])
+    block = RENDERER["render_train_groups_block"](results)
+    assert "| 1 | scan | -0.16 [-0.31, -0.03] | every group |" in block and "- paired" in block and "seed 1**" not in block
