@@ -24,6 +24,8 @@ and caches are only read. Usage (inference only, a few minutes on CPU)::
         --pair bench-out/eval-demo/seed-1/run-standard-64-resnet-demo-settings bench-out/eval-demo/seed-2/cache-standard-64 \\
         --pair bench-out/eval-demo/seed-2/run-standard-64-resnet-demo-settings bench-out/eval-demo/seed-1/cache-standard-64 \\
         --out docs/results/served_calibration-demo-eval-seeds-1-2.json
+
+(``docs/results/served_calibration-demo-eval-seeds-1-2-3.json`` has all six ordered pairs of seeds 1-3.)
 """
 
 from __future__ import annotations
