@@ -26,9 +26,10 @@ work folder, ``cache=None``) watched from this one:
    worker's first head also loads the skull-stripping network and the templates: the median is of
    the steady cost only where each worker prepares several heads.
 
-``--isa avx2`` limits torch's CPU kernels in the predict processes to AVX2 (fp32), as on a machine
-without AVX-512 (the target of issue 28 is measured so). Without ``--model`` the network is an untrained one of the default architecture (what it learnt
-does not change memory or speed), saved as a checkpoint per pipeline. Prints the tables and
+``--isa avx2`` limits torch's and numpy's CPU kernels in the predict processes to AVX2 (fp32), as on
+a machine without AVX-512 (the target of issue 28 is measured so); ``--note`` adds a line to every
+table (what else ran). Without ``--model`` the network is an untrained one of the default
+architecture (what it learnt does not change memory or speed), saved as a checkpoint per pipeline. Prints the tables and
 writes them to ``OUT/predict_scale.json``; with ``--label`` also to
 ``docs/results/predict_scale-<label>.json`` (for runs at the sizes above). Not a test.
 """
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "resume", "throughput"], help="parts not to run")
     parser.add_argument("--label", help="also write docs/results/predict_scale-LABEL.json")
     parser.add_argument(
-        "--isa", choices=sorted(ISA_ENV), default="native", help="torch's CPU kernels in the predict processes: native or avx2 (as without AVX-512)"
+        "--isa", choices=sorted(ISA_ENV), default="native", help="torch's and numpy's CPU kernels in the predict processes: native or avx2 (as without AVX-512)"
     )
     parser.add_argument("--note", action="append", default=[], help="a line added to every table's notes (e.g. what else ran)")
     args = parser.parse_args(argv)

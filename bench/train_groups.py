@@ -172,8 +172,9 @@ def main() -> None:
     for seed, pair_of_runs in runs.items():
         pair = paired_runs(_read(pair_of_runs["all"]), _read(pair_of_runs["controls"]), COLUMNS)
         notes = [f"every group: {pair_of_runs['all'].name}; controls only: {pair_of_runs['controls'].name}", f"{len(pair)} scans predicted by both"]
-        notes += _missing_note(pair)
-        missing += [f"seed {seed}, {line}" for line in _missing_note(pair)]
+        incomplete = _missing_note(pair)
+        notes += incomplete
+        missing += [f"seed {seed}, {line}" for line in incomplete]
         paired = {}
         for level in LEVELS:
             paired[level] = _paired_rows(pair, level, args.resamples)
