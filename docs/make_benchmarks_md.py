@@ -80,6 +80,21 @@ trained on one random repeat of each session per epoch:
         "accuracy-oasis2-*.json",
     ),
     Section(
+        "Leave one anatomy out",
+        """The population generator (`v2`) makes people from several real base heads and ageing variants.
+`bench/transfer.py` trains the default model on the people of every head but one and predicts the
+people of the held-out head, each head in turn, and likewise for each ageing variant. Per session it
+reports MAE against age and against the true brain age, gap fidelity, r(prediction, age) and the
+Demented − Nondemented gap, each with a subject-level CI. Out of fold on the training heads
+(`in-generator`) stands beside the held-out people, as predicted (`raw`) and bias-corrected on their
+own controls (`corrected`):
+
+```bash
+.venv/bin/python bench/transfer.py --out bench-out/transfer --workers 1
+```""",
+        "transfer-*.json",
+    ),
+    Section(
         "Training on controls only",
         """The default model trained on the Nondemented only (`--set 'train_groups=[Nondemented]'`) against
 the same model trained on every group, on the same evaluation seeds, folds and test people (other
