@@ -6,6 +6,7 @@ subject, 1 epoch each, on the ``seed``-pipeline cache of the tiny cohort.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import re
@@ -433,3 +434,27 @@ def test_epochs_zero_keeps_the_weights_of_init_and_refits_only_its_output_line(
         train(tiny_cache, tmp_path / "falling-run", falling)
     with pytest.raises(ConfigError, match="needs one"):
         dataclasses.replace(tiny_config, epochs=0, init=None)
+
+
+def _norm_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [buffer for name, buffer in model.named_buffers() if "running" in name]
+
+
+def test_precise_batch_norm_leaves_out_only_a_single_image_that_batch_norm_cannot_take() -> None:
+    torch.manual_seed(0)
+    batches = [(torch.randn(3, 1, 8, 8, 8),), (torch.randn(1, 1, 8, 8, 8),)]
+    # The second norm sees a one-voxel map: a batch of one image gives it one value per channel.
+    pooled = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.BatchNorm3d(4), torch.nn.AdaptiveAvgPool3d(1), torch.nn.BatchNorm3d(4), torch.nn.Flatten()
+    )
+    first_only = copy.deepcopy(pooled)
+    recompute_batch_norm(pooled, batches)
+    recompute_batch_norm(first_only, batches[:1])
+    for got, expected in zip(_norm_buffers(pooled), _norm_buffers(first_only), strict=True):
+        torch.testing.assert_close(got, expected)
+    # Where every map of the single image has more than one voxel, it counts like any batch.
+    plain = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.BatchNorm3d(4))
+    plain_first_only = copy.deepcopy(plain)
+    recompute_batch_norm(plain, batches)
+    recompute_batch_norm(plain_first_only, batches[:1])
+    assert not torch.allclose(plain[1].running_mean, plain_first_only[1].running_mean)

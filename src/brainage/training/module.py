@@ -153,7 +153,8 @@ def recompute_batch_norm(
     first ``max_batches`` batches (images first in each batch) with the current weights.
 
     Unlike ``torch.optim.swa_utils.update_bn``, which runs the whole model in training mode, dropout
-    stays off, as at inference.
+    stays off, as at inference. A batch of one image is left out where some layer would see a single
+    value per channel (a one-voxel feature map): batch norm in training mode cannot use it.
     """
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -166,10 +167,29 @@ def recompute_batch_norm(
         norm.train()
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     for images, *_ in itertools.islice(loader, max_batches):
-        model(images.to(device).contiguous(memory_format=memory_format))
+        images = images.to(device).contiguous(memory_format=memory_format)
+        if len(images) > 1 or _single_image_fits(model, norms, images):
+            model(images)
     for norm, momentum in zip(norms, momenta, strict=False):
         norm.momentum = momentum
     model.train(was_training)
+
+
+def _single_image_fits(model: torch.nn.Module, norms: list[torch.nn.modules.batchnorm._BatchNorm], images: torch.Tensor) -> bool:
+    """Whether every batch-norm layer sees more than one value per channel for ``images`` (one
+    image), found by a forward pass with the norms in eval mode, which changes no statistics."""
+    sizes: list[int] = []
+    hooks = [norm.register_forward_pre_hook(lambda _, inputs: sizes.append(inputs[0].numel() // inputs[0].shape[1])) for norm in norms]
+    try:
+        for norm in norms:
+            norm.eval()
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for norm in norms:
+            norm.train()
+    return min(sizes, default=2) > 1
 
 
 class PreciseBatchNorm(Callback):
