@@ -82,17 +82,11 @@ def fold_columns(ages: np.ndarray, folds: list[int | None], order: tuple[int, ..
     return np.column_stack([ages[:, [j for j, fold in enumerate(folds) if fold == want]].mean(axis=1) for want in order])
 
 
-def refusal(run: Path) -> str | None:
-    """Why the run's final bias correction gives no corrected brain age (None when it does)."""
-    settings = run_settings(run, read_run_config(run), progress=False)
-    _, corrector = correct_bias(read_predictions(run / "predictions.csv"), pd.DataFrame(), settings, None)
-    return "no bias correction" if corrector is None else corrector.refused_
-
-
-def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """Per scan and per session: whether each served interval covers the age (``level, interval,
     subject_id, inside``) and the controls' corrected gap of the served mean (``level, subject_id,
-    age, gap``); subject ids are prefixed with the cache's seed folder (seeds reuse ids)."""
+    age, gap``), and why the run's final correction gives no corrected brain age (None when it
+    does); subject ids are prefixed with the cache's seed folder (seeds reuse ids)."""
     values = read_run_config(run)
     settings = run_settings(run, values, progress=False)
     settings = dataclasses.replace(settings, interval=coverage)
@@ -138,7 +132,7 @@ def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame,
             covers.append(
                 pd.DataFrame({"level": level, "interval": name, "subject_id": np.tile(people.to_numpy(), repeat), "inside": inside, "width": upper - lower})
             )
-    return pd.concat(covers, ignore_index=True), pd.concat(control_gaps, ignore_index=True)
+    return pd.concat(covers, ignore_index=True), pd.concat(control_gaps, ignore_index=True), corrector.refused_
 
 
 def records(covers: pd.DataFrame, control_gaps: pd.DataFrame, runs: str) -> list[dict[str, Any]]:
@@ -173,8 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results file to write (bench/results.py)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    measured = [(f"{Path(run).parent.name} on {Path(cache).parent.name}", *measure(Path(run), Path(cache), args.coverage)) for run, cache in args.pair]
-    refused = sorted({f"{Path(run).parent.name}'s run: {reason}" for run, _ in args.pair if (reason := refusal(Path(run)))})
+    measured, refused = [], set()
+    for run, cache in args.pair:
+        covers, gaps, reason = measure(Path(run), Path(cache), args.coverage)
+        measured.append((f"{Path(run).parent.name} on {Path(cache).parent.name}", covers, gaps))
+        if reason:
+            refused.add(f"{Path(run).parent.name}'s run: {reason}")
     rows = [record for label, covers, gaps in measured for record in records(covers, gaps, label)]
     if len(measured) > 1:
         pooled = pd.concat([covers for _, covers, _ in measured]), pd.concat([gaps for _, _, gaps in measured])
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             f"nominal coverage {args.coverage:.0%}; target: within ±2 points, and the controls' mean corrected gap within ±0.2 y",
             "each run predicts the cache of another evaluation seed (new people); 95 % CIs by subject-level bootstrap",
             "the single-network row counts every scan once per fold network (n: scans × networks)",
-            *(f"{line}: no corrected brain age, so no control gap in its rows; the pooled gap is over the other runs" for line in refused),
+            *(f"{line}: no corrected brain age, so no control gap in its rows; the pooled gap is over the other runs" for line in sorted(refused)),
         ]
         tables: list[Mapping[str, Any]] = [{"title": "served calibration (K-fold mean) on fresh people", "records": rows, "notes": notes}]
         write_results(args.out, tables, {"predict_and_measure": wall}, "fp32", argv=[sys.executable, *sys.argv] if argv is None else argv)
