@@ -6,10 +6,11 @@ script takes finished K-fold runs of ``bench/accuracy.py`` and, for each, the pr
 ANOTHER evaluation seed (new people: none of them trained or calibrated any network), predicts
 every adequate scan with every fold network, serves their mean, and reports:
 
-- the coverage of the served 90 % interval three ways: CV+ over the fold networks (what the
-  run's calibration now serves, :func:`brainage.conformal.served_interval`), split conformal
-  around the served mean, and split conformal widened by the networks' SD (what ``predict`` served
-  before CV+), each with a subject-level bootstrap 95 % CI (:mod:`brainage.bootstrap`);
+- the coverage of the served 90 % interval four ways: split conformal around the served mean with
+  its half-width scaled for the mean (what ``predict`` serves, :func:`brainage.conformal.served_interval`,
+  the scale fitted on the scans two fold networks never trained on), the same not scaled (what it
+  served before), CV+ over the fold networks, and split conformal widened by the networks' SD, each
+  with a subject-level bootstrap 95 % CI (:mod:`brainage.bootstrap`);
 - the controls' mean bias-corrected gap of the served mean and the slope of that gap on age, each
   with its bootstrap CI (a correction right for the mean leaves both at zero);
 - beside them, one fold network alone with split conformal (what the calibration was fitted for),
@@ -49,12 +50,21 @@ from brainage.conformal import ConformalInterval, covered, served_interval, sess
 from brainage.evaluation import control_mask
 from brainage.inference import BrainAgeEnsemble
 from brainage.preprocess import load_cache
-from brainage.training.evaluate import calibrate_intervals, correct_bias, read_predictions, read_run_config, run_settings
+from brainage.training.evaluate import (
+    calibrate_intervals,
+    correct_bias,
+    read_fold_predictions,
+    read_predictions,
+    read_run_config,
+    run_settings,
+    served_pair_differences,
+)
 
 #: The served intervals measured (served_interval's methods), then one fold network alone with split conformal.
 INTERVALS = {
+    "split": "split conformal around the mean, scaled (served)",
+    "unscaled": "split conformal around the mean, not scaled",
     "cv+": "CV+ over the fold networks",
-    "split": "split conformal around the mean",
     "additive": "split conformal + networks' SD (before CV+)",
     "single": "one fold network alone, split conformal",
 }
@@ -82,19 +92,21 @@ def fold_columns(ages: np.ndarray, folds: list[int | None], order: tuple[int, ..
     return np.column_stack([ages[:, [j for j, fold in enumerate(folds) if fold == want]].mean(axis=1) for want in order])
 
 
-def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame, pd.DataFrame, str | None, str]:
     """Per scan and per session: whether each served interval covers the age (``level, interval,
     subject_id, inside``) and the controls' corrected gap of the served mean (``level, subject_id,
-    age, gap``), and why the run's final correction gives no corrected brain age (None when it
-    does); subject ids are prefixed with the cache's seed folder (seeds reuse ids)."""
+    age, gap``), why the run's final correction gives no corrected brain age (None when it
+    does), and the served scales fitted; subject ids are prefixed with the cache's seed folder (seeds reuse ids)."""
     values = read_run_config(run)
     settings = run_settings(run, values, progress=False)
     settings = dataclasses.replace(settings, interval=coverage)
     oof = read_predictions(run / "predictions.csv")
+    validation = pd.concat(read_fold_predictions(run, values)[1], ignore_index=True)
     _, corrector = correct_bias(oof, pd.DataFrame(), settings, None)
-    _, scan_interval = calibrate_intervals(oof, pd.DataFrame(), settings)
+    _, scan_interval = calibrate_intervals(oof, validation, settings)
     sessions_cal = session_residuals(oof, level="session")
-    session_interval = ConformalInterval(coverage).fit(sessions_cal["residual"], folds=sessions_cal["fold"].astype(int))
+    session_pairs = served_pair_differences(*(_session_means(frame) for frame in (oof, validation)))
+    session_interval = ConformalInterval(coverage).fit(sessions_cal["residual"], folds=sessions_cal["fold"].astype(int), pair_differences=session_pairs)
     scans, ages, folds = member_ages(run, cache_root)
     if corrector is None or scan_interval is None:
         raise SystemExit(f"{run}: the run has no bias correction or interval to measure")
@@ -112,14 +124,15 @@ def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame,
         fold_ages = frame[[f"fold_{k}" for k in order]].to_numpy(dtype=float)
         served = fold_ages.mean(axis=1)
         if level == "scan":  # served_interval is predict's call: the members' ages and their folds
-            bounds = {INTERVALS[method]: served_interval(interval, ages, folds, method=method) for method in ("cv+", "split", "additive")}
+            bounds = {INTERVALS[method]: served_interval(interval, ages, folds, method=method) for method in ("split", "cv+", "additive")}
         else:  # members of a fold averaged over the session's repeats: that fold's network per session
             spread = frame["sd"].to_numpy(dtype=float)
             bounds = {
+                INTERVALS["split"]: interval.interval(served, scale=interval.served_scale_),
                 INTERVALS["cv+"]: interval.cv_plus(fold_ages),
-                INTERVALS["split"]: interval.interval(served),
                 INTERVALS["additive"]: interval.interval(served, spread),
             }
+        bounds[INTERVALS["unscaled"]] = interval.interval(served)
         bounds[INTERVALS["single"]] = tuple(np.concatenate(pair) for pair in zip(*(interval.interval(fold_ages[:, j]) for j in range(len(order))), strict=True))
         gap = corrector.transform(served, frame["age"]) - frame["age"].to_numpy(dtype=float)
         controls = control_mask(frame, settings.control_group)[0]
@@ -132,7 +145,17 @@ def measure(run: Path, cache_root: Path, coverage: float) -> tuple[pd.DataFrame,
             covers.append(
                 pd.DataFrame({"level": level, "interval": name, "subject_id": np.tile(people.to_numpy(), repeat), "inside": inside, "width": upper - lower})
             )
-    return pd.concat(covers, ignore_index=True), pd.concat(control_gaps, ignore_index=True), corrector.refused_
+    scales = (
+        f"served scale {scan_interval.served_scale_:.3f} per scan ({scan_interval.served_pairs_} pairs of networks), "
+        f"{session_interval.served_scale_:.3f} per session ({session_interval.served_pairs_})"
+    )
+    return pd.concat(covers, ignore_index=True), pd.concat(control_gaps, ignore_index=True), corrector.refused_, scales
+
+
+def _session_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's brain age per session (its repeats averaged), keyed as ``scan_id`` for :func:`served_pair_differences`."""
+    means = frame.groupby(["subject_id", "session_id", "fold"], sort=True)["brain_age"].mean().reset_index()
+    return means.assign(scan_id=means["subject_id"].astype(str) + "/" + means["session_id"].astype(str))
 
 
 def records(covers: pd.DataFrame, control_gaps: pd.DataFrame, runs: str) -> list[dict[str, Any]]:
@@ -167,10 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="results file to write (bench/results.py)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    measured, refused = [], set()
+    measured, refused, scales = [], set(), {}
     for run, cache in args.pair:
-        covers, gaps, reason = measure(Path(run), Path(cache), args.coverage)
+        covers, gaps, reason, scaled = measure(Path(run), Path(cache), args.coverage)
         measured.append((f"{Path(run).parent.name} on {Path(cache).parent.name}", covers, gaps))
+        scales[f"{Path(run).parent.name}'s run"] = scaled
         if reason:
             refused.add(f"{Path(run).parent.name}'s run: {reason}")
     rows = [record for label, covers, gaps in measured for record in records(covers, gaps, label)]
@@ -185,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             f"nominal coverage {args.coverage:.0%}; target: within ±2 points, and the controls' mean corrected gap within ±0.2 y",
             "each run predicts the cache of another evaluation seed (new people); 95 % CIs by subject-level bootstrap",
             "the single-network row counts every scan once per fold network (n: scans × networks)",
+            *(f"{name}: {scaled}" for name, scaled in scales.items()),
             *(f"{line}: no corrected brain age, so no control gap in its rows; the pooled gap is over the other runs" for line in sorted(refused)),
         ]
         tables: list[Mapping[str, Any]] = [{"title": "served calibration (K-fold mean) on fresh people", "records": rows, "notes": notes}]

@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from brainage.checkpoint import load_checkpoint, save_checkpoint
-from brainage.conformal import ConformalInterval, coverage, served_interval
+from brainage.conformal import ConformalInterval, coverage, served_interval, served_scale
 from brainage.evaluation import AgeBiasCorrector
 from brainage.training import EvaluationSettings, calibrate_intervals, correct_bias
 
@@ -62,6 +62,48 @@ def test_cv_plus_covers_the_served_mean_as_calibrated_on_fresh_people() -> None:
     by_age = gap.groupby(pd.cut(new["age"], [60, 70, 80, 90])).mean()
     assert (by_age.abs() < 0.2).all(), by_age
     assert abs(float(np.polyfit(new["age"], gap, 1)[0])) < 0.02
+
+
+def test_the_served_mean_is_calibrated_from_scans_two_networks_never_trained_on() -> None:
+    """Fold networks whose own errors are as large as the person's offset: split conformal on
+    single-network residuals over-covers their served mean on fresh people; scaled by the networks'
+    disagreement on validation scans (each also another fold's test scan) it covers the nominal
+    share within 2 points, and predict's call (served_interval) applies the scale only to the K-fold mean."""
+    rng = np.random.default_rng(4)
+    known, networks = _cohort(rng, 4000, network_sd=3.0)
+    known["fold"] = np.arange(len(known)) % K
+    known["brain_age"] = networks[np.arange(len(known)), known["fold"]]
+    other = (known["fold"] + rng.integers(1, K, len(known))) % K  # a fold whose network only stopped early on the scan
+    validation = known.assign(fold=other, brain_age=networks[np.arange(len(known)), other]).sample(frac=0.45, random_state=0)
+    _, interval = calibrate_intervals(known, validation, EvaluationSettings(interval=0.9, progress=False))
+    assert interval is not None and interval.served_pairs_ == len(validation) and 0.5 < interval.served_scale_ < 0.95
+    new, fresh = _cohort(rng, 20000, 3.0, start=10**6)
+    served = fresh.mean(axis=1)
+    scaled = served_interval(interval, fresh, list(range(K)), method="split")
+    assert abs(coverage(*scaled, new["age"]) - 0.9) <= 0.02
+    assert coverage(*interval.interval(served), new["age"]) > 0.93  # not scaled: conservative by more than 3 points
+    assert served_scale(interval, list(range(K))) == interval.served_scale_
+    assert served_scale(interval, [0]) == served_scale(interval, [None] * K) == 1.0  # one fold's network, or other runs' members
+    again = ConformalInterval.from_dict(interval.to_dict())
+    assert again.served_scale_ == interval.served_scale_ and again.served_pairs_ == interval.served_pairs_
+
+
+def test_served_scale_by_hand() -> None:
+    # residuals of mean square 10; pair differences of mean square 4 → σ² = 2, E[D] = (K − 1)/K · σ² = 1.5
+    residuals, folds = np.array([np.sqrt(10.0), -np.sqrt(10.0)] * K), np.repeat(np.arange(K), 2)
+    interval = ConformalInterval(0.5).fit(residuals, folds=folds, pair_differences=[2.0, -2.0, 2.0])
+    assert interval.served_scale_ == pytest.approx(np.sqrt(1 - 1.5 / 10)) and interval.served_pairs_ == 3
+    lower, upper = interval.interval([70.0], scale=interval.served_scale_)
+    assert 70 - lower[0] == upper[0] - 70 == pytest.approx(np.sqrt(10.0) * np.sqrt(0.85))
+    assert ConformalInterval(0.5).fit(residuals, folds=folds, pair_differences=[50.0]).served_scale_ == pytest.approx(
+        np.sqrt(1 / K)
+    )  # at most K-fold averaging
+    assert ConformalInterval(0.5).fit(residuals, folds=folds, pair_differences=[]).served_scale_ == 1.0
+    assert ConformalInterval(0.5).fit(residuals, folds=folds).served_scale_ == 1.0
+    with pytest.raises(ValueError, match="needs the folds"):
+        ConformalInterval(0.5).fit(residuals, pair_differences=[1.0])
+    old = {key: value for key, value in interval.to_dict().items() if not key.startswith("served_")}
+    assert ConformalInterval.from_dict(old).served_scale_ == 1.0  # a checkpoint from before: not scaled
 
 
 def test_cv_plus_follows_the_fold_networks_disagreement() -> None:

@@ -3,7 +3,8 @@
 - :func:`session_residuals`: one calibration residual per session (repeat scans are not independent);
 - :class:`ConformalInterval`: intervals with a finite-sample coverage guarantee, optionally
   normalized or widened by the ensemble members' disagreement, or CV+ over the fold models;
-- :func:`served_interval`: the interval of what ``brainage predict`` serves, from its members' ages;
+- :func:`served_interval`, :func:`served_scale`: the interval of what ``brainage predict`` serves, from
+  its members' ages and folds;
 - :func:`covered`, :func:`coverage`: whether, and how often, held-out ages fall inside.
 """
 
@@ -21,7 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from brainage.evaluation import require_columns
 from brainage.retest import in_scan_order
 
-__all__ = ["ConformalInterval", "coverage", "covered", "session_residuals"]
+__all__ = ["ConformalInterval", "coverage", "covered", "served_interval", "served_scale", "session_residuals"]
 
 # --- per-scan intervals ---------------------------------------------------------------------------
 
@@ -90,6 +91,20 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
       ``q`` is widened to ``√(q² + member_sd²)``, the members' disagreement taken as an extra,
       independent error. It never narrows the interval, so the coverage stays at least nominal.
 
+    **The served mean** (``fit(residuals, folds=..., pair_differences=...)``): the out-of-fold residuals
+    are single fold networks' errors, but ``predict`` serves the mean of the K fold networks, which
+    errs less. Per scan, the mean of the networks' squared errors is the mean's squared error plus
+    the networks' spread around their mean (their variance, ``D``), exactly; so on people that no
+    network trained on, ``MSE(mean) = MSE(network) − E[D]``. ``E[D]`` needs people that at least two
+    networks never trained on: a fold's validation people (they only stopped its training early) are
+    another fold's test people, so each such scan gives the difference ``d`` of two untrained
+    networks, ``E[d²] = 2σ²`` and ``E[D] = (K − 1)/K · σ²``. The served half-width is ``q`` times
+    ``served_scale_ = √(1 − E[D] / mean(residual²))`` (kept between ``√(1/K)`` and 1; 1 without
+    pairs); :func:`served_scale` applies it where the K fold networks are the ones served. This scales
+    a quantile by a ratio of root-mean-square errors, which is exact for errors of one shape (e.g.
+    normal) and approximate otherwise, so ``bench/served_calibration.py`` measures the coverage on
+    fresh people.
+
     ``to_dict``/``from_dict`` store it as plain floats (for a checkpoint; a dict written before CV+
     existed loads without fold data, and :func:`served_interval` then falls back to split conformal);
     the coverage can be changed at prediction time (``interval(..., coverage=0.8)``) as the scores are kept.
@@ -108,10 +123,14 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
         self.coverage = coverage
         self.epsilon = epsilon
 
-    def fit(self, residuals: ArrayLike, member_sd: ArrayLike | None = None, folds: ArrayLike | None = None) -> ConformalInterval:
+    def fit(
+        self, residuals: ArrayLike, member_sd: ArrayLike | None = None, folds: ArrayLike | None = None, pair_differences: ArrayLike | None = None
+    ) -> ConformalInterval:
         """Calibrate on out-of-fold residuals (brain age − age, one per session); with ``member_sd``
         (one per residual) the intervals are normalized by the ensemble members' disagreement; with
-        ``folds`` (one fold label per residual: the fold model that predicted it) :meth:`cv_plus` works."""
+        ``folds`` (one fold label per residual: the fold model that predicted it) :meth:`cv_plus` works,
+        and with ``pair_differences`` too (two fold networks' brain ages of a scan neither trained on,
+        subtracted) ``served_scale_`` is fitted for the mean of the fold networks."""
         _check_coverage(self.coverage)
         residuals = np.asarray(residuals, dtype=float).ravel()
         if residuals.size == 0 or not np.isfinite(residuals).all():
@@ -138,6 +157,18 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
                 raise ValueError("CV+ intervals take absolute residuals; fit with folds or with member_sd, not both")
             self.cv_folds_ = np.array([int(label) for label in labels], dtype=int)
             self.cv_scores_ = np.abs(residuals)
+        self.served_scale_ = 1.0
+        self.served_pairs_ = 0
+        if pair_differences is not None:
+            if self.cv_folds_ is None:
+                raise ValueError("the served scale needs the folds of the residuals (fit with folds=...)")
+            differences = np.asarray(pair_differences, dtype=float).ravel()
+            differences = differences[np.isfinite(differences)]
+            self.served_pairs_ = int(differences.size)
+            if differences.size:
+                k = len(np.unique(self.cv_folds_))
+                disagreement = (k - 1) / k * float(np.mean(differences**2)) / 2
+                self.served_scale_ = float(np.sqrt(np.clip(1 - disagreement / float(np.mean(residuals**2)), 1 / k, 1)))
         return self
 
     @staticmethod
@@ -184,13 +215,15 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
             raise ValueError("member_sd must be finite and non-negative")
         return q * (sd + self.epsilon_) if self.normalized_ else np.sqrt(q**2 + sd**2)
 
-    def interval(self, brain_age: ArrayLike, member_sd: ArrayLike | None = None, coverage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def interval(
+        self, brain_age: ArrayLike, member_sd: ArrayLike | None = None, coverage: float | None = None, scale: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(lower, upper)`` arrays around the predicted ``brain_age`` (years) at ``coverage``
-        (default: the fitted one)."""
+        (default: the fitted one), the half-width times ``scale`` (:func:`served_scale` for the served mean)."""
         centre = np.asarray(brain_age, dtype=float)
         if member_sd is not None:
             member_sd = np.broadcast_to(np.asarray(member_sd, dtype=float), centre.shape)
-        half = np.broadcast_to(self.half_width(member_sd, coverage), centre.shape)
+        half = np.broadcast_to(scale * np.asarray(self.half_width(member_sd, coverage)), centre.shape)
         return centre - half, centre + half
 
     def cv_plus(self, fold_ages: ArrayLike, coverage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +275,8 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
         if self.cv_folds_ is not None and self.cv_scores_ is not None:
             values["cv_folds"] = [int(fold) for fold in self.cv_folds_]
             values["cv_scores"] = [float(score) for score in self.cv_scores_]
+        values["served_scale"] = float(self.served_scale_)
+        values["served_pairs"] = int(self.served_pairs_)
         return values
 
     @classmethod
@@ -254,6 +289,8 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
         folds, scores = values.get("cv_folds"), values.get("cv_scores")
         interval.cv_folds_ = np.asarray(folds, dtype=int) if folds is not None and scores is not None else None
         interval.cv_scores_ = np.asarray(scores, dtype=float) if folds is not None and scores is not None else None
+        interval.served_scale_ = float(values.get("served_scale", 1.0))  # written before it existed: not scaled
+        interval.served_pairs_ = int(values.get("served_pairs", 0))
         return interval
 
     def __repr__(self) -> str:
@@ -262,8 +299,18 @@ class ConformalInterval(RegressorMixin, BaseEstimator):
 
 
 #: How :func:`served_interval` bounds the served mean: CV+ over the fold models, split conformal around
-#: the mean, or split conformal widened by the members' SD (what ``predict`` served before CV+).
+#: the mean (scaled by :func:`served_scale`), or split conformal widened by the members' SD (what
+#: ``predict`` served before CV+).
 SERVED_METHODS = ("cv+", "split", "additive")
+
+
+def served_scale(interval: ConformalInterval, member_folds: Sequence[int | None]) -> float:
+    """The factor on ``interval``'s split-conformal half-width for the mean of networks of the folds
+    ``member_folds``: its ``served_scale_`` where they are the fold networks it was fitted for (every
+    fold of its calibration, more than one), else 1 (a single network, members of other runs)."""
+    folds = interval.folds
+    labels = {None if fold is None else int(fold) for fold in member_folds}
+    return float(getattr(interval, "served_scale_", 1.0)) if len(folds) > 1 and labels == set(folds) else 1.0
 
 
 def served_interval(
@@ -276,11 +323,11 @@ def served_interval(
     every one of them has a member here (the members of a fold averaged: that fold's model); where
     it cannot (an old checkpoint, a single model, members of other runs), and for
     ``method="additive"``, split conformal around the members' mean widened by their SD, as before
-    CV+ existed. ``method="split"`` (default): split conformal around the mean, not widened. The
+    CV+ existed. ``method="split"`` (default, what ``predict`` serves): split conformal around the
+    mean, its half-width scaled by :func:`served_scale` for the mean's smaller errors. The
     calibration residuals are single fold models'; the mean of K models errs less where their
-    errors are partly their own, so all three cover at least the nominal share, and CV+ (whose
-    interval also spans the models' disagreement) the most, then the widened one:
-    ``bench/served_calibration.py`` measures all three on fresh people, and ``split`` came closest.
+    errors are partly their own, so CV+ and the widened one over-cover; ``bench/served_calibration.py``
+    measures all of them on fresh people.
     """
     if method not in SERVED_METHODS:
         raise ValueError(f"unknown served-interval method {method!r}; choose from {', '.join(SERVED_METHODS)}")
@@ -293,8 +340,9 @@ def served_interval(
     if method == "cv+" and len(folds) > 1 and set(labels) == set(folds):
         fold_ages = np.column_stack([ages[:, [j for j, label in enumerate(labels) if label == fold]].mean(axis=1) for fold in folds])
         return interval.cv_plus(fold_ages, coverage)
-    spread = ages.std(axis=1) if ages.shape[1] > 1 and method != "split" else None
-    return interval.interval(ages.mean(axis=1), spread, coverage)
+    if method == "split":
+        return interval.interval(ages.mean(axis=1), None, coverage, scale=served_scale(interval, labels))
+    return interval.interval(ages.mean(axis=1), ages.std(axis=1) if ages.shape[1] > 1 else None, coverage)
 
 
 def _check_coverage(coverage: float) -> None:

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from brainage.checkpoint import BrainAgeCheckpoint, load_checkpoint, seen_by_id
+from brainage.conformal import served_scale
 from brainage.errors import BrainAgeError, InputError, Problem
 from brainage.evaluation import aggregate_sessions, regression_metrics
 from brainage.inference import BrainAgeEnsemble, predict_batches, resolve_accelerator
@@ -183,8 +184,9 @@ class BrainAgeModel:
 
         ``brain_age_lower``/``brain_age_upper`` bound the brain age at coverage ``interval`` (default:
         the one the model was calibrated for, 0.9) by split-conformal calibration on the run's
-        out-of-fold residuals, around the members' mean (``bench/served_calibration.py`` measures it
-        against CV+ and against widening by the members' SD); NaN for a model without a calibration.
+        out-of-fold residuals, around the members' mean, scaled for that mean where the members are
+        the run's fold networks (:func:`~brainage.conformal.served_scale`; ``bench/served_calibration.py``
+        measures it on fresh people); NaN for a model without a calibration.
 
         Columns: ``PREDICTION_COLUMNS`` then ``sex``, ``group``, ``cdr`` where the inputs give
         them; ``model`` names the model (:attr:`name`). Gaps are brain age − age, NaN where the age is unknown. ``age_trend_`` holds the
@@ -301,7 +303,10 @@ class BrainAgeModel:
         table["brain_age"], table["brain_age_corrected"], _, table["qc_score"] = values.T
         calibration = self.checkpoints[0].interval
         if calibration is not None and len(table):
-            table["brain_age_lower"], table["brain_age_upper"] = calibration.interval(table["brain_age"], None, interval)  # split conformal around the mean
+            scale = served_scale(calibration, [checkpoint.fold for checkpoint in self.checkpoints])
+            table["brain_age_lower"], table["brain_age_upper"] = calibration.interval(
+                table["brain_age"], None, interval, scale
+            )  # split conformal around the mean
         else:
             table["brain_age_lower"] = table["brain_age_upper"] = np.nan
         table["brain_age_gap"] = table["brain_age"] - table["age"]

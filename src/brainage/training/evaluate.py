@@ -11,11 +11,11 @@ Calibration and the predictor that is served: with K folds, each scan's out-of-f
 its fold's network (the mean of its ensemble members), while ``brainage predict RUN`` serves the
 mean of every fold's networks. The final correction is fitted on the former: the mean of K networks
 has the same age bias in expectation (averaging removes noise that does not depend on age, not
-shrinkage). The final interval keeps each out-of-fold residual with its fold, so that the served
-interval can be split conformal around the mean or CV+ over the fold networks
-(:meth:`~brainage.conformal.ConformalInterval.cv_plus`; :func:`~brainage.conformal.served_interval`);
-both cover at least the nominal share of the mean's ages, CV+ the more. Each checkpoint records this
-under ``extra["calibration"]``; ``bench/served_calibration.py`` measures both on fresh people.
+shrinkage). The final interval keeps each out-of-fold residual with its fold, and its served
+half-width is scaled for the mean's smaller errors, from the scans that two fold networks never
+trained on (:class:`~brainage.conformal.ConformalInterval`, :func:`~brainage.conformal.served_interval`;
+CV+ over the fold networks stays possible, and over-covers). Each checkpoint records this under
+``extra["calibration"]``; ``bench/served_calibration.py`` measures the coverage on fresh people.
 In hold-out mode the calibration people (``calibration_predictions.csv``) are apart from the
 early-stopping people that chose the best epoch.
 """
@@ -145,6 +145,8 @@ def evaluate_run(run_dir: Path, settings: EvaluationSettings, values: Mapping[st
     predictions, interval = calibrate_intervals(predictions, calibration_set, settings)
     k_fold = predictions["fold"].nunique() > 1
     record = calibration_record(k_fold, len(checkpoints), len(fold_predictions), calibration_set if not k_fold else predictions)
+    if interval is not None:
+        record |= {"served_scale": round(interval.served_scale_, 4), "served_pairs": interval.served_pairs_}
     for path in checkpoints:  # the final correction and interval, in every fold's checkpoint
         checkpoint = load_checkpoint(path)
         checkpoint.corrector, checkpoint.interval = corrector, interval
@@ -183,8 +185,8 @@ def calibration_record(k_fold: bool, n_networks: int, n_folds: int, fitted_on: p
             else f"calibration people of the training side ({per_fold} network(s) averaged), apart from the early-stopping people"
         ),
         "served": f"the mean of {n_networks} network(s)",
-        "served_interval": "split conformal around the served brain age" + (" (CV+ over the fold networks possible)" if k_fold and n_folds > 1 else ""),
-        "conservative": bool(k_fold and n_folds > 1),
+        "served_interval": "split conformal around the served brain age"
+        + (", its half-width scaled for the mean of the fold networks (CV+ over them possible)" if k_fold and n_folds > 1 else ""),
         "n_sessions": int(fitted_on[["subject_id", "session_id"]].drop_duplicates().shape[0]) if len(fitted_on) else 0,
     }
 
@@ -239,7 +241,8 @@ def calibrate_intervals(
     ``predictions``, each fold's from a split-conformal calibration on the other folds' residuals
     (one per session; one hold-out: on the ``calibration`` predictions); return the final
     calibration (on every out-of-fold residual, for the checkpoints; with K folds each residual
-    keeps its fold, for CV+ at prediction)."""
+    keeps its fold, for CV+ at prediction, and the served mean's scale is fitted on the scans that
+    two fold networks never trained on: :func:`served_pair_differences`)."""
     predictions = predictions.copy()
     k_fold = predictions["fold"].nunique() > 1
 
@@ -250,7 +253,8 @@ def calibrate_intervals(
         if sessions.empty:
             return None
         folds = sessions["fold"].astype(int) if with_folds and "fold" in sessions else None
-        return ConformalInterval(settings.interval).fit(sessions["residual"].to_numpy(dtype=float), folds=folds)
+        pairs = served_pair_differences(frame, calibration) if folds is not None else None
+        return ConformalInterval(settings.interval).fit(sessions["residual"].to_numpy(dtype=float), folds=folds, pair_differences=pairs)
 
     predictions["brain_age_lower"] = predictions["brain_age_upper"] = np.nan
     for fold, rows in predictions.groupby("fold", sort=True):
@@ -259,6 +263,17 @@ def calibrate_intervals(
             lower, upper = interval.interval(rows["brain_age"])
             predictions.loc[rows.index, "brain_age_lower"], predictions.loc[rows.index, "brain_age_upper"] = lower, upper
     return predictions, fitted(predictions, with_folds=True) if k_fold else fitted(calibration)
+
+
+def served_pair_differences(predictions: pd.DataFrame, validation: pd.DataFrame) -> np.ndarray:
+    """Per scan that two fold networks never trained on, their brain ages subtracted: the test
+    prediction (``predictions``, out of fold) minus the prediction of another fold's network that
+    only stopped early on it (``validation``, its validation predictions with its ``fold``)."""
+    if validation.empty or not {"scan_id", "fold", "brain_age"} <= set(validation.columns):
+        return np.zeros(0)
+    pairs = predictions[["scan_id", "fold", "brain_age"]].merge(validation[["scan_id", "fold", "brain_age"]], on="scan_id", suffixes=("", "_other"))
+    pairs = pairs[pairs["fold"] != pairs["fold_other"]]
+    return (pairs["brain_age"] - pairs["brain_age_other"]).to_numpy(dtype=float)
 
 
 def _of_fold(frame: pd.DataFrame, fold: object) -> pd.DataFrame:
