@@ -127,6 +127,26 @@ whose gap is not repeatable is of no use however repeatable the brain age is.
         "retest-*.json",
     ),
     Section(
+        "Calibration of what `predict` serves",
+        """A K-fold run's bias correction and conformal interval are fitted on out-of-fold predictions of
+single fold networks, while `brainage predict RUN` serves the mean of the K networks, which errs
+less. The interval it serves is split conformal around that mean with its half-width scaled by
+`√(1 − E[D] / MSE)`: MSE the single networks' out-of-fold mean squared error, `E[D]` the networks'
+spread around their mean, estimated on the scans that two fold networks never trained on (a fold's
+validation people, used only to stop its training early, are another fold's test people;
+`brainage.conformal.ConformalInterval`). Each finished evaluation-seed run predicts the cache of
+another evaluation seed (new people, none of whom trained or calibrated it): coverage of the 90 %
+interval per scan and per session with subject-level bootstrap CIs, the scaled interval (served)
+beside the unscaled one, CV+ over the fold networks, the one widened by the networks' SD and one
+fold network alone; and the controls' mean bias-corrected gap of the served mean. Target: coverage
+within ±2 points of nominal, the controls' gap within ±0.2 y. Inference only, a few minutes on CPU.
+
+```bash
+.venv/bin/python bench/served_calibration.py --pair bench-out/eval-demo/seed-1/run-standard-64-resnet-demo-settings bench-out/eval-demo/seed-2/cache-standard-64 --pair bench-out/eval-demo/seed-2/run-standard-64-resnet-demo-settings bench-out/eval-demo/seed-1/cache-standard-64 --out docs/results/served_calibration-demo-eval-seeds-1-2.json
+```""",
+        "served_calibration-*.json",
+    ),
+    Section(
         "Accuracy: development runs",
         """Without `--eval-seeds` the script runs the development seed: the baselines, the tutorial's
 recipe (`seed` model on the `seed` pipeline, `--seed-epochs` of its 50) and the default model on
