@@ -99,6 +99,21 @@ below is too small to say anything about transfer.
         "transfer-*.json",
     ),
     Section(
+        "Ageing in the generators' ground truth",
+        """Before any network: how closely a synthetic cohort's own volumes follow its true brain age, per
+cohort and per base head of a `v2` cohort (from `ground_truth.csv`: r of the normalised whole-brain
+volume and of the ventricles' share of the intracranial volume with the true brain age, the nWBV's
+mean and SD, the ventricles' coefficient of variation), and the project's tuned voxel ridge out of
+fold on the prepared scans (r with age and with the true brain age). A generator whose base heads
+differ in nWBV by decades of ageing, or whose people vary far more than ageing moves them, leaves
+a network little to read: the `population` preset's defaults are such a generator.
+
+```bash
+.venv/bin/python bench/generator_signal.py --cohort bench-out/eval-demo/seed-1/cohort --cache bench-out/eval-demo/seed-1/cache-standard-64 --cohort bench-out/transfer/cohort --cache bench-out/transfer/cache-32 --results docs/results/generator_signal-demo-vs-population.json
+```""",
+        "generator_signal-*.json",
+    ),
+    Section(
         "Training on controls only",
         """The default model trained on the Nondemented only (`--set 'train_groups=[Nondemented]'`) against
 the same model trained on every group, on the same evaluation seeds, folds and test people (other
