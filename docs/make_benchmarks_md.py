@@ -72,7 +72,9 @@ p of every predictor (the bias-corrected row corrected on the controls of the ot
     Section(
         "Accuracy: the OASIS-2-sized cohort on evaluation seeds",
         """The same at full size (150 people, 373 sessions, 1368 scans per cohort), the default model
-trained on one random repeat of each session per epoch:
+trained on one random repeat of each session per epoch. Its folds take hours on CPU and resume
+where they stopped, so a results file's wall times are those of the command that wrote it (small
+where its runs were reused), not of the training:
 
 ```bash
 .venv/bin/python bench/accuracy.py --out bench-out/eval-oasis2 --preset oasis2 --eval-seeds 1 2 --repeats-per-session 1
