@@ -81,7 +81,7 @@ def _descendants(pid: int) -> list[int]:
 def _stored(work: Path) -> list[Path]:
     """The records of the scans finished in a work folder (a record is written after its volume; a
     hidden temporary is one being written)."""
-    return [record for record in (work / "volumes").glob("*.json") if not record.name.startswith(".")]
+    return list((work / "volumes").glob("[!.]*.json"))
 
 
 def _watch(command: list[str], work: Path, every: float, kill_at: int | None = None) -> tuple[dict, list[dict]]:

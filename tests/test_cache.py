@@ -98,7 +98,7 @@ def test_an_interrupted_run_resumes_without_a_corrupt_file(tiny_cohort, tmp_path
     worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while len(list((out / "volumes").glob("*.json"))) < 3 and time.monotonic() < deadline:
+        while len(list((out / "volumes").glob("[!.]*.json"))) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         worker.send_signal(signal.SIGKILL)

@@ -43,8 +43,7 @@ print("OUTCOMES " + json.dumps(model.preprocessing_))
 def _finished(work: Path) -> dict[str, int]:
     """The stored volumes whose record is written (a scan done), by name → modification time (ns); a
     record being written atomically (a hidden temporary, pathlib's glob lists it) is not one yet."""
-    records = [record for record in (work / "volumes").glob("*.json") if not record.name.startswith(".")]
-    return {record.with_suffix(".npy").name: record.with_suffix(".npy").stat().st_mtime_ns for record in records}
+    return {record.with_suffix(".npy").name: record.with_suffix(".npy").stat().st_mtime_ns for record in (work / "volumes").glob("[!.]*.json")}
 
 
 def _predict(checkpoint: Path, work: Path, out: Path, scans: list[str]) -> subprocess.Popen[str]:

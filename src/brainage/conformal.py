@@ -310,7 +310,7 @@ def served_scale(interval: ConformalInterval, member_folds: Sequence[int | None]
     fold of its calibration, more than one), else 1 (a single network, members of other runs)."""
     folds = interval.folds
     labels = {None if fold is None else int(fold) for fold in member_folds}
-    return float(getattr(interval, "served_scale_", 1.0)) if len(folds) > 1 and labels == set(folds) else 1.0
+    return interval.served_scale_ if len(folds) > 1 and labels == set(folds) else 1.0
 
 
 def served_interval(
